@@ -1,0 +1,105 @@
+// Implementation of checkpoints/checkpoint.h.
+#include "checkpoints/checkpoint.h"
+
+#include <algorithm>
+#include <regex>
+
+#include "common/error.h"
+#include "common/files.h"
+#include "common/json.h"
+
+namespace cw {
+
+namespace {
+const char* kFiles[] = {"model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json", "recipe.ini"};
+
+std::vector<std::pair<int64_t, fs::path>> list_steps(const fs::path& dir, bool complete_only) {
+  std::vector<std::pair<int64_t, fs::path>> out;
+  if (!fs::exists(dir)) return out;
+  static const std::regex re("step-([0-9]+)");
+  for (auto& e : fs::directory_iterator(dir)) {
+    std::smatch m;
+    std::string name = e.path().filename().string();
+    if (!e.is_directory() || !std::regex_match(name, m, re)) continue;
+    if (complete_only && !fs::exists(e.path() / "manifest.json")) continue;
+    out.emplace_back(std::stoll(m[1]), e.path());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+}  // namespace
+
+fs::path checkpoints_dir(const fs::path& run_dir) { return run_dir / "checkpoints"; }
+
+fs::path save_checkpoint(const fs::path& run_dir, int64_t step, const CheckpointContents& c, int64_t keep) {
+  fs::path root = checkpoints_dir(run_dir);
+  fs::create_directories(root);
+  fs::path final_dir = root / ("step-" + std::to_string(step));
+  fs::path tmp = root / ("step-" + std::to_string(step) + ".tmp");
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  save_tensors(tmp / "model.safetensors", c.model, {{"format", "pt"}});
+  save_tensors(tmp / "optimizer.safetensors", c.optimizer);
+  save_tensors(tmp / "rng.safetensors", c.rng);
+  write_file_atomic(tmp / "state.json", c.state_json);
+  write_file_atomic(tmp / "recipe.ini", c.recipe_ini);
+  json files = json::object();
+  for (const char* f : kFiles) files[f] = {{"bytes", fs::file_size(tmp / f)}, {"crc32", crc32_file(tmp / f)}};
+  json manifest = {{"format", "chunkwise-checkpoint"}, {"version", kCheckpointVersion}, {"step", step}, {"files", files}};
+  write_file_atomic(tmp / "manifest.json", manifest.dump(2) + "\n");
+  fsync_path(tmp);
+  fs::remove_all(final_dir);
+  fs::rename(tmp, final_dir);
+  fsync_path(root);
+  // Retention: newest KEEP complete checkpoints survive; leftovers of interrupted writes go.
+  auto complete = list_steps(root, true);
+  for (size_t i = 0; keep > 0 && i + size_t(keep) < complete.size(); ++i) fs::remove_all(complete[i].second);
+  for (auto& e : fs::directory_iterator(root))
+    if (e.is_directory() && e.path().extension() == ".tmp") fs::remove_all(e.path());
+  return final_dir;
+}
+
+std::optional<fs::path> latest_checkpoint(const fs::path& run_dir) {
+  auto steps = list_steps(checkpoints_dir(run_dir), true);
+  if (steps.empty()) return std::nullopt;
+  return steps.back().second;
+}
+
+fs::path resolve_checkpoint(const fs::path& p) {
+  if (fs::exists(p / "manifest.json")) return p;
+  auto latest = latest_checkpoint(p);
+  check(latest.has_value(), p.string(), " is neither a checkpoint folder nor a run with a complete checkpoint");
+  return *latest;
+}
+
+LoadedCheckpoint load_checkpoint(const fs::path& dir) {
+  const std::string what = dir.string();
+  check(fs::exists(dir / "manifest.json"), what, ": no manifest.json, so the checkpoint is incomplete "
+        "(the run stopped while writing it); resume from an earlier one or delete this folder");
+  json m = parse_json_checked(read_file(dir / "manifest.json"), what + "/manifest.json");
+  check(m.is_object() && m.value("format", "") == "chunkwise-checkpoint", what, ": not a chunkwise checkpoint");
+  check(m.value("version", -1) == kCheckpointVersion, what, ": checkpoint format version ", m.value("version", -1),
+        " but this build reads version ", kCheckpointVersion);
+  check(m.contains("files") && m["files"].is_object(), what, ": manifest lists no files");
+  for (const char* f : kFiles) {
+    check(m["files"].contains(f), what, ": manifest does not list ", f);
+    fs::path p = dir / f;
+    check(fs::exists(p), what, ": ", f, " is missing");
+    uint64_t bytes = m["files"][f].value("bytes", uint64_t(0));
+    check(fs::file_size(p) == bytes, what, ": ", f, " has ", fs::file_size(p), " bytes but the manifest says ",
+          bytes, " (truncated or corrupt checkpoint; resume from an earlier one)");
+    check(crc32_file(p) == m["files"][f].value("crc32", uint32_t(0)), what, ": ", f,
+          " fails its CRC-32 check (corrupt checkpoint; resume from an earlier one)");
+  }
+  LoadedCheckpoint c;
+  c.dir = dir;
+  c.step = m.value("step", int64_t(0));
+  c.model = load_tensors(dir / "model.safetensors");
+  c.optimizer = load_tensors(dir / "optimizer.safetensors");
+  c.rng = load_tensors(dir / "rng.safetensors");
+  c.state_json = read_file(dir / "state.json");
+  c.recipe_ini = read_file(dir / "recipe.ini");
+  return c;
+}
+
+}  // namespace cw

@@ -1,0 +1,44 @@
+// Training checkpoints: <run>/checkpoints/step-N/ with model.safetensors (export names), optimizer.safetensors,
+// rng.safetensors, state.json (the trainer's step, data position and counters), recipe.ini (fully resolved)
+// and manifest.json (format version, every file's size and CRC-32). Written as step-N.tmp/, fsynced,
+// renamed; the manifest is written last, so a folder without one is incomplete and never resumed from.
+// Must not: hand out a checkpoint whose files fail their checks, or know what the trainer's state means.
+#pragma once
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+
+#include "checkpoints/tensor_io.h"
+
+namespace cw {
+
+constexpr int kCheckpointVersion = 1;
+
+struct CheckpointContents {
+  NamedTensors model, optimizer, rng;
+  std::string state_json;  // the trainer's own state
+  std::string recipe_ini;
+};
+
+struct LoadedCheckpoint {
+  std::filesystem::path dir;
+  int64_t step = 0;
+  std::map<std::string, torch::Tensor> model, optimizer, rng;
+  std::string state_json, recipe_ini;
+};
+
+std::filesystem::path checkpoints_dir(const std::filesystem::path& run_dir);
+// Writes step-STEP and deletes all but the newest KEEP complete checkpoints (and stale .tmp folders).
+std::filesystem::path save_checkpoint(const std::filesystem::path& run_dir, int64_t step,
+                                      const CheckpointContents& c, int64_t keep);
+// Newest step-N folder that has a manifest; incomplete ones are skipped.
+std::optional<std::filesystem::path> latest_checkpoint(const std::filesystem::path& run_dir);
+// Verifies the manifest and every file's size and CRC-32, then reads everything.
+LoadedCheckpoint load_checkpoint(const std::filesystem::path& dir);
+// A run folder or a checkpoint folder -> the checkpoint folder to read.
+std::filesystem::path resolve_checkpoint(const std::filesystem::path& run_or_checkpoint);
+
+}  // namespace cw

@@ -1,0 +1,52 @@
+// Implementation of models/attention.h.
+#include "models/attention.h"
+
+#include <cmath>
+
+namespace cw {
+
+static int64_t offset_of(int64_t Tq, int64_t Tk, const AttnMask& m) { return m.q_offset < 0 ? Tk - Tq : m.q_offset; }
+
+torch::Tensor build_attention_mask(int64_t Tq, int64_t Tk, const AttnMask& m, const torch::Device& device) {
+  torch::Tensor mask;
+  auto opts = torch::TensorOptions().dtype(torch::kInt64).device(device);
+  if (m.causal || m.window > 0) {
+    auto qi = torch::arange(Tq, opts).unsqueeze(1) + offset_of(Tq, Tk, m);
+    auto kj = torch::arange(Tk, opts).unsqueeze(0);
+    mask = m.causal ? kj <= qi : torch::ones({Tq, Tk}, opts.dtype(torch::kBool));
+    if (m.window > 0) mask = mask & ((qi - kj) < m.window);
+    mask = mask.view({1, 1, Tq, Tk});
+  }
+  if (m.q_segments.defined()) {
+    auto seg = m.q_segments.unsqueeze(2).eq(m.k_segments.unsqueeze(1)).unsqueeze(1);  // [B,1,Tq,Tk]
+    mask = mask.defined() ? (mask & seg) : seg;
+  }
+  return mask;
+}
+
+torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const AttnMask& m) {
+  const int64_t Tq = q.size(2), Tk = k.size(2);
+  const bool gqa = q.size(1) != k.size(1);
+  const bool plain_causal = m.causal && Tq == Tk && offset_of(Tq, Tk, m) == 0 && !m.q_segments.defined() && m.window <= 0;
+  if (plain_causal)
+    return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, std::nullopt, gqa);
+  torch::Tensor mask = build_attention_mask(Tq, Tk, m, q.device());
+  std::optional<torch::Tensor> opt_mask;
+  if (mask.defined()) opt_mask = mask;
+  return at::scaled_dot_product_attention(q, k, v, opt_mask, 0.0, false, std::nullopt, gqa);
+}
+
+torch::Tensor attend_reference(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                               const AttnMask& m) {
+  const int64_t group = q.size(1) / k.size(1);
+  auto kk = k.repeat_interleave(group, 1), vv = v.repeat_interleave(group, 1);
+  auto scores = torch::matmul(q.to(torch::kFloat64), kk.to(torch::kFloat64).transpose(-2, -1)) /
+                std::sqrt(double(q.size(-1)));
+  torch::Tensor mask = build_attention_mask(q.size(2), k.size(2), m, q.device());
+  if (mask.defined()) scores = scores.masked_fill(mask.logical_not(), -INFINITY);
+  auto probs = torch::softmax(scores, -1);
+  probs = torch::nan_to_num(probs, 0.0);  // a query that sees no key gets zeros, not NaN
+  return torch::matmul(probs, vv.to(torch::kFloat64)).to(q.scalar_type());
+}
+
+}  // namespace cw

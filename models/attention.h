@@ -1,0 +1,26 @@
+// Attention behind one function. `attend` picks LibTorch's fused scaled-dot-product attention with
+// is_causal when the mask is plain causal and square, and an explicit boolean mask otherwise;
+// `attend_reference` is the plain softmax(QK^T/sqrt(d))V twin that tests compare against.
+// Layout: q [B, Hq, Tq, D], k and v [B, Hkv, Tk, D] with Hq a multiple of Hkv (grouped-query).
+// Must not: change q/k/v (no RoPE here) or assume Tq == Tk.
+#pragma once
+#include <torch/torch.h>
+
+namespace cw {
+
+struct AttnMask {
+  bool causal = true;
+  // Absolute position of query 0 minus that of key 0. -1 = bottom-right alignment (Tk - Tq): the queries
+  // are the last Tq positions, as in chunked training and chunked prefill.
+  int64_t q_offset = -1;
+  torch::Tensor q_segments, k_segments;  // [B, Tq], [B, Tk]; attend only where equal (undefined = off)
+  int64_t window = 0;                    // > 0: key j visible from query i only if i - j < window
+};
+
+torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const AttnMask& m);
+torch::Tensor attend_reference(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                               const AttnMask& m);
+// Boolean [B or 1, 1, Tq, Tk], true where attention is allowed (undefined when nothing is masked).
+torch::Tensor build_attention_mask(int64_t Tq, int64_t Tk, const AttnMask& m, const torch::Device& device);
+
+}  // namespace cw

@@ -1,0 +1,30 @@
+// The interface every model family implements, and the registry that builds one from a ModelConfig.
+// Parameter names are the export names (Hugging Face's for Llama), so checkpoints and bundles agree.
+// Must not: own training state (optimizer, schedule) or data loading.
+#pragma once
+#include <torch/torch.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "data/batch.h"
+#include "models/model_config.h"
+
+namespace cw {
+
+class CausalLM : public torch::nn::Module {
+ public:
+  // Logits [B, T, V] for TOKENS at POSITIONS; SEGMENTS (may be undefined) limit attention to a document.
+  virtual torch::Tensor logits(const torch::Tensor& tokens, const torch::Tensor& positions,
+                               const torch::Tensor& segments) = 0;
+  virtual const ModelConfig& config() const = 0;
+  // Sum of token cross-entropies over the batch's targets (fp32). Divide by the step's target count.
+  torch::Tensor loss_sum(const Batch& b);
+};
+
+using ModelBuilder = std::function<std::shared_ptr<CausalLM>(const ModelConfig&)>;
+void register_model_family(const std::string& family, ModelBuilder builder);
+std::shared_ptr<CausalLM> build_model(const ModelConfig& config);
+
+}  // namespace cw

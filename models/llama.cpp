@@ -1,0 +1,142 @@
+// Implementation of models/llama.h and of the model registry.
+#include "models/llama.h"
+
+#include <cmath>
+#include <map>
+#include <mutex>
+
+#include "common/error.h"
+
+namespace cw {
+
+// ---- registry ----
+static std::map<std::string, ModelBuilder>& registry() {
+  static std::map<std::string, ModelBuilder> r = {
+      {"llama", [](const ModelConfig& c) { return std::static_pointer_cast<CausalLM>(std::make_shared<Llama>(c)); }}};
+  return r;
+}
+void register_model_family(const std::string& family, ModelBuilder builder) { registry()[family] = std::move(builder); }
+std::shared_ptr<CausalLM> build_model(const ModelConfig& config) {
+  config.validate();
+  auto it = registry().find(config.family);
+  check(it != registry().end(), "[model] family '", config.family, "' is not built into this binary");
+  return it->second(config);
+}
+
+// Low-precision activations are promoted to fp32 for norms and losses; fp32 and fp64 stay as they are.
+static torch::Tensor at_least_fp32(const torch::Tensor& x) {
+  return x.scalar_type() == torch::kFloat64 ? x : x.to(torch::kFloat32);
+}
+
+torch::Tensor CausalLM::loss_sum(const Batch& b) {
+  auto lg = logits(b.tokens, b.positions, b.has_segments ? b.segments : torch::Tensor());
+  return torch::nn::functional::cross_entropy(
+      at_least_fp32(lg.reshape({-1, lg.size(-1)})), b.targets.reshape({-1}),
+      torch::nn::functional::CrossEntropyFuncOptions().ignore_index(kIgnoreIndex).reduction(torch::kSum));
+}
+
+// ---- modules ----
+RMSNormImpl::RMSNormImpl(int64_t d, double e) : eps(e) { weight = register_parameter("weight", torch::ones({d})); }
+torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  auto xf = at_least_fp32(x);
+  auto y = xf * torch::rsqrt(xf.pow(2).mean(-1, true) + eps);
+  return weight * y.to(x.scalar_type());
+}
+
+std::pair<torch::Tensor, torch::Tensor> rope_tables(const torch::Tensor& positions, int64_t head_dim, double theta) {
+  auto opts = torch::TensorOptions().dtype(torch::kFloat32).device(positions.device());
+  auto inv_freq = 1.0 / torch::pow(theta, torch::arange(0, head_dim, 2, opts) / double(head_dim));
+  auto freqs = positions.to(torch::kFloat32).unsqueeze(-1) * inv_freq;  // [B, T, D/2]
+  auto emb = torch::cat({freqs, freqs}, -1);
+  return {emb.cos(), emb.sin()};
+}
+
+torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  auto rotated = torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+  auto c = cos.unsqueeze(1).to(x.scalar_type()), s = sin.unsqueeze(1).to(x.scalar_type());
+  return x * c + rotated * s;
+}
+
+static torch::nn::Linear linear(int64_t in, int64_t out) {
+  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+}
+
+LlamaAttentionImpl::LlamaAttentionImpl(const ModelConfig& c)
+    : n_heads(c.n_heads), n_kv_heads(c.n_kv_heads), head_dim(c.head_dim()) {
+  q_proj = register_module("q_proj", linear(c.d_model, n_heads * head_dim));
+  k_proj = register_module("k_proj", linear(c.d_model, n_kv_heads * head_dim));
+  v_proj = register_module("v_proj", linear(c.d_model, n_kv_heads * head_dim));
+  o_proj = register_module("o_proj", linear(n_heads * head_dim, c.d_model));
+}
+
+torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
+                                          const torch::Tensor& sin, const AttnMask& mask) {
+  const int64_t B = x.size(0), T = x.size(1);
+  auto q = q_proj(x).view({B, T, n_heads, head_dim}).transpose(1, 2);
+  auto k = k_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);
+  auto v = v_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);
+  q = apply_rope(q, cos, sin);
+  k = apply_rope(k, cos, sin);
+  auto y = attend(q, k, v, mask);
+  return o_proj(y.transpose(1, 2).reshape({B, T, n_heads * head_dim}));
+}
+
+LlamaMLPImpl::LlamaMLPImpl(const ModelConfig& c) {
+  gate_proj = register_module("gate_proj", linear(c.d_model, c.d_ff));
+  up_proj = register_module("up_proj", linear(c.d_model, c.d_ff));
+  down_proj = register_module("down_proj", linear(c.d_ff, c.d_model));
+}
+torch::Tensor LlamaMLPImpl::forward(const torch::Tensor& x) {
+  return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
+}
+
+LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const ModelConfig& c) {
+  self_attn = register_module("self_attn", LlamaAttention(c));
+  mlp = register_module("mlp", LlamaMLP(c));
+  input_layernorm = register_module("input_layernorm", RMSNorm(c.d_model, c.norm_eps));
+  post_attention_layernorm = register_module("post_attention_layernorm", RMSNorm(c.d_model, c.norm_eps));
+}
+torch::Tensor LlamaDecoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
+                                             const torch::Tensor& sin, const AttnMask& mask) {
+  auto h = x + self_attn(input_layernorm(x), cos, sin, mask);
+  return h + mlp(post_attention_layernorm(h));
+}
+
+LlamaBodyImpl::LlamaBodyImpl(const ModelConfig& c) {
+  embed_tokens = register_module("embed_tokens", torch::nn::Embedding(c.vocab_size, c.d_model));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < c.n_layers; ++i) layers->push_back(LlamaDecoderLayer(c));
+  norm = register_module("norm", RMSNorm(c.d_model, c.norm_eps));
+}
+
+Llama::Llama(const ModelConfig& c) : cfg_(c) {
+  model_ = register_module("model", LlamaBody(c));
+  if (!c.tie_embeddings) lm_head_ = register_module("lm_head", linear(c.d_model, c.vocab_size));
+  reset_parameters();
+}
+
+void Llama::reset_parameters() {
+  torch::NoGradGuard ng;
+  const double out_std = cfg_.init_std / std::sqrt(2.0 * double(cfg_.n_layers));
+  for (auto& p : named_parameters()) {
+    const std::string& n = p.key();
+    if (n.find("norm") != std::string::npos) p.value().fill_(1.0);
+    else if (n.find("o_proj") != std::string::npos || n.find("down_proj") != std::string::npos)
+      p.value().normal_(0.0, out_std);
+    else p.value().normal_(0.0, cfg_.init_std);
+  }
+}
+
+torch::Tensor Llama::logits(const torch::Tensor& tokens, const torch::Tensor& positions, const torch::Tensor& segments) {
+  AttnMask mask;
+  mask.q_offset = 0;
+  if (segments.defined()) mask.q_segments = mask.k_segments = segments;
+  auto [cos, sin] = rope_tables(positions, cfg_.head_dim(), cfg_.rope_theta);
+  auto x = model_->embed_tokens(tokens);
+  for (auto& layer : *model_->layers) x = layer->as<LlamaDecoderLayer>()->forward(x, cos, sin, mask);
+  x = model_->norm(x);
+  return cfg_.tie_embeddings ? torch::matmul(x, model_->embed_tokens->weight.t()) : lm_head_(x);
+}
+
+}  // namespace cw

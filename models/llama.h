@@ -1,0 +1,74 @@
+// Llama-style decoder: RMSNorm, RoPE (Hugging Face's rotate-half convention), grouped-query attention
+// through attend(), SwiGLU MLP, optional tied embeddings. Module names reproduce Hugging Face's
+// LlamaForCausalLM tensor names (model.layers.0.self_attn.q_proj.weight, ...).
+// Must not: special-case training strategies; chunked steps reach attention through AttnMask.
+#pragma once
+#include <torch/torch.h>
+
+#include "models/attention.h"
+#include "models/causal_lm.h"
+
+namespace cw {
+
+struct RMSNormImpl : torch::nn::Module {
+  RMSNormImpl(int64_t d, double eps);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor weight;
+  double eps;
+};
+TORCH_MODULE(RMSNorm);
+
+// cos and sin [B, T, head_dim] for POSITIONS [B, T] (fp32), rotate-half layout.
+std::pair<torch::Tensor, torch::Tensor> rope_tables(const torch::Tensor& positions, int64_t head_dim, double theta);
+// x [B, H, T, D]; cos/sin [B, T, D].
+torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
+
+struct LlamaAttentionImpl : torch::nn::Module {
+  explicit LlamaAttentionImpl(const ModelConfig& c);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                        const AttnMask& mask);
+  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  int64_t n_heads, n_kv_heads, head_dim;
+};
+TORCH_MODULE(LlamaAttention);
+
+struct LlamaMLPImpl : torch::nn::Module {
+  explicit LlamaMLPImpl(const ModelConfig& c);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+};
+TORCH_MODULE(LlamaMLP);
+
+struct LlamaDecoderLayerImpl : torch::nn::Module {
+  explicit LlamaDecoderLayerImpl(const ModelConfig& c);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                        const AttnMask& mask);
+  RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+  LlamaAttention self_attn{nullptr};
+  LlamaMLP mlp{nullptr};
+};
+TORCH_MODULE(LlamaDecoderLayer);
+
+struct LlamaBodyImpl : torch::nn::Module {
+  explicit LlamaBodyImpl(const ModelConfig& c);
+  torch::nn::Embedding embed_tokens{nullptr};
+  torch::nn::ModuleList layers;
+  RMSNorm norm{nullptr};
+};
+TORCH_MODULE(LlamaBody);
+
+class Llama : public CausalLM {
+ public:
+  explicit Llama(const ModelConfig& c);
+  torch::Tensor logits(const torch::Tensor& tokens, const torch::Tensor& positions,
+                       const torch::Tensor& segments) override;
+  const ModelConfig& config() const override { return cfg_; }
+  void reset_parameters();  // normal(0, init_std); output projections / sqrt(2 n_layers); norms 1
+
+ private:
+  ModelConfig cfg_;
+  LlamaBody model_{nullptr};
+  torch::nn::Linear lm_head_{nullptr};
+};
+
+}  // namespace cw

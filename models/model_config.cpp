@@ -1,0 +1,31 @@
+// Implementation of models/model_config.h.
+#include "models/model_config.h"
+
+#include "common/error.h"
+
+namespace cw {
+
+void ModelConfig::validate() const {
+  check(vocab_size > 0, "[model] vocab_size must be positive");
+  check(d_model > 0 && n_layers > 0 && n_heads > 0 && n_kv_heads > 0 && d_ff > 0 && max_seq_len > 0,
+        "[model] sizes must be positive");
+  check(d_model % n_heads == 0, "[model] d_model (", d_model, ") must be a multiple of n_heads (", n_heads, ")");
+  check(head_dim() % 2 == 0, "[model] head size d_model/n_heads = ", head_dim(), " must be even for RoPE");
+  check(n_heads % n_kv_heads == 0, "[model] n_heads (", n_heads, ") must be a multiple of n_kv_heads (",
+        n_kv_heads, ")");
+}
+
+int64_t ModelConfig::non_embedding_params() const {
+  int64_t hd = head_dim();
+  int64_t attn = d_model * n_heads * hd * 2 + d_model * n_kv_heads * hd * 2;
+  int64_t mlp = 3 * d_model * d_ff;
+  int64_t per_layer = attn + mlp + 2 * d_model;
+  return n_layers * per_layer + d_model + (tie_embeddings ? 0 : vocab_size * d_model);
+}
+
+double ModelConfig::train_flops_per_token(int64_t T) const {
+  double head = tie_embeddings ? double(vocab_size * d_model) : 0.0;  // tied head still costs FLOPs
+  return 6.0 * (double(non_embedding_params()) + head) + 6.0 * double(n_layers) * double(d_model) * double(T);
+}
+
+}  // namespace cw

@@ -1,0 +1,24 @@
+// Model hyper-parameters shared by every family, and the derived counts (parameters, FLOPs per token).
+// Must not: depend on recipes or training (train/ fills it from a recipe; checkpoints/ from config.json).
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace cw {
+
+struct ModelConfig {
+  std::string family = "llama";
+  int64_t vocab_size = 0, d_model = 256, n_layers = 4, n_heads = 4, n_kv_heads = 4, d_ff = 704;
+  int64_t max_seq_len = 256;
+  double rope_theta = 10000, norm_eps = 1e-5, init_std = 0.02;
+  bool tie_embeddings = false;
+
+  int64_t head_dim() const { return d_model / n_heads; }
+  void validate() const;  // UserError naming the [model] key to change
+  int64_t embedding_params() const { return vocab_size * d_model; }
+  int64_t non_embedding_params() const;  // everything but the input embedding (LM head included)
+  // Training FLOPs per token at context T: 6 * non-embedding params + 6 * layers * d_model * T.
+  double train_flops_per_token(int64_t T) const;
+};
+
+}  // namespace cw

@@ -1,0 +1,145 @@
+// Training end to end on a tiny model: loss goes down below the unigram entropy, a run stopped at step k
+// and resumed reproduces the uninterrupted run bitwise, the NaN guard keeps NaN out of weights and
+// checkpoints, and the CLI turns recipe errors into exit code 2 with a message.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <fstream>
+
+#include "checkpoints/checkpoint.h"
+#include "common/error.h"
+#include "common/files.h"
+#include "common/json.h"
+#include "data/tokenizer.h"
+#include "tests/test_util.h"
+#include "train/recipe.h"
+#include "train/trainer.h"
+
+using namespace cw;
+using namespace cw::test;
+
+static Recipe tiny_recipe(const fs::path& out_dir, const std::string& name, int64_t steps) {
+  fs::path data = shared_prepared_data();
+  std::ostringstream ini;
+  ini << "[run]\nname = " << name << "\nout_dir = " << out_dir.string() << "\nthreads = 1\nseed = 3\n"
+      << "[data]\ntrain = " << (data / "train.h5").string() << "\nval = " << (data / "val.h5").string()
+      << "\ntokenizer = " << shared_tokenizer().string() << "\nseq_len = 32\nbatch_size = 4\n"
+      << "[model]\nd_model = 32\nn_layers = 2\nn_heads = 2\n"
+      << "[optim]\nlr = 3e-3\nmin_lr = 3e-4\n[schedule]\nwarmup_steps = 2\n"
+      << "[train]\nsteps = " << steps << "\neval_every = 3\neval_batches = 2\nlog_every = 1\nckpt_every = 3\nkeep = 10\n";
+  return Recipe::from_text(ini.str(), name + ".ini");
+}
+
+static std::vector<double> metric_losses(const fs::path& run) {
+  std::vector<double> out;
+  std::ifstream in(run / "metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    json j = json::parse(line);
+    if (j.contains("loss") && !j["loss"].is_null()) out.push_back(j["loss"].get<double>());
+  }
+  return out;
+}
+
+TEST(Training, LossFallsBelowUnigramEntropy) {
+  auto out = scratch_dir("train-learn");
+  Recipe r = tiny_recipe(out, "learn", 60);
+  std::ostringstream log;
+  TrainOptions o;
+  o.out = &log;
+  TrainResult res = train(r, o);
+  ASSERT_EQ(res.losses.size(), 60u);
+  EXPECT_LT(res.losses.back(), res.losses.front() - 1.0) << log.str();
+  EXPECT_LT(res.val_loss, res.unigram_entropy) << log.str();
+  EXPECT_NE(log.str().find("tok/s"), std::string::npos);
+  EXPECT_NE(log.str().find("ETA"), std::string::npos);
+  EXPECT_EQ(metric_losses(res.run_dir).size(), 60u);
+}
+
+TEST(Training, ResumedRunIsBitwiseTheUninterruptedRun) {
+  auto out = scratch_dir("train-resume");
+  std::ostringstream log;
+  TrainOptions o;
+  o.out = &log;
+  TrainResult full = train(tiny_recipe(out, "full", 8), o);
+
+  Recipe r = tiny_recipe(out, "crashy", 8);
+  o.stop_at = 5;  // checkpoints at 3 and 6: the "crash" after step 5 loses steps 4-5
+  TrainResult first = train(r, o);
+  EXPECT_EQ(first.last_step, 5);
+  EXPECT_THROW(train(r, TrainOptions{false, 0, &log}), UserError);  // must ask for --resume
+  o.stop_at = 0;
+  o.resume = true;
+  TrainResult second = train(r, o);
+  EXPECT_EQ(second.first_step, 4);
+  ASSERT_EQ(second.losses.size(), 5u);
+  for (size_t i = 0; i < 5; ++i) EXPECT_EQ(second.losses[i], full.losses[i + 3]) << "step " << i + 4;
+  EXPECT_EQ(second.val_loss, full.val_loss);
+
+  auto a = load_checkpoint(*latest_checkpoint(full.run_dir)), b = load_checkpoint(*latest_checkpoint(second.run_dir));
+  EXPECT_EQ(a.step, 8);
+  EXPECT_EQ(b.step, 8);
+  for (auto& [name, t] : a.model) EXPECT_TRUE(torch::equal(t, b.model.at(name))) << name;
+  for (auto& [name, t] : a.optimizer) EXPECT_TRUE(torch::equal(t, b.optimizer.at(name))) << name;
+  EXPECT_EQ(metric_losses(full.run_dir), metric_losses(second.run_dir));  // metrics past step 3 were rewritten
+}
+
+TEST(Training, NonFiniteStepsNeverReachWeightsOrCheckpoints) {
+  auto out = scratch_dir("train-nan");
+  Recipe r = tiny_recipe(out, "nan", 6);
+  r.set("debug.inject_nan_steps", "2,3");
+  std::ostringstream log;
+  TrainOptions o;
+  o.out = &log;
+  TrainResult res = train(r, o);
+  EXPECT_EQ(res.skipped_steps, 2);
+  EXPECT_TRUE(std::isnan(res.losses[1]) && std::isnan(res.losses[2]));
+  auto ck = load_checkpoint(*latest_checkpoint(res.run_dir));
+  for (auto& [name, t] : ck.model) EXPECT_TRUE(torch::isfinite(t).all().item<bool>()) << name;
+  for (auto& [name, t] : ck.optimizer) EXPECT_TRUE(torch::isfinite(t).all().item<bool>()) << name;
+
+  Recipe stop = tiny_recipe(out, "nan-stop", 6);
+  stop.set("debug.inject_nan_steps", "2,3,4");
+  stop.set("train.max_bad_steps", "3");
+  try {
+    train(stop, o);
+    ADD_FAILURE() << "did not stop";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("3 non-finite steps in a row"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Training, TokenizerMismatchIsRefused) {
+  auto out = scratch_dir("train-tokmismatch");
+  TokenizerTrainOptions t;
+  t.vocab_size = 300;
+  train_tokenizer(synthetic_corpus(40, 9), out / "other.model", t);
+  Recipe r = tiny_recipe(out, "mismatch", 2);
+  r.set("data.tokenizer", (out / "other.model").string());
+  try {
+    std::ostringstream log;
+    train(r, TrainOptions{false, 0, &log});
+    ADD_FAILURE();
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("tokenizer mismatch"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Cli, RecipeErrorsExitNonZeroWithTheKeyAndFile) {
+  auto dir = scratch_dir("cli-errors");
+  write_text(dir / "bad.ini", "[model]\nd_model = 64\nwidth = 3\n");
+  std::string out;
+  EXPECT_EQ(run_command(chunkwise_bin() + " train " + (dir / "bad.ini").string(), &out), 2);
+  EXPECT_NE(out.find("model.width"), std::string::npos) << out;
+  EXPECT_NE(out.find("bad.ini"), std::string::npos) << out;
+  EXPECT_EQ(run_command(chunkwise_bin() + " train " + (dir / "none.ini").string(), &out), 2);
+  EXPECT_NE(out.find("not found"), std::string::npos) << out;
+  write_text(dir / "ok.ini", "[model]\nd_model = 64\n");
+  EXPECT_EQ(run_command(chunkwise_bin() + " train " + (dir / "ok.ini").string() + " --model.n_layers=two", &out), 2);
+  EXPECT_NE(out.find("model.n_layers"), std::string::npos) << out;
+  EXPECT_EQ(run_command(chunkwise_bin() + " train " + (dir / "ok.ini").string() + " --print-recipe --model.n_layers=7", &out), 0);
+  EXPECT_NE(out.find("n_layers = 7"), std::string::npos) << out;
+  EXPECT_EQ(run_command(chunkwise_bin() + " train " + (dir / "ok.ini").string(), &out), 2);  // no data set
+  EXPECT_NE(out.find("[data] train is not set"), std::string::npos) << out;
+  EXPECT_EQ(run_command(chunkwise_bin() + " frobnicate", &out), 2);
+}

@@ -1,0 +1,28 @@
+// Helpers shared by the tests: scratch folders, a small tokenizer trained once per process, running the
+// project's Python (h5py, safetensors) and the chunkwise binary.
+// Must not: hide assertions (helpers return data; tests assert).
+#pragma once
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "data/corpus.h"
+
+namespace cw::test {
+
+namespace fs = std::filesystem;
+
+fs::path scratch_dir(const std::string& name);  // fresh, empty, under the system temp folder
+std::vector<Document> synthetic_corpus(int n_docs, uint64_t seed);  // text with learnable structure
+fs::path shared_tokenizer();                                 // trained once on synthetic_corpus(200, 7)
+fs::path shared_prepared_data();                             // train.h5 / val.h5 from that tokenizer
+// Runs a command; returns its exit code and fills OUTPUT with stdout+stderr.
+int run_command(const std::string& cmd, std::string* output);
+std::string python();      // $CHUNKWISE_PYTHON
+std::string source_dir();  // $CHUNKWISE_SOURCE_DIR
+std::string chunkwise_bin();
+void write_text(const fs::path& p, const std::string& text);
+void flip_byte(const fs::path& p, uint64_t offset);
+void truncate_file(const fs::path& p, uint64_t size);
+
+}  // namespace cw::test

@@ -1,0 +1,104 @@
+// `chunkwise data ...`: fetch corpora, train tokenizers, prepare HDF5 stores, inspect stores.
+#include <iostream>
+
+#include "common/files.h"
+#include "data/corpus.h"
+#include "data/fetch.h"
+#include "data/prepare.h"
+#include "data/token_store.h"
+#include "data/tokenizer.h"
+#include "tools/cli/commands.h"
+#include "tools/cli/options.h"
+
+namespace cw::cli {
+
+static int fetch_main(const Args& args) {
+  po::options_description desc("data fetch options");
+  std::string name, dir;
+  desc.add_options()("name", po::value(&name)->required(), "corpus name")(
+      "dir", po::value(&dir)->default_value(default_corpus_cache().string()), "cache folder");
+  po::positional_options_description pos;
+  pos.add("name", 1);
+  po::variables_map vm;
+  std::string usage = "chunkwise data fetch NAME [--dir CACHE]\n\ncorpora:";
+  for (auto& c : known_corpora()) usage += "\n  " + c.name + " (" + c.package + "): " + c.description;
+  if (!parse_args(args, desc, pos, vm, usage)) return 0;
+  std::cout << fetch_corpus(name, expand_user(dir)).string() << "\n";
+  return 0;
+}
+
+static int tokenizer_main(const Args& args) {
+  po::options_description desc("data tokenizer options");
+  std::string out;
+  std::vector<std::string> inputs;
+  TokenizerTrainOptions o;
+  desc.add_options()("out", po::value(&out)->required(), "tokenizer model file to write")(
+      "vocab-size", po::value(&o.vocab_size)->default_value(8192), "vocabulary size")(
+      "max-sentences", po::value(&o.max_sentences)->default_value(2000000), "lines sampled for training")(
+      "threads", po::value(&o.threads)->default_value(2), "training threads")(
+      "seed", po::value(&o.seed)->default_value(1), "sampling seed")(
+      "input", po::value(&inputs)->required(), "corpus folders or files");
+  po::positional_options_description pos;
+  pos.add("input", -1);
+  po::variables_map vm;
+  if (!parse_args(args, desc, pos, vm, "chunkwise data tokenizer --out FILE [--vocab-size N] INPUT...")) return 0;
+  auto docs = read_documents(inputs);
+  std::cerr << "training a " << o.vocab_size << "-piece BPE tokenizer on " << docs.size() << " documents\n";
+  train_tokenizer(docs, out, o);
+  std::cout << out << ": " << Tokenizer::load(out).identity().describe() << "\n";
+  return 0;
+}
+
+static int prepare_main(const Args& args) {
+  po::options_description desc("data prepare options");
+  PrepareOptions o;
+  std::string tokenizer, out;
+  desc.add_options()("tokenizer", po::value(&tokenizer)->required(), "SentencePiece model")(
+      "out", po::value(&out)->required(), "folder for train.h5 and val.h5")(
+      "val-fraction", po::value(&o.val_fraction)->default_value(0.05), "documents held out for validation")(
+      "seed", po::value(&o.seed)->default_value(1), "split seed")(
+      "threads", po::value(&o.threads)->default_value(2), "tokenizer threads")(
+      "input", po::value(&o.inputs)->required(), "corpus folders or files (text, Markdown, reST, HTML, code, JSONL)");
+  po::positional_options_description pos;
+  pos.add("input", -1);
+  po::variables_map vm;
+  if (!parse_args(args, desc, pos, vm, "chunkwise data prepare --tokenizer FILE --out DIR INPUT...")) return 0;
+  o.tokenizer = expand_user(tokenizer);
+  o.out_dir = expand_user(out);
+  PrepareReport rep = prepare_corpus(o);
+  std::cout << "train: " << rep.train_docs << " documents, " << rep.train_tokens << " tokens -> "
+            << (o.out_dir / "train.h5").string() << "\nval:   " << rep.val_docs << " documents, " << rep.val_tokens
+            << " tokens -> " << (o.out_dir / "val.h5").string() << "\n";
+  return 0;
+}
+
+static int info_main(const Args& args) {
+  po::options_description desc("data info options");
+  std::string store;
+  desc.add_options()("store", po::value(&store)->required(), "token store (.h5)");
+  po::positional_options_description pos;
+  pos.add("store", 1);
+  po::variables_map vm;
+  if (!parse_args(args, desc, pos, vm, "chunkwise data info STORE")) return 0;
+  auto c = read_token_store(expand_user(store));
+  std::cout << store << ": split " << c.split << ", " << c.n_docs() << " documents, " << c.tokens.size()
+            << " tokens\ntokenizer " << c.tokenizer.describe() << "\n";
+  return 0;
+}
+
+int data_main(const Args& args) {
+  const char* usage = "usage: chunkwise data fetch|tokenizer|prepare|info ... (each takes --help)\n";
+  if (args.empty()) fail(usage);
+  Args rest(args.begin() + 1, args.end());
+  if (args[0] == "fetch") return fetch_main(rest);
+  if (args[0] == "tokenizer") return tokenizer_main(rest);
+  if (args[0] == "prepare") return prepare_main(rest);
+  if (args[0] == "info") return info_main(rest);
+  if (args[0] == "--help" || args[0] == "-h") {
+    std::cout << usage;
+    return 0;
+  }
+  fail("unknown data command '", args[0], "'\n", usage);
+}
+
+}  // namespace cw::cli

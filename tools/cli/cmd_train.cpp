@@ -1,0 +1,49 @@
+// `chunkwise train RECIPE [--resume] [--section.key=value ...]` and `chunkwise recipe keys`.
+#include <iostream>
+
+#include "train/recipe.h"
+#include "train/trainer.h"
+#include "tools/cli/commands.h"
+#include "tools/cli/options.h"
+
+namespace cw::cli {
+
+int train_main(const Args& args) {
+  po::options_description desc("train options");
+  std::string recipe_file;
+  int64_t stop_at = 0;
+  desc.add_options()("recipe", po::value(&recipe_file)->required(), "recipe file (.ini)")(
+      "resume", "continue from the run's newest complete checkpoint")(
+      "stop-at", po::value(&stop_at)->default_value(0), "stop after this step without a final checkpoint (crash drill)")(
+      "print-recipe", "print the fully resolved recipe and exit");
+  po::positional_options_description pos;
+  pos.add("recipe", 1);
+  po::variables_map vm;
+  std::vector<std::string> overrides;
+  std::string usage = "chunkwise train RECIPE [--resume] [--section.key=value ...]\n\nrecipe keys (override any "
+                      "as --section.key=value):" + recipe_keys_help();
+  if (!parse_args(args, desc, pos, vm, usage, true, &overrides)) return 0;
+  Recipe r = Recipe::load(recipe_file, overrides);
+  if (vm.count("print-recipe")) {
+    std::cout << r.resolved_ini();
+    return 0;
+  }
+  TrainOptions o;
+  o.resume = vm.count("resume") > 0;
+  o.stop_at = stop_at;
+  TrainResult res = train(r, o);
+  std::cout << "done: step " << res.last_step << " in " << res.run_dir.string();
+  if (!std::isnan(res.val_loss))
+    std::cout << " | val loss " << res.val_loss << " vs unigram entropy " << res.unigram_entropy << " nats";
+  std::cout << "\n";
+  return 0;
+}
+
+int recipe_main(const Args& args) {
+  if (args.empty() || args[0] != "keys") fail("usage: chunkwise recipe keys [--markdown]");
+  bool md = args.size() > 1 && args[1] == "--markdown";
+  std::cout << (md ? recipe_keys_markdown() : recipe_keys_help());
+  return 0;
+}
+
+}  // namespace cw::cli

@@ -1,0 +1,19 @@
+// The CLI's subcommands. Each takes the arguments after its name and returns the exit code;
+// user errors are thrown as UserError and turned into a message and exit code 2 by main().
+// Must not: hold training or data logic (they call into data/, train/, checkpoints/).
+#pragma once
+#include <string>
+#include <vector>
+
+namespace cw::cli {
+
+using Args = std::vector<std::string>;
+
+int data_main(const Args& args);    // fetch | tokenizer | prepare | info
+int train_main(const Args& args);
+int sample_main(const Args& args);
+int plot_main(const Args& args);
+int recipe_main(const Args& args);  // keys
+
+// Parses ARGS with DESC (and positional names), prints help when asked; returns false after --help.
+}  // namespace cw::cli

@@ -1,0 +1,56 @@
+# Shared by tools/setup, tools/test and tools/quickstart (sourced, not run).
+# Installs what is missing (Debian packages, the project's Python environment outside the checkout),
+# configures and builds. Quiet when everything is already there.
+set -euo pipefail
+
+CW_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CW_CACHE="${CHUNKWISE_CACHE:-$HOME/.cache/chunkwise}"
+CW_VENV="${CHUNKWISE_VENV:-$CW_CACHE/venv}"
+CW_BUILD="${CHUNKWISE_BUILD:-$CW_ROOT/build}"
+CW_APT_PACKAGES=(cmake ninja-build g++ pkg-config ccache python3 python3-venv libsentencepiece-dev
+  libhdf5-dev libboost-program-options-dev libgtest-dev nlohmann-json3-dev zlib1g-dev)
+CW_PIP_PACKAGES=(torch==2.11.0 numpy h5py safetensors matplotlib)
+
+cw_log() { printf '[chunkwise] %s\n' "$*" >&2; }
+
+cw_install_system() {
+  local missing=()
+  for p in "${CW_APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  cw_log "installing Debian packages: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+cw_install_python() {
+  local stamp="$CW_VENV/.chunkwise-packages"
+  if [ -x "$CW_VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "${CW_PIP_PACKAGES[*]}" ]; then
+    return 0
+  fi
+  cw_log "creating the Python environment in $CW_VENV (LibTorch comes from the torch wheel; first time: minutes)"
+  mkdir -p "$CW_CACHE"
+  [ -x "$CW_VENV/bin/python" ] || python3 -m venv "$CW_VENV"
+  "$CW_VENV/bin/pip" install -q --disable-pip-version-check "${CW_PIP_PACKAGES[@]}"
+  echo "${CW_PIP_PACKAGES[*]}" > "$stamp"
+}
+
+cw_build() {
+  export CCACHE_BASEDIR="$CW_ROOT"
+  export CCACHE_SLOPPINESS="pch_defines,time_macros,include_file_mtime,include_file_ctime"
+  export CCACHE_NOHASHDIR=1
+  local jobs="${CHUNKWISE_JOBS:-$(nproc)}"
+  if [ ! -f "$CW_BUILD/build.ninja" ]; then
+    cmake -S "$CW_ROOT" -B "$CW_BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+      -DCHUNKWISE_PYTHON="$CW_VENV/bin/python" "$@" >/dev/null
+  fi
+  cmake --build "$CW_BUILD" -j "$jobs"
+}
+
+cw_setup() {
+  cw_install_system
+  cw_install_python
+}

@@ -1,0 +1,71 @@
+// Implementation of train/adamw.h.
+#include "train/adamw.h"
+
+#include <cmath>
+
+#include "common/error.h"
+
+namespace cw {
+
+bool default_weight_decay(const std::string& name, const torch::Tensor& p, bool decay_embeddings, bool decay_norms) {
+  if (p.dim() < 2) return decay_norms;
+  if (name.find("embed") != std::string::npos) return decay_embeddings;
+  return true;
+}
+
+AdamW::AdamW(const std::vector<std::pair<std::string, torch::Tensor>>& params, const std::vector<bool>& decay,
+             AdamWOptions opt)
+    : opt_(opt) {
+  for (size_t i = 0; i < params.size(); ++i) {
+    const auto& p = params[i].second;
+    slots_.push_back({params[i].first, p, torch::zeros_like(p, torch::MemoryFormat::Preserve),
+                      torch::zeros_like(p, torch::MemoryFormat::Preserve), decay[i]});
+  }
+}
+
+void AdamW::step(double lr) {
+  torch::NoGradGuard ng;
+  ++steps_;
+  const double bc1 = 1.0 - std::pow(opt_.beta1, double(steps_));
+  const double bc2 = 1.0 - std::pow(opt_.beta2, double(steps_));
+  for (auto& s : slots_) {
+    const auto& g = s.param.grad();
+    if (!g.defined()) continue;
+    if (s.decay && opt_.weight_decay != 0) s.param.mul_(1.0 - lr * opt_.weight_decay);
+    s.exp_avg.mul_(opt_.beta1).add_(g, 1.0 - opt_.beta1);
+    s.exp_avg_sq.mul_(opt_.beta2).addcmul_(g, g, 1.0 - opt_.beta2);
+    auto denom = (s.exp_avg_sq.sqrt() / std::sqrt(bc2)).add_(opt_.eps);
+    s.param.addcdiv_(s.exp_avg, denom, -lr / bc1);
+  }
+}
+
+void AdamW::zero_grad() {
+  for (auto& s : slots_)
+    if (s.param.grad().defined()) s.param.mutable_grad() = torch::Tensor();
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> AdamW::state_tensors() const {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (auto& s : slots_) out.emplace_back("exp_avg." + s.name, s.exp_avg);
+  for (auto& s : slots_) out.emplace_back("exp_avg_sq." + s.name, s.exp_avg_sq);
+  return out;
+}
+
+void AdamW::load_state(const std::map<std::string, torch::Tensor>& tensors, int64_t steps, const std::string& what) {
+  torch::NoGradGuard ng;
+  for (auto& s : slots_) {
+    for (auto* pair : {&s.exp_avg, &s.exp_avg_sq}) {
+      std::string key = (pair == &s.exp_avg ? "exp_avg." : "exp_avg_sq.") + s.name;
+      auto it = tensors.find(key);
+      check(it != tensors.end(), what, ": optimizer state '", key, "' is missing");
+      check(it->second.sizes() == pair->sizes(), what, ": optimizer state '", key, "' has shape ",
+            it->second.sizes(), " but the parameter has ", pair->sizes());
+      pair->copy_(it->second);
+    }
+  }
+  check(tensors.size() == 2 * slots_.size(), what, ": optimizer state has ", tensors.size(),
+        " tensors, expected ", 2 * slots_.size(), " (different model?)");
+  steps_ = steps;
+}
+
+}  // namespace cw

@@ -1,0 +1,44 @@
+// AdamW with decoupled weight decay, applied per named parameter so its state can be saved under the
+// parameter's export name, masked (sparsity) or sharded (ZeRO-1) later. Same arithmetic as
+// torch::optim::AdamW, which tests use as its reference twin.
+// Must not: decide which parameters decay (the caller passes that per parameter).
+#pragma once
+#include <torch/torch.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace cw {
+
+struct AdamWOptions {
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
+};
+
+class AdamW {
+ public:
+  struct Slot {
+    std::string name;
+    torch::Tensor param, exp_avg, exp_avg_sq;
+    bool decay;
+  };
+  AdamW(const std::vector<std::pair<std::string, torch::Tensor>>& params, const std::vector<bool>& decay,
+        AdamWOptions opt);
+  void step(double lr);  // skips parameters without a gradient
+  void zero_grad();
+  int64_t steps() const { return steps_; }
+  const std::vector<Slot>& slots() const { return slots_; }
+  // "exp_avg.NAME" / "exp_avg_sq.NAME" tensors, and the step count.
+  std::vector<std::pair<std::string, torch::Tensor>> state_tensors() const;
+  void load_state(const std::map<std::string, torch::Tensor>& tensors, int64_t steps, const std::string& what);
+
+ private:
+  std::vector<Slot> slots_;
+  AdamWOptions opt_;
+  int64_t steps_ = 0;
+};
+
+// Default policy: matrices decay; embeddings only if DECAY_EMBEDDINGS; norms and biases only if DECAY_NORMS.
+bool default_weight_decay(const std::string& name, const torch::Tensor& p, bool decay_embeddings, bool decay_norms);
+
+}  // namespace cw

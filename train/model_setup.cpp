@@ -1,0 +1,40 @@
+// Implementation of train/model_setup.h.
+#include "train/model_setup.h"
+
+#include "common/error.h"
+
+namespace cw {
+
+ModelConfig model_config_from_recipe(const Recipe& r, int64_t tokenizer_vocab) {
+  ModelConfig c;
+  c.family = r.s("model.family");
+  c.vocab_size = r.i("model.vocab_size") > 0 ? r.i("model.vocab_size") : tokenizer_vocab;
+  check(c.vocab_size >= tokenizer_vocab, "[model] vocab_size ", c.vocab_size, " is smaller than the tokenizer's ",
+        tokenizer_vocab);
+  c.d_model = r.i("model.d_model");
+  c.n_layers = r.i("model.n_layers");
+  c.n_heads = r.i("model.n_heads");
+  c.n_kv_heads = r.i("model.n_kv_heads") > 0 ? r.i("model.n_kv_heads") : c.n_heads;
+  c.d_ff = r.i("model.d_ff") > 0 ? r.i("model.d_ff") : ((8 * c.d_model / 3 + 63) / 64) * 64;
+  c.max_seq_len = r.i("model.max_seq_len") > 0 ? r.i("model.max_seq_len") : r.i("data.seq_len");
+  check(c.max_seq_len >= r.i("data.seq_len"), "[model] max_seq_len ", c.max_seq_len, " is below data.seq_len ",
+        r.i("data.seq_len"));
+  c.rope_theta = r.f("model.rope_theta");
+  c.norm_eps = r.f("model.norm_eps");
+  c.tie_embeddings = r.b("model.tie_embeddings");
+  c.init_std = r.f("model.init_std");
+  c.validate();
+  return c;
+}
+
+torch::Device resolve_device(const std::string& name) {
+  if (name == "cpu") return torch::kCPU;
+  bool cuda = torch::cuda::is_available();
+  if (name == "cuda") {
+    check(cuda, "[run] device = cuda, but no CUDA device is available to this build");
+    return torch::kCUDA;
+  }
+  return cuda ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+}
+
+}  // namespace cw

@@ -1,0 +1,14 @@
+// Recipe -> model configuration and device: the one place where [model] keys become a ModelConfig.
+// Must not: build optimizers or read data.
+#pragma once
+#include <torch/torch.h>
+
+#include "models/model_config.h"
+#include "train/recipe.h"
+
+namespace cw {
+
+ModelConfig model_config_from_recipe(const Recipe& r, int64_t tokenizer_vocab);
+torch::Device resolve_device(const std::string& name);  // auto | cpu | cuda
+
+}  // namespace cw

@@ -1,0 +1,103 @@
+// The table of every recipe key: type, default, help, allowed values. Adding a feature's keys = adding rows.
+// Must not: hold logic beyond the table and its renderings.
+#include <sstream>
+
+#include "train/recipe.h"
+
+namespace cw {
+
+const std::vector<KeySpec>& recipe_keys() {
+  using K = KeyType;
+  static const std::vector<KeySpec> keys = {
+      {"run.name", K::String, "run", "run name; outputs go to <out_dir>/<name>"},
+      {"run.out_dir", K::String, "runs", "folder that holds runs"},
+      {"run.seed", K::Int, "1", "seed of model init, data order and sampling"},
+      {"run.device", K::String, "auto", "where to train", {"auto", "cpu", "cuda"}},
+      {"run.threads", K::Int, "0", "CPU threads for LibTorch (0 = LibTorch's default)"},
+      {"run.peak_tflops", K::Float, "989", "accelerator peak for MFU (dense bf16 TFLOP/s; H100/H200 SXM = 989)"},
+      {"data.train", K::String, "", "training token store (.h5) from `chunkwise data prepare`"},
+      {"data.val", K::String, "", "validation token store (.h5); empty = no evaluation"},
+      {"data.tokenizer", K::String, "", "SentencePiece model the stores were made with (checked against them)"},
+      {"data.seq_len", K::Int, "256", "tokens per training sequence"},
+      {"data.batch_size", K::Int, "16", "sequences per micro-batch"},
+      {"model.family", K::String, "llama", "model family", {"llama"}},
+      {"model.vocab_size", K::Int, "0", "vocabulary size (0 = the tokenizer's)"},
+      {"model.d_model", K::Int, "256", "hidden size"},
+      {"model.n_layers", K::Int, "4", "decoder layers"},
+      {"model.n_heads", K::Int, "4", "query heads"},
+      {"model.n_kv_heads", K::Int, "0", "key/value heads for grouped-query attention (0 = n_heads)"},
+      {"model.d_ff", K::Int, "0", "SwiGLU hidden size (0 = 8/3 d_model rounded up to a multiple of 64)"},
+      {"model.max_seq_len", K::Int, "0", "longest position the model is built for (0 = data.seq_len)"},
+      {"model.rope_theta", K::Float, "10000", "RoPE base"},
+      {"model.norm_eps", K::Float, "1e-5", "RMSNorm epsilon"},
+      {"model.tie_embeddings", K::Bool, "false", "share the input embedding with the LM head"},
+      {"model.init_std", K::Float, "0.02", "std of the normal init (output projections get std/sqrt(2 n_layers))"},
+      {"optim.lr", K::Float, "1e-3", "peak learning rate"},
+      {"optim.min_lr", K::Float, "1e-4", "learning rate at the end of the decay"},
+      {"optim.beta1", K::Float, "0.9", "AdamW beta1"},
+      {"optim.beta2", K::Float, "0.95", "AdamW beta2"},
+      {"optim.eps", K::Float, "1e-8", "AdamW epsilon"},
+      {"optim.weight_decay", K::Float, "0.1", "decoupled weight decay"},
+      {"optim.decay_embeddings", K::Bool, "false", "apply weight decay to embeddings too"},
+      {"optim.decay_norms", K::Bool, "false", "apply weight decay to norm weights and biases too"},
+      {"optim.grad_clip", K::Float, "1.0", "clip the global gradient norm to this (0 = off)"},
+      {"schedule.name", K::String, "warmup_cosine", "learning-rate schedule", {"warmup_cosine", "constant"}},
+      {"schedule.warmup_steps", K::Int, "100", "linear warmup steps"},
+      {"train.steps", K::Int, "1000", "optimizer steps"},
+      {"train.grad_accum", K::Int, "1", "micro-batches per optimizer step"},
+      {"train.eval_every", K::Int, "100", "evaluate every N steps (0 = only at the end)"},
+      {"train.eval_batches", K::Int, "20", "validation batches per evaluation"},
+      {"train.log_every", K::Int, "10", "print a progress line every N steps"},
+      {"train.ckpt_every", K::Int, "100", "write a checkpoint every N steps (0 = only at the end)"},
+      {"train.keep", K::Int, "3", "checkpoints to keep (older ones are deleted)"},
+      {"train.max_bad_steps", K::Int, "5", "stop after this many non-finite steps in a row"},
+      {"debug.inject_nan_steps", K::String, "", "comma-separated steps whose loss is made NaN (tests the guard)"},
+  };
+  return keys;
+}
+
+const KeySpec* find_key(const std::string& name) {
+  for (auto& k : recipe_keys()) if (k.name == name) return &k;
+  return nullptr;
+}
+
+std::string key_type_name(KeyType t) {
+  switch (t) {
+    case KeyType::Int: return "integer";
+    case KeyType::Float: return "number";
+    case KeyType::String: return "text";
+    case KeyType::Bool: return "true/false";
+  }
+  return "?";
+}
+
+static std::string choices_text(const KeySpec& k) {
+  std::string out;
+  for (auto& c : k.choices) out += (out.empty() ? "" : " | ") + c;
+  return out;
+}
+
+std::string recipe_keys_markdown() {
+  std::ostringstream os;
+  os << "| key | type | default | meaning |\n|---|---|---|---|\n";
+  for (auto& k : recipe_keys()) {
+    os << "| `" << k.name << "` | " << (k.choices.empty() ? key_type_name(k.type) : choices_text(k)) << " | `"
+       << k.default_value << "` | " << k.help << " |\n";
+  }
+  return os.str();
+}
+
+std::string recipe_keys_help() {
+  std::ostringstream os;
+  std::string section;
+  for (auto& k : recipe_keys()) {
+    std::string sec = k.name.substr(0, k.name.find('.'));
+    if (sec != section) os << "\n[" << (section = sec) << "]\n";
+    std::string lhs = "  --" + k.name + "=" + (k.choices.empty() ? key_type_name(k.type) : choices_text(k));
+    os << lhs << std::string(lhs.size() < 44 ? 44 - lhs.size() : 1, ' ') << k.help << " (default: "
+       << (k.default_value.empty() ? "none" : k.default_value) << ")\n";
+  }
+  return os.str();
+}
+
+}  // namespace cw

@@ -1,0 +1,35 @@
+// A training step as a strategy: given the model and the step's micro-batches, fill every parameter's
+// .grad and return the step's mean loss. The standard strategy accumulates micro-batches; SeCO/SpaCO
+// (chunk-wise backprop) plug in here later. The loss is normalised by the target tokens of the whole step,
+// so accumulation gives the same gradient as one big batch.
+// Must not: step the optimizer, clip, or skip steps (the trainer owns that).
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "data/batch.h"
+#include "models/causal_lm.h"
+
+namespace cw {
+
+struct StepResult {
+  double loss = 0;           // mean token cross-entropy over the step
+  int64_t tokens = 0;        // input tokens processed
+  int64_t target_tokens = 0;
+};
+
+class StepStrategy {
+ public:
+  virtual ~StepStrategy() = default;
+  virtual StepResult run(CausalLM& model, const std::vector<Batch>& micro_batches) = 0;
+};
+
+class StandardStep : public StepStrategy {
+ public:
+  StepResult run(CausalLM& model, const std::vector<Batch>& micro_batches) override;
+};
+
+std::unique_ptr<StepStrategy> make_step_strategy(const std::string& name);
+
+}  // namespace cw
