@@ -46,12 +46,13 @@ fs::path fetch_corpus(const std::string& name, const fs::path& cache, bool quiet
   fs::create_directories(work);
   if (!quiet) std::cerr << "fetching " << spec->package << " from the Debian archive into " << root << "\n";
   std::string cmd = "cd " + shell_quote(work.string()) + " && apt-get download -q " + spec->package +
-                    (quiet ? " >/dev/null 2>&1" : " >&2") + " && dpkg-deb -x " + spec->package + "_*.deb x";
+                    " >apt.log 2>&1 && dpkg-deb -x " + spec->package + "_*.deb x >>apt.log 2>&1";
   int rc = std::system(cmd.c_str());
   if (rc != 0) {
+    std::string log = fs::exists(work / "apt.log") ? read_file(work / "apt.log") : "";
     fs::remove_all(work);
-    fail("could not fetch ", spec->package, " (apt-get download failed; run `apt-get update` once, as root, "
-         "and check that Debian's archive is reachable)");
+    fail("could not fetch ", spec->package, ": apt-get download failed. Run `apt-get update` once (as root) and "
+         "check that Debian's archive is reachable.\n", log);
   }
   fs::path sub = work / "x" / spec->subdir;
   check(fs::exists(sub), spec->package, " does not contain ", spec->subdir);

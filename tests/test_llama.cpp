@@ -7,6 +7,7 @@
 #include <set>
 
 #include "models/llama.h"
+#include "train/step_strategy.h"
 
 using namespace cw;
 using torch::indexing::Slice;
@@ -168,4 +169,34 @@ TEST(Llama, GradientsMatchFiniteDifferences) {
     }
   }
   EXPECT_GT(checked, 40);
+}
+
+TEST(StepStrategy, AccumulatedMicroBatchesGiveTheFullBatchGradient) {
+  torch::manual_seed(9);
+  ModelConfig c = tiny();
+  Llama model(c);
+  model.to(torch::kFloat64);
+  auto make = [&](int64_t rows) {
+    Batch b;
+    b.tokens = torch::randint(0, c.vocab_size, {rows, 8}, torch::kInt64);
+    b.targets = torch::randint(0, c.vocab_size, {rows, 8}, torch::kInt64);
+    b.targets.index_put_({0, Slice(0, 3)}, kIgnoreIndex);
+    b.positions = torch::arange(8, torch::kInt64).unsqueeze(0).repeat({rows, 1});
+    b.n_target_tokens = (b.targets != kIgnoreIndex).sum().item<int64_t>();
+    return b;
+  };
+  Batch a = make(2), b = make(3);
+  Batch whole;
+  whole.tokens = torch::cat({a.tokens, b.tokens});
+  whole.targets = torch::cat({a.targets, b.targets});
+  whole.positions = torch::cat({a.positions, b.positions});
+  whole.n_target_tokens = a.n_target_tokens + b.n_target_tokens;
+  StandardStep step;
+  double loss_whole = step.run(model, {whole}).loss;
+  std::vector<torch::Tensor> g_whole;
+  for (auto& p : model.parameters()) g_whole.push_back(p.grad().clone()), p.mutable_grad() = torch::Tensor();
+  double loss_acc = step.run(model, {a, b}).loss;
+  EXPECT_NEAR(loss_acc, loss_whole, 1e-12);
+  size_t i = 0;
+  for (auto& p : model.parameters()) EXPECT_TRUE(torch::allclose(p.grad(), g_whole[i++], 1e-10, 1e-12));
 }

@@ -81,8 +81,8 @@ std::string recipe_keys_markdown() {
   std::ostringstream os;
   os << "| key | type | default | meaning |\n|---|---|---|---|\n";
   for (auto& k : recipe_keys()) {
-    os << "| `" << k.name << "` | " << (k.choices.empty() ? key_type_name(k.type) : choices_text(k)) << " | `"
-       << k.default_value << "` | " << k.help << " |\n";
+    os << "| `" << k.name << "` | " << (k.choices.empty() ? key_type_name(k.type) : choices_text(k)) << " | "
+       << (k.default_value.empty() ? std::string("(none)") : "`" + k.default_value + "`") << " | " << k.help << " |\n";
   }
   return os.str();
 }
