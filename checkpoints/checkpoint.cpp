@@ -17,12 +17,12 @@ std::vector<std::pair<int64_t, fs::path>> list_steps(const fs::path& dir, bool c
   std::vector<std::pair<int64_t, fs::path>> out;
   if (!fs::exists(dir)) return out;
   static const std::regex re("step-([0-9]+)");
-  for (auto& e : fs::directory_iterator(dir)) {
+  for (auto& e : list_dir(dir)) {
     std::smatch m;
-    std::string name = e.path().filename().string();
-    if (!e.is_directory() || !std::regex_match(name, m, re)) continue;
-    if (complete_only && !fs::exists(e.path() / "manifest.json")) continue;
-    out.emplace_back(std::stoll(m[1]), e.path());
+    std::string name = e.path.filename().string();
+    if (!e.is_dir || !std::regex_match(name, m, re)) continue;
+    if (complete_only && !fs::exists(e.path / "manifest.json")) continue;
+    out.emplace_back(std::stoll(m[1]), e.path);
   }
   std::sort(out.begin(), out.end());
   return out;
@@ -36,7 +36,7 @@ fs::path save_checkpoint(const fs::path& run_dir, int64_t step, const Checkpoint
   fs::create_directories(root);
   fs::path final_dir = root / ("step-" + std::to_string(step));
   fs::path tmp = root / ("step-" + std::to_string(step) + ".tmp");
-  fs::remove_all(tmp);
+  remove_tree(tmp);
   fs::create_directories(tmp);
   save_tensors(tmp / "model.safetensors", c.model, {{"format", "pt"}});
   save_tensors(tmp / "optimizer.safetensors", c.optimizer);
@@ -48,14 +48,14 @@ fs::path save_checkpoint(const fs::path& run_dir, int64_t step, const Checkpoint
   json manifest = {{"format", "chunkwise-checkpoint"}, {"version", kCheckpointVersion}, {"step", step}, {"files", files}};
   write_file_atomic(tmp / "manifest.json", manifest.dump(2) + "\n");
   fsync_path(tmp);
-  fs::remove_all(final_dir);
+  remove_tree(final_dir);
   fs::rename(tmp, final_dir);
   fsync_path(root);
   // Retention: newest KEEP complete checkpoints survive; leftovers of interrupted writes go.
   auto complete = list_steps(root, true);
-  for (size_t i = 0; keep > 0 && i + size_t(keep) < complete.size(); ++i) fs::remove_all(complete[i].second);
-  for (auto& e : fs::directory_iterator(root))
-    if (e.is_directory() && e.path().extension() == ".tmp") fs::remove_all(e.path());
+  for (size_t i = 0; keep > 0 && i + size_t(keep) < complete.size(); ++i) remove_tree(complete[i].second);
+  for (auto& e : list_dir(root))
+    if (e.is_dir && e.path.extension() == ".tmp") remove_tree(e.path);
   return final_dir;
 }
 

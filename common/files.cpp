@@ -1,10 +1,14 @@
 // Implementation of common/files.h.
 #include "common/files.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <ftw.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -74,6 +78,51 @@ fs::path expand_user(const std::string& path) {
     return fs::path(home ? home : "/") / path.substr(path.size() > 1 ? 2 : 1);
   }
   return fs::path(path);
+}
+
+std::vector<DirEntry> list_dir(const fs::path& dir) {
+  std::vector<DirEntry> out;
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return out;
+  while (dirent* e = ::readdir(d)) {
+    std::string name = e->d_name;
+    if (name == "." || name == "..") continue;
+    fs::path p = dir / name;
+    struct stat st;
+    if (::stat(p.c_str(), &st) != 0) continue;  // dangling link
+    out.push_back({p, S_ISDIR(st.st_mode)});
+  }
+  ::closedir(d);
+  std::sort(out.begin(), out.end(), [](const DirEntry& a, const DirEntry& b) { return a.path < b.path; });
+  return out;
+}
+
+static void collect_files(const fs::path& dir, std::vector<fs::path>& out, int depth) {
+  check(depth < 64, "folders nested deeper than 64 levels (a link cycle?) under ", dir.string());
+  for (auto& e : list_dir(dir)) {
+    if (e.is_dir) collect_files(e.path, out, depth + 1);
+    else out.push_back(e.path);
+  }
+}
+
+std::vector<fs::path> list_files_recursive(const fs::path& root) {
+  std::vector<fs::path> out;
+  collect_files(root, out, 0);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+void remove_tree(const fs::path& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) return;
+  if (!S_ISDIR(st.st_mode)) {
+    check(::unlink(path.c_str()) == 0, "cannot remove ", path.string());
+    return;
+  }
+  auto rm = [](const char* p, const struct stat*, int flag, struct FTW*) -> int {
+    return flag == FTW_DP ? ::rmdir(p) : ::unlink(p);
+  };
+  check(::nftw(path.c_str(), rm, 16, FTW_DEPTH | FTW_PHYS) == 0, "cannot remove ", path.string());
 }
 
 std::string human_bytes(uint64_t n) {

@@ -88,8 +88,8 @@ void for_each_document(const std::vector<std::string>& inputs, const std::functi
       continue;
     }
     std::vector<fs::path> files;
-    for (auto& e : fs::recursive_directory_iterator(root, fs::directory_options::follow_directory_symlink))
-      if (e.is_regular_file() && is_corpus_file(e.path().string())) files.push_back(e.path());
+    for (auto& f : list_files_recursive(root))
+      if (is_corpus_file(f.string())) files.push_back(f);
     std::sort(files.begin(), files.end());
     check(!files.empty(), "no corpus files (text, Markdown, reST, HTML, source, JSONL) under ", input);
     for (auto& f : files) read_one(f, fs::relative(f, root).string(), visit);

@@ -3,7 +3,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <functional>
 #include <iostream>
 
 #include "common/error.h"
@@ -42,7 +44,7 @@ fs::path fetch_corpus(const std::string& name, const fs::path& cache, bool quiet
   fs::path root = cache / name, text = root / "text", ready = root / "READY";
   if (fs::exists(ready) && fs::exists(text)) return text;
   fs::path work = root / (".work-" + std::to_string(::getpid()));
-  fs::remove_all(work);
+  remove_tree(work);
   fs::create_directories(work);
   if (!quiet) std::cerr << "fetching " << spec->package << " from the Debian archive into " << root << "\n";
   std::string cmd = "cd " + shell_quote(work.string()) + " && apt-get download -q " + spec->package +
@@ -50,20 +52,24 @@ fs::path fetch_corpus(const std::string& name, const fs::path& cache, bool quiet
   int rc = std::system(cmd.c_str());
   if (rc != 0) {
     std::string log = fs::exists(work / "apt.log") ? read_file(work / "apt.log") : "";
-    fs::remove_all(work);
+    remove_tree(work);
     fail("could not fetch ", spec->package, ": apt-get download failed. Run `apt-get update` once (as root) and "
          "check that Debian's archive is reachable.\n", log);
   }
   fs::path sub = work / "x" / spec->subdir;
   check(fs::exists(sub), spec->package, " does not contain ", spec->subdir);
-  std::vector<fs::path> drop;
-  for (auto& e : fs::recursive_directory_iterator(sub))
-    for (auto& ex : spec->exclude)
-      if (e.is_directory() && e.path().filename() == ex) drop.push_back(e.path());
-  for (auto& d : drop) fs::remove_all(d);  // nested ones may already be gone
-  fs::remove_all(text);
+  std::function<void(const fs::path&)> drop_excluded = [&](const fs::path& dir) {
+    for (auto& e : list_dir(dir)) {
+      if (!e.is_dir) continue;
+      if (std::find(spec->exclude.begin(), spec->exclude.end(), e.path.filename()) != spec->exclude.end())
+        remove_tree(e.path);
+      else drop_excluded(e.path);
+    }
+  };
+  drop_excluded(sub);
+  remove_tree(text);
   fs::rename(sub, text);
-  fs::remove_all(work);
+  remove_tree(work);
   write_file_atomic(ready, spec->package + "\n");
   return text;
 }

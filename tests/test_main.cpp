@@ -3,7 +3,10 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <execinfo.h>
+
 #include <array>
+#include <csignal>
 #include <cstdio>
 #include <fstream>
 #include <random>
@@ -18,7 +21,7 @@ namespace cw::test {
 
 fs::path scratch_dir(const std::string& name) {
   fs::path p = fs::temp_directory_path() / ("chunkwise-test-" + std::to_string(::getpid())) / name;
-  fs::remove_all(p);
+  remove_tree(p);
   fs::create_directories(p);
   return p;
 }
@@ -111,11 +114,21 @@ void truncate_file(const fs::path& p, uint64_t size) { fs::resize_file(p, size);
 
 }  // namespace cw::test
 
+// A crash prints its stack (function names come from -rdynamic) before the process dies.
+static void print_stack_and_die(int sig) {
+  void* frames[64];
+  int n = backtrace(frames, 64);
+  backtrace_symbols_fd(frames, n, 2);
+  std::signal(sig, SIG_DFL);
+  std::raise(sig);
+}
+
 int main(int argc, char** argv) {
+  std::signal(SIGSEGV, print_stack_and_die);
+  std::signal(SIGABRT, print_stack_and_die);
   ::testing::InitGoogleTest(&argc, argv);
   torch::set_num_threads(1);
   int rc = RUN_ALL_TESTS();
-  std::error_code ec;
-  std::filesystem::remove_all(std::filesystem::temp_directory_path() / ("chunkwise-test-" + std::to_string(::getpid())), ec);
+  cw::remove_tree(std::filesystem::temp_directory_path() / ("chunkwise-test-" + std::to_string(::getpid())));
   return rc;
 }

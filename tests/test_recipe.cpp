@@ -92,8 +92,8 @@ TEST(Recipe, DocsPageHoldsTheKeyTable) {
 }
 
 TEST(Recipe, ShippedRecipesLoad) {
-  for (auto& e : fs::directory_iterator(fs::path(source_dir()) / "recipes")) {
-    if (e.path().extension() != ".ini") continue;
-    EXPECT_NO_THROW(Recipe::load(e.path())) << e.path();
+  for (auto& e : list_dir(fs::path(source_dir()) / "recipes")) {
+    if (e.path.extension() != ".ini") continue;
+    EXPECT_NO_THROW(Recipe::load(e.path)) << e.path;
   }
 }

@@ -70,6 +70,7 @@ std::string validate(const KeySpec& k, std::string value, const std::string& whe
       if (yes.count(value)) return "true";
       if (no.count(value)) return "false";
       bad("true or false");
+      return value;  // not reached: bad() throws
     }
     case KeyType::String:
       if (!k.choices.empty()) {
