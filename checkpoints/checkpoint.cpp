@@ -11,7 +11,8 @@
 namespace cw {
 
 namespace {
-const char* kFiles[] = {"model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json", "recipe.ini"};
+const char* kFiles[] = {"model.safetensors", "optimizer.safetensors", "rng.safetensors", "masks.safetensors",
+                        "state.json", "recipe.ini"};
 
 std::vector<std::pair<int64_t, fs::path>> list_steps(const fs::path& dir, bool complete_only) {
   std::vector<std::pair<int64_t, fs::path>> out;
@@ -41,6 +42,7 @@ fs::path save_checkpoint(const fs::path& run_dir, int64_t step, const Checkpoint
   save_tensors(tmp / "model.safetensors", c.model, {{"format", "pt"}});
   save_tensors(tmp / "optimizer.safetensors", c.optimizer);
   save_tensors(tmp / "rng.safetensors", c.rng);
+  save_tensors(tmp / "masks.safetensors", c.masks);
   write_file_atomic(tmp / "state.json", c.state_json);
   write_file_atomic(tmp / "recipe.ini", c.recipe_ini);
   json files = json::object();
@@ -97,9 +99,35 @@ LoadedCheckpoint load_checkpoint(const fs::path& dir) {
   c.model = load_tensors(dir / "model.safetensors");
   c.optimizer = load_tensors(dir / "optimizer.safetensors");
   c.rng = load_tensors(dir / "rng.safetensors");
+  c.masks = load_tensors(dir / "masks.safetensors");
   c.state_json = read_file(dir / "state.json");
   c.recipe_ini = read_file(dir / "recipe.ini");
   return c;
+}
+
+}  // namespace cw
+
+namespace cw {
+
+InitSource load_init_source(const fs::path& path) {
+  check(fs::exists(path), "[init] from: ", path.string(), " does not exist");
+  InitSource src;
+  if (fs::exists(path / "manifest.json") || fs::exists(checkpoints_dir(path))) {
+    LoadedCheckpoint ck = load_checkpoint(resolve_checkpoint(path));
+    json st = parse_json_checked(ck.state_json, ck.dir.string() + "/state.json");
+    src.description = ck.dir.string();
+    src.model = std::move(ck.model);
+    src.masks = std::move(ck.masks);
+    src.optimizer = std::move(ck.optimizer);
+    src.optimizer_steps = st.value("optimizer_steps", int64_t(-1));
+    return src;
+  }
+  fs::path weights = path / "model.safetensors";
+  check(fs::exists(weights), "[init] from: ", path.string(), " is neither a run, a checkpoint, nor a folder with "
+        "model.safetensors");
+  src.description = weights.string();
+  src.model = load_tensors(weights);
+  return src;
 }
 
 }  // namespace cw

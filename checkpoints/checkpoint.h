@@ -1,5 +1,5 @@
 // Training checkpoints: <run>/checkpoints/step-N/ with model.safetensors (export names), optimizer.safetensors,
-// rng.safetensors, state.json (the trainer's step, data position and counters), recipe.ini (fully resolved)
+// rng.safetensors, masks.safetensors (sparsity masks; empty when dense), state.json (the trainer's step, data position and counters), recipe.ini (fully resolved)
 // and manifest.json (format version, every file's size and CRC-32). Written as step-N.tmp/, fsynced,
 // renamed; the manifest is written last, so a folder without one is incomplete and never resumed from.
 // Must not: hand out a checkpoint whose files fail their checks, or know what the trainer's state means.
@@ -18,7 +18,7 @@ namespace cw {
 constexpr int kCheckpointVersion = 1;
 
 struct CheckpointContents {
-  NamedTensors model, optimizer, rng;
+  NamedTensors model, optimizer, rng, masks;
   std::string state_json;  // the trainer's own state
   std::string recipe_ini;
 };
@@ -26,7 +26,7 @@ struct CheckpointContents {
 struct LoadedCheckpoint {
   std::filesystem::path dir;
   int64_t step = 0;
-  std::map<std::string, torch::Tensor> model, optimizer, rng;
+  std::map<std::string, torch::Tensor> model, optimizer, rng, masks;
   std::string state_json, recipe_ini;
 };
 
@@ -40,5 +40,15 @@ std::optional<std::filesystem::path> latest_checkpoint(const std::filesystem::pa
 LoadedCheckpoint load_checkpoint(const std::filesystem::path& dir);
 // A run folder or a checkpoint folder -> the checkpoint folder to read.
 std::filesystem::path resolve_checkpoint(const std::filesystem::path& run_or_checkpoint);
+
+// Weights to start a new run from ([init] from): a run folder (its newest checkpoint), a checkpoint folder,
+// or a bundle folder holding model.safetensors (Hugging Face layout). MASKS and OPTIMIZER (optional) are
+// filled when the source is a checkpoint.
+struct InitSource {
+  std::string description;
+  std::map<std::string, torch::Tensor> model, masks, optimizer;
+  int64_t optimizer_steps = -1;  // -1: the source holds no optimizer state
+};
+InitSource load_init_source(const std::filesystem::path& path);
 
 }  // namespace cw

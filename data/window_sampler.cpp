@@ -37,27 +37,33 @@ void WindowSampler::build_order() {
   for (int64_t i = n_windows_ - 1; i > 0; --i) std::swap(order_[size_t(i)], order_[size_t(rng() % uint64_t(i + 1))]);
 }
 
-Batch WindowSampler::next() {
-  const int64_t B = opt_.batch_size, T = opt_.seq_len, global = B * opt_.world;
-  if (cursor_ + global > n_windows_) {
+void WindowSampler::next_window(int64_t* dst) {
+  if (cursor_ + opt_.world > n_windows_) {
     ++epoch_;
     cursor_ = 0;
     build_order();
   }
-  auto buf = torch::empty({B, T + 1}, torch::kInt64);
-  auto* p = buf.data_ptr<int64_t>();
-  const uint32_t* src = tokens_->data();
-  for (int64_t b = 0; b < B; ++b) {
-    int64_t w = order_[size_t(cursor_ + opt_.rank * B + b)];
-    for (int64_t t = 0; t <= T; ++t) p[b * (T + 1) + t] = int64_t(src[w * T + t]);
-  }
-  cursor_ += global;
+  const int64_t T = opt_.seq_len, w = order_[size_t(cursor_ + opt_.rank)];
+  const uint32_t* src = tokens_->data() + w * T;
+  for (int64_t t = 0; t <= T; ++t) dst[t] = int64_t(src[t]);
+  cursor_ += opt_.world;
+}
+
+Batch batch_from_windows(const torch::Tensor& windows) {
+  const int64_t B = windows.size(0), T = windows.size(1) - 1;
   Batch batch;
-  batch.tokens = buf.narrow(1, 0, T).contiguous();
-  batch.targets = buf.narrow(1, 1, T).contiguous();
+  batch.tokens = windows.narrow(1, 0, T).contiguous();
+  batch.targets = windows.narrow(1, 1, T).contiguous();
   batch.positions = torch::arange(T, torch::kInt64).unsqueeze(0).expand({B, T}).contiguous();
   batch.n_target_tokens = B * T;
   return batch;
+}
+
+Batch WindowSampler::next() {
+  const int64_t B = opt_.batch_size, T = opt_.seq_len;
+  auto buf = torch::empty({B, T + 1}, torch::kInt64);
+  for (int64_t b = 0; b < B; ++b) next_window(buf.data_ptr<int64_t>() + b * (T + 1));
+  return batch_from_windows(buf);
 }
 
 std::string WindowSampler::state() const {

@@ -1,6 +1,7 @@
 // Concatenate-and-chunk: the store's token stream (documents already end in EOS) cut into windows of
-// T + 1 tokens at stride T; each epoch visits the windows in a seeded permutation. With WORLD ranks, a
-// global batch holds WORLD x B windows and rank r takes its own B of them.
+// T + 1 tokens at stride T; each epoch visits the windows in a seeded permutation. With WORLD ranks, the
+// permutation is dealt out in rounds of WORLD windows and rank r takes the r-th of each round, so ranks
+// never share a window.
 // State = (seed, epoch, cursor): restoring it continues the exact same batches.
 // Must not: read files (it borrows the tokens) or use any global random generator.
 #pragma once
@@ -11,6 +12,9 @@
 #include "data/batch.h"
 
 namespace cw {
+
+// A batch of B rows from WINDOWS ([B, T + 1] ids): inputs, targets shifted by one, positions 0..T-1.
+Batch batch_from_windows(const torch::Tensor& windows);
 
 struct WindowSamplerOptions {
   int64_t seq_len = 256;
@@ -24,10 +28,12 @@ class WindowSampler : public Sampler {
  public:
   WindowSampler(std::shared_ptr<const std::vector<uint32_t>> tokens, WindowSamplerOptions opt);
   Batch next() override;
+  void next_window(int64_t* dst);  // this rank's next window: T + 1 token ids
   std::string state() const override;
   void restore(const std::string& state) override;
   int64_t windows_per_epoch() const { return n_windows_; }
   int64_t batches_per_epoch() const { return n_windows_ / (opt_.batch_size * opt_.world); }
+  int64_t seq_len() const { return opt_.seq_len; }
   int64_t epoch() const { return epoch_; }
 
  private:

@@ -15,6 +15,7 @@ static CheckpointContents contents(int64_t seed) {
   return {{{"model.w", torch::randn({64, 64})}, {"model.b", torch::randn({64})}},
           {{"exp_avg.model.w", torch::randn({64, 64})}},
           {{"cpu", torch::randint(0, 255, {16}, torch::kUInt8)}},
+          {{"mask.model.w", torch::randint(0, 2, {64, 64}, torch::kUInt8)}},
           "{\"step\": " + std::to_string(seed) + "}",
           "[run]\nname = x\n"};
 }
@@ -40,6 +41,7 @@ TEST(Checkpoint, RoundTripRetentionAndLatest) {
   EXPECT_TRUE(torch::equal(c.model["model.w"], expect.model[0].second));
   EXPECT_TRUE(torch::equal(c.optimizer["exp_avg.model.w"], expect.optimizer[0].second));
   EXPECT_TRUE(torch::equal(c.rng["cpu"], expect.rng[0].second));
+  EXPECT_TRUE(torch::equal(c.masks["mask.model.w"], expect.masks[0].second));
   EXPECT_EQ(c.state_json, expect.state_json);
   EXPECT_EQ(c.recipe_ini, expect.recipe_ini);
   // A folder without a manifest (a crash mid-write) is never picked.

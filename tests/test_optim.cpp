@@ -1,11 +1,8 @@
-// AdamW against torch::optim::AdamW (its reference twin), decay policy, and schedule values at the
-// phase boundaries.
+// AdamW against torch::optim::AdamW (its reference twin) and the weight-decay policy.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include "train/adamw.h"
-#include "train/recipe.h"
-#include "train/schedule.h"
 
 using namespace cw;
 
@@ -39,18 +36,4 @@ TEST(AdamW, DefaultDecayPolicy) {
   EXPECT_TRUE(default_weight_decay("model.embed_tokens.weight", m, true, false));
   EXPECT_FALSE(default_weight_decay("model.norm.weight", v, false, false));
   EXPECT_TRUE(default_weight_decay("model.norm.weight", v, false, true));
-}
-
-TEST(Schedule, WarmupCosineBoundaries) {
-  WarmupCosine s(1e-3, 1e-4, 10, 110);
-  EXPECT_DOUBLE_EQ(s.lr(1), 1e-4);
-  EXPECT_DOUBLE_EQ(s.lr(5), 5e-4);
-  EXPECT_DOUBLE_EQ(s.lr(10), 1e-3);   // peak at the end of warmup
-  EXPECT_DOUBLE_EQ(s.lr(60), 0.5 * (1e-3 + 1e-4));  // halfway through the decay
-  EXPECT_DOUBLE_EQ(s.lr(110), 1e-4);  // min_lr at the last step
-  for (int t = 11; t <= 110; ++t) EXPECT_LE(s.lr(t), s.lr(t - 1));
-  Recipe r = Recipe::from_text("[schedule]\nname = constant\nwarmup_steps = 4\n[optim]\nlr = 0.2\n", "t");
-  auto c = make_schedule(r);
-  EXPECT_DOUBLE_EQ(c->lr(2), 0.1);
-  EXPECT_DOUBLE_EQ(c->lr(900), 0.2);
 }

@@ -11,12 +11,13 @@
 #include "common/error.h"
 #include "common/files.h"
 #include "common/json.h"
-#include "data/token_store.h"
 #include "data/window_sampler.h"
 #include "train/adamw.h"
+#include "train/data_setup.h"
 #include "train/metrics.h"
 #include "train/model_setup.h"
 #include "train/schedule.h"
+#include "train/sparsity.h"
 #include "train/step_strategy.h"
 
 namespace cw {
@@ -43,7 +44,7 @@ std::set<int64_t> parse_step_list(const std::string& s) {
   return out;
 }
 
-double evaluate(CausalLM& model, const std::shared_ptr<const std::vector<uint32_t>>& tokens, int64_t seq_len,
+double evaluate(CausalLM& model, const TokenArray& tokens, int64_t seq_len,
                 int64_t batch_size, int64_t max_batches, const torch::Device& device) {
   torch::NoGradGuard ng;
   model.eval();
@@ -119,56 +120,70 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
   if (r.i("run.threads") > 0) torch::set_num_threads(int(r.i("run.threads")));
   const torch::Device device = resolve_device(r.s("run.device"));
 
-  // 1. Data and tokenizer, checked against each other.
+  // 1. Tokenizer, then every store checked against it: training sampler (with replay) and validation sets.
   check(!r.s("data.train").empty(), r.file().string(), ": [data] train is not set");
   Tokenizer tok = Tokenizer::load(expand_user(r.s("data.tokenizer")));
-  auto train_store = read_token_store(expand_user(r.s("data.train")));
-  require_same_tokenizer(r.s("data.train"), train_store.tokenizer, tok.identity(), r.s("data.tokenizer"));
-  auto train_tokens = std::make_shared<const std::vector<uint32_t>>(std::move(train_store.tokens));
-  std::shared_ptr<const std::vector<uint32_t>> val_tokens;
-  if (!r.s("data.val").empty()) {
-    auto val_store = read_token_store(expand_user(r.s("data.val")));
-    require_same_tokenizer(r.s("data.val"), val_store.tokenizer, tok.identity(), r.s("data.tokenizer"));
-    val_tokens = std::make_shared<const std::vector<uint32_t>>(std::move(val_store.tokens));
-    check(int64_t(val_tokens->size()) > r.i("data.seq_len"), r.s("data.val"), " holds fewer tokens than one sequence");
-  }
+  TrainingData data = load_training_data(r, tok);
+  Sampler& sampler = *data.sampler;
   const int64_t T = r.i("data.seq_len"), B = r.i("data.batch_size"), accum = r.i("train.grad_accum");
   const int64_t total_steps = r.i("train.steps");
   check(T > 0 && B > 0 && accum > 0 && total_steps > 0, "[data] seq_len, batch_size, [train] grad_accum and steps "
         "must be positive");
-  WindowSamplerOptions so;
-  so.seq_len = T, so.batch_size = B, so.seed = uint64_t(r.i("run.seed"));
-  WindowSampler sampler(train_tokens, so);
 
-  // 2. Model, optimizer, schedule, step strategy.
+  // 2. Model (fresh init, or weights from [init] from), optimizer, sparsity masks, schedule, step strategy.
   torch::manual_seed(uint64_t(r.i("run.seed")));
   ModelConfig mc = model_config_from_recipe(r, tok.identity().vocab_size);
   auto model = build_model(mc);
-  model->to(device);
-  model->train();
   NamedTensors params = named_parameters_of(*model);
   std::vector<bool> decay;
   for (auto& [name, p] : params)
     decay.push_back(default_weight_decay(name, p, r.b("optim.decay_embeddings"), r.b("optim.decay_norms")));
+  auto latest = latest_checkpoint(run_dir);
+  check(opt.resume || !latest, run_dir.string(), " already has checkpoints; pass --resume to continue it, or "
+        "choose another --run.name");
+  const bool resuming = opt.resume && latest;
+  const double level = r.f("sparsity.level");
+  const uint64_t mask_seed = uint64_t(r.i("sparsity.seed") ? r.i("sparsity.seed") : r.i("run.seed"));
+  InitSource init;
+  if (!resuming && !r.s("init.from").empty()) {
+    init = load_init_source(expand_user(r.s("init.from")));
+    load_parameters(*model, init.model, init.description);
+    out << "initialised weights from " << init.description << "\n";
+  }
+  model->to(device);
+  model->train();
+  params = named_parameters_of(*model);  // the same tensors, now on the device
   AdamW optimizer(params, decay, {r.f("optim.beta1"), r.f("optim.beta2"), r.f("optim.eps"), r.f("optim.weight_decay")});
+  if (!resuming && !r.s("init.from").empty() && r.s("init.optimizer") == "checkpoint") {
+    check(init.optimizer_steps >= 0, "[init] optimizer = checkpoint, but ", init.description, " holds no optimizer state");
+    optimizer.load_state(init.optimizer, init.optimizer_steps, init.description);
+  }
+  SparsityMasks masks;
+  if (level > 0 && !resuming) {
+    bool reuse = !init.masks.empty();
+    masks = reuse ? SparsityMasks::from_tensors(params, init.masks, init.description)
+                  : SparsityMasks::create(params, level, mask_seed);
+    masks.apply_to_weights();
+    masks.apply_to_optimizer(optimizer);
+  }
   auto schedule = make_schedule(r);
   auto strategy = make_step_strategy("standard");
   const std::set<int64_t> inject_nan = parse_step_list(r.s("debug.inject_nan_steps"));
 
-  // 3. Fresh start or resume.
+  // 3. Resume: weights, optimizer, masks, data position, random states, counters.
   int64_t step = 0, skipped = 0, bad_in_row = 0, tokens_seen = 0;
-  auto latest = latest_checkpoint(run_dir);
-  check(opt.resume || !latest, run_dir.string(), " already has checkpoints; pass --resume to continue it, or "
-        "choose another --run.name");
   fs::create_directories(run_dir);
-  if (opt.resume && latest) {
+  if (resuming) {
     LoadedCheckpoint ck = load_checkpoint(*latest);
-    require_compatible(r, Recipe::from_text(ck.recipe_ini, ck.dir.string() + "/recipe.ini"), ck.dir.string());
+    Recipe saved = Recipe::from_text(ck.recipe_ini, ck.dir.string() + "/recipe.ini");
+    require_compatible(r, saved, ck.dir.string());
     json st = parse_json_checked(ck.state_json, ck.dir.string() + "/state.json");
     check(st.value("tokenizer_hash", "") == tok.identity().hash, "cannot resume from ", ck.dir.string(),
           ": it was trained with tokenizer ", st.value("tokenizer_hash", "?"), ", the recipe names ", tok.identity().hash);
     load_parameters(*model, ck.model, ck.dir.string() + "/model.safetensors");
     optimizer.load_state(ck.optimizer, st.at("optimizer_steps").get<int64_t>(), ck.dir.string() + "/optimizer.safetensors");
+    if (level > 0) masks = SparsityMasks::from_tensors(params, ck.masks, ck.dir.string() + "/masks.safetensors");
+    check(masks.active() == !ck.masks.empty(), "cannot resume from ", ck.dir.string(), ": [sparsity] level changed");
     sampler.restore(st.at("sampler").dump());
     restore_rng(ck.rng, device);
     step = ck.step;
@@ -183,29 +198,46 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
 
   const int64_t tokens_per_step = B * T * accum;
   const double flops_per_token = mc.train_flops_per_token(T);
-  result.unigram_entropy = unigram_entropy(*train_tokens, tok.identity().vocab_size);
+  int64_t n_sparsifiable = 0;
+  for (auto& [name, p] : params) n_sparsifiable += is_sparsifiable(name, p) ? p.numel() : 0;
+  result.unigram_entropy = unigram_entropy(*data.train_tokens, tok.identity().vocab_size);
   out << "model " << mc.family << ": " << format_count(double(mc.non_embedding_params() + mc.embedding_params()))
       << " parameters (" << format_count(double(mc.non_embedding_params())) << " non-embedding), d_model "
       << mc.d_model << ", " << mc.n_layers << " layers, vocab " << mc.vocab_size << " | device " << device.str()
       << " | " << format_count(double(tokens_per_step)) << " tokens/step, " << total_steps << " steps\n"
-      << "train tokens " << format_count(double(train_tokens->size())) << ", unigram entropy "
+      << "train tokens " << format_count(double(data.train_tokens->size())) << ", unigram entropy "
       << std::fixed << std::setprecision(3) << result.unigram_entropy << " nats (loss of a context-free model)\n";
+  if (level > 0 || masks.active()) {
+    double dense = spdf_train_flops_per_token(double(n_sparsifiable), mc.d_model, mc.n_layers, T, mc.vocab_size, 0);
+    double sparse = spdf_train_flops_per_token(double(n_sparsifiable), mc.d_model, mc.n_layers, T, mc.vocab_size, level);
+    out << "sparsity " << level << " on " << format_count(double(n_sparsifiable)) << " weights: training FLOPs/token "
+        << format_count(sparse) << " sparse vs " << format_count(dense) << " dense (" << std::setprecision(2)
+        << dense / sparse << "x fewer)\n";
+  }
 
   auto checkpoint = [&](int64_t at_step) {
     json st = {{"step", at_step}, {"optimizer_steps", optimizer.steps()}, {"sampler", json::parse(sampler.state())},
                {"skipped_steps", skipped}, {"tokens_seen", tokens_seen}, {"tokenizer_hash", tok.identity().hash},
+               {"init_from", r.s("init.from")}, {"sparsity", level},
                {"model_config", {{"family", mc.family}, {"vocab_size", mc.vocab_size}}}};
-    CheckpointContents c{named_parameters_of(*model), optimizer.state_tensors(), rng_state(device), st.dump(2),
-                         r.resolved_ini()};
+    CheckpointContents c{named_parameters_of(*model), optimizer.state_tensors(), rng_state(device), masks.tensors(),
+                         st.dump(2), r.resolved_ini()};
     save_checkpoint(run_dir, at_step, c, r.i("train.keep"));
   };
   auto run_eval = [&](int64_t at_step) {
-    if (!val_tokens) return;
-    double v = evaluate(*model, val_tokens, T, B, r.i("train.eval_batches"), device);
-    result.val_loss = v;
-    metrics.write({{"step", at_step}, {"val_loss", v}, {"val_ppl", std::exp(v)}});
-    out << "eval step " << at_step << " | val loss " << std::setprecision(4) << v << " | val ppl "
-        << std::setprecision(2) << std::exp(v) << "\n";
+    if (data.eval_sets.empty()) return;
+    json rec = {{"step", at_step}};
+    std::ostringstream line;
+    line << "eval step " << at_step;
+    for (auto& [name, tokens] : data.eval_sets) {
+      double v = evaluate(*model, tokens, T, B, r.i("train.eval_batches"), device);
+      const std::string key = name == "val" ? "val_loss" : "val_loss." + name;
+      rec[key] = v;
+      if (name == "val") rec["val_ppl"] = std::exp(v), result.val_loss = v;
+      line << " | " << key << " " << std::setprecision(4) << v;
+    }
+    metrics.write(rec);
+    out << line.str() << "\n";
   };
 
   // 4. The loop.
@@ -224,6 +256,7 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
       sr.loss = NAN;
       params.front().second.mutable_grad().fill_(NAN);
     }
+    masks.apply_to_grads();
     std::vector<torch::Tensor> grads;
     for (auto& [n, p] : params)
       if (p.grad().defined()) grads.push_back(p);
@@ -231,6 +264,8 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
     double gnorm = torch::nn::utils::clip_grad_norm_(grads, clip > 0 ? clip : INFINITY);
     tokens_seen += sr.tokens;
     tokens_since_log += sr.tokens;
+    const bool last = step == total_steps;
+    const bool ckpt_due = last || (r.i("train.ckpt_every") > 0 && step % r.i("train.ckpt_every") == 0);
     if (!std::isfinite(sr.loss) || !std::isfinite(gnorm)) {  // NaN guard: nothing reaches the weights
       optimizer.zero_grad();
       ++skipped;
@@ -241,11 +276,13 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
       check(bad_in_row < r.i("train.max_bad_steps"), "stopped at step ", step, ": ", bad_in_row,
             " non-finite steps in a row. The weights and checkpoints hold no NaN; lower [optim] lr, check the "
             "data, or resume from the last checkpoint with --resume.");
-      if (step == total_steps || (r.i("train.ckpt_every") > 0 && step % r.i("train.ckpt_every") == 0)) checkpoint(step);
+      if (ckpt_due) checkpoint(step);
       continue;
     }
     bad_in_row = 0;
     optimizer.step(lr);
+    masks.apply_to_weights();
+    masks.apply_to_optimizer(optimizer);
     result.losses.push_back(sr.loss);
 
     const auto now = Clock::now();
@@ -258,28 +295,26 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
     json rec = {{"step", step}, {"loss", sr.loss}, {"lr", lr}, {"grad_norm", gnorm}, {"tokens", tokens_seen},
                 {"tok_s", tok_s}, {"elapsed_s", elapsed}};
     if (device.is_cuda()) rec["mfu"] = mfu;
-    if (step % r.i("train.log_every") == 0 || step == total_steps || step == result.first_step) {
-      metrics.write(rec);
+    metrics.write(rec);
+    if (step % r.i("train.log_every") == 0 || last || step == result.first_step) {
+      char mfu_text[16] = "-";
+      if (device.is_cuda()) std::snprintf(mfu_text, sizeof mfu_text, "%.1f%%", mfu * 100);
       std::ostringstream line;
       line << "step " << step << "/" << total_steps << " | loss " << std::fixed << std::setprecision(4) << sr.loss
            << " | lr " << std::scientific << std::setprecision(2) << lr << " | gnorm " << std::fixed
-           << std::setprecision(3) << gnorm << " | " << format_count(tok_s) << " tok/s | MFU "
-           << (device.is_cuda() ? std::to_string(std::lround(mfu * 1000) / 10.0).substr(0, 4) + "%" : std::string("-"))
+           << std::setprecision(3) << gnorm << " | " << format_count(tok_s) << " tok/s | MFU " << mfu_text
            << " | ETA " << format_duration(eta);
       out << line.str() << "\n" << std::flush;
       t_log = now;
       tokens_since_log = 0;
-    } else {
-      metrics.write(rec);
     }
-    const bool last = step == total_steps;
     if (r.i("train.eval_every") > 0 && step % r.i("train.eval_every") == 0 && !last) run_eval(step);
     if (opt.stop_at > 0 && step >= opt.stop_at && !last) {  // simulated crash: no final checkpoint
       result.last_step = step;
       result.skipped_steps = skipped;
       return result;
     }
-    if ((r.i("train.ckpt_every") > 0 && step % r.i("train.ckpt_every") == 0) || last) checkpoint(step);
+    if (ckpt_due) checkpoint(step);
   }
   run_eval(step);
   result.last_step = step;

@@ -55,7 +55,7 @@ static int prepare_main(const Args& args) {
   std::string tokenizer, out;
   desc.add_options()("tokenizer", po::value(&tokenizer)->required(), "SentencePiece model")(
       "out", po::value(&out)->required(), "folder for train.h5 and val.h5")(
-      "val-fraction", po::value(&o.val_fraction)->default_value(0.05), "documents held out for validation")(
+      "val-fraction", po::value(&o.val_fraction)->default_value(0.05, "0.05"), "documents held out for validation")(
       "seed", po::value(&o.seed)->default_value(1), "split seed")(
       "threads", po::value(&o.threads)->default_value(2), "tokenizer threads")(
       "input", po::value(&o.inputs)->required(), "corpus folders or files (text, Markdown, reST, HTML, code, JSONL)");

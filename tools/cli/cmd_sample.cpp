@@ -21,9 +21,9 @@ int sample_main(const Args& args) {
   desc.add_options()("run", po::value(&target)->required(), "run folder or checkpoint folder")(
       "prompt", po::value(&prompt)->default_value("The"), "text to continue")(
       "max-new-tokens", po::value(&g.max_new_tokens)->default_value(120), "tokens to generate")(
-      "temperature", po::value(&g.temperature)->default_value(0.8), "0 = greedy")(
+      "temperature", po::value(&g.temperature)->default_value(0.8, "0.8"), "0 = greedy")(
       "top-k", po::value(&g.top_k)->default_value(40), "0 = off")(
-      "top-p", po::value(&g.top_p)->default_value(0.95), "1 = off")(
+      "top-p", po::value(&g.top_p)->default_value(0.95, "0.95"), "1 = off")(
       "seed", po::value(&g.seed)->default_value(1), "sampling seed")(
       "device", po::value(&device)->default_value("cpu"), "cpu | cuda | auto");
   po::positional_options_description pos;

@@ -2,6 +2,7 @@
 #include <iostream>
 
 #include "train/recipe.h"
+#include "train/schedule.h"
 #include "train/trainer.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/options.h"
@@ -15,7 +16,8 @@ int train_main(const Args& args) {
   desc.add_options()("recipe", po::value(&recipe_file)->required(), "recipe file (.ini)")(
       "resume", "continue from the run's newest complete checkpoint")(
       "stop-at", po::value(&stop_at)->default_value(0), "stop after this step without a final checkpoint (crash drill)")(
-      "print-recipe", "print the fully resolved recipe and exit");
+      "print-recipe", "print the fully resolved recipe and exit")(
+      "print-schedule", "print the learning rate of every step (\"step lr\" lines) and exit");
   po::positional_options_description pos;
   pos.add("recipe", 1);
   po::variables_map vm;
@@ -26,6 +28,10 @@ int train_main(const Args& args) {
   Recipe r = Recipe::load(recipe_file, overrides);
   if (vm.count("print-recipe")) {
     std::cout << r.resolved_ini();
+    return 0;
+  }
+  if (vm.count("print-schedule")) {
+    std::cout << schedule_table(*make_schedule(r), r.i("train.steps"));
     return 0;
   }
   TrainOptions o;

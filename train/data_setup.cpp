@@ -1,0 +1,56 @@
+// Implementation of train/data_setup.h.
+#include "train/data_setup.h"
+
+#include <sstream>
+
+#include "common/error.h"
+#include "common/files.h"
+#include "data/replay_sampler.h"
+#include "data/token_store.h"
+#include "data/window_sampler.h"
+
+namespace cw {
+
+static TokenArray load_tokens(const std::string& path, const Tokenizer& tok, const std::string& key) {
+  auto store = read_token_store(expand_user(path));
+  require_same_tokenizer(path + " ([" + key.substr(0, key.find('.')) + "] " + key.substr(key.find('.') + 1) + ")",
+                         store.tokenizer, tok.identity(), tok.path().string());
+  return std::make_shared<const std::vector<uint32_t>>(std::move(store.tokens));
+}
+
+TrainingData load_training_data(const Recipe& r, const Tokenizer& tok, int64_t rank, int64_t world) {
+  check(!r.s("data.train").empty(), r.file().string(), ": [data] train is not set");
+  TrainingData d;
+  d.train_tokens = load_tokens(r.s("data.train"), tok, "data.train");
+  WindowSamplerOptions o;
+  o.seq_len = r.i("data.seq_len"), o.batch_size = r.i("data.batch_size"), o.seed = uint64_t(r.i("run.seed"));
+  o.rank = rank, o.world = world;
+  auto fresh = std::make_unique<WindowSampler>(d.train_tokens, o);
+  if (r.s("data.replay").empty()) {
+    d.sampler = std::move(fresh);
+  } else {
+    WindowSamplerOptions ro = o;
+    ro.seed = o.seed + 1000003;  // the old data gets its own order
+    auto replay = std::make_unique<WindowSampler>(load_tokens(r.s("data.replay"), tok, "data.replay"), ro);
+    d.sampler = std::make_unique<ReplaySampler>(std::move(fresh), std::move(replay), r.f("data.replay_fraction"),
+                                                o.batch_size, o.seed, rank);
+  }
+  const int64_t T = r.i("data.seq_len");
+  auto add_eval = [&](const std::string& name, const std::string& path, const std::string& key) {
+    TokenArray t = load_tokens(path, tok, key);
+    check(int64_t(t->size()) > T, path, " holds fewer tokens than one sequence of data.seq_len = ", T);
+    d.eval_sets.emplace_back(name, t);
+  };
+  if (!r.s("data.val").empty()) add_eval("val", r.s("data.val"), "data.val");
+  std::stringstream ss(r.s("data.eval_sets"));
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (item.empty()) continue;
+    size_t eq = item.find('=');
+    check(eq != std::string::npos && eq > 0, "[data] eval_sets: '", item, "' must look like NAME=PATH");
+    add_eval(item.substr(0, eq), item.substr(eq + 1), "data.eval_sets");
+  }
+  return d;
+}
+
+}  // namespace cw
