@@ -84,6 +84,7 @@ LoadedCheckpoint load_checkpoint(const fs::path& dir) {
         " but this build reads version ", kCheckpointVersion);
   check(m.contains("files") && m["files"].is_object(), what, ": manifest lists no files");
   for (const char* f : kFiles) {
+    if (std::string(f) == "masks.safetensors" && !m["files"].contains(f)) continue;  // written since masks exist
     check(m["files"].contains(f), what, ": manifest does not list ", f);
     fs::path p = dir / f;
     check(fs::exists(p), what, ": ", f, " is missing");
@@ -99,7 +100,7 @@ LoadedCheckpoint load_checkpoint(const fs::path& dir) {
   c.model = load_tensors(dir / "model.safetensors");
   c.optimizer = load_tensors(dir / "optimizer.safetensors");
   c.rng = load_tensors(dir / "rng.safetensors");
-  c.masks = load_tensors(dir / "masks.safetensors");
+  if (m["files"].contains("masks.safetensors")) c.masks = load_tensors(dir / "masks.safetensors");
   c.state_json = read_file(dir / "state.json");
   c.recipe_ini = read_file(dir / "recipe.ini");
   return c;

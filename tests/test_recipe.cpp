@@ -23,7 +23,7 @@ TEST(Recipe, PrecedenceCommandLineOverFileOverBaseOverDefault) {
   auto dir = scratch_dir("recipe-prec");
   write_text(dir / "base.ini", "[model]\nd_model = 128\nn_layers = 3\n[optim]\nlr = 0.01\n");
   write_text(dir / "child.ini", "extends = base.ini\n[model]\nd_model = 64\n");
-  Recipe r = Recipe::load(dir / "child.ini", {"--optim.lr=0.5"});
+  Recipe r = Recipe::load(dir / "child.ini", {"--optim.lr=0.1", "--optim.lr=0.5"});  // the last override wins
   EXPECT_EQ(r.i("model.d_model"), 64);
   EXPECT_EQ(r.i("model.n_layers"), 3);
   EXPECT_DOUBLE_EQ(r.f("optim.lr"), 0.5);

@@ -105,12 +105,12 @@ std::string extends_of(const po::parsed_options& parsed) {
 
 }  // namespace
 
-void Recipe::apply_source(const std::string& text, const std::string& what, bool) {
+void Recipe::apply_source(const std::string& text, const std::string& what, bool repeats_allowed) {
   po::parsed_options parsed = parse_ini(text, what);
   std::set<std::string> seen;
   for (auto& o : parsed.options) {
     if (o.string_key == "extends") continue;
-    check(seen.insert(o.string_key).second, what, ": key '", o.string_key, "' is set twice");
+    check(seen.insert(o.string_key).second || repeats_allowed, what, ": key '", o.string_key, "' is set twice");
     const KeySpec* k = find_key(o.string_key);
     values_[k->name] = validate(*k, o.value.empty() ? "" : o.value.front(), what);
     origin_[k->name] = what;
@@ -135,7 +135,7 @@ Recipe Recipe::load(const std::filesystem::path& file, const std::vector<std::st
     chain.emplace_back(cur.string(), text);
     cur = base.empty() ? fs::path() : (fs::path(base).is_absolute() ? fs::path(base) : cur.parent_path() / base);
   }
-  for (auto it = chain.rbegin(); it != chain.rend(); ++it) r.apply_source(it->second, it->first, true);
+  for (auto it = chain.rbegin(); it != chain.rend(); ++it) r.apply_source(it->second, it->first, false);
   std::string ini;
   for (auto o : overrides) {
     if (o.rfind("--", 0) == 0) o = o.substr(2);
@@ -145,14 +145,14 @@ Recipe Recipe::load(const std::filesystem::path& file, const std::vector<std::st
     check(key.find('.') != std::string::npos, "command line: override '", o, "' must name section.key");
     ini += "[" + key.substr(0, key.find('.')) + "]\n" + key.substr(key.find('.') + 1) + "=" + o.substr(eq + 1) + "\n";
   }
-  if (!ini.empty()) r.apply_source(ini, "command line", false);
+  if (!ini.empty()) r.apply_source(ini, "command line", true);
   return r;
 }
 
 Recipe Recipe::from_text(const std::string& text, const std::string& what) {
   Recipe r;
   for (auto& k : recipe_keys()) r.values_[k.name] = k.default_value, r.origin_[k.name] = "default";
-  r.apply_source(text, what, true);
+  r.apply_source(text, what, false);
   r.file_ = what;
   return r;
 }

@@ -30,7 +30,8 @@ std::string recipe_keys_help();      // the table for `chunkwise train --help`
 class Recipe {
  public:
   // Reads FILE (and the files it extends), then applies OVERRIDES ("--section.key=value" or
-  // "section.key=value"; overrides win over files, a file over the file it extends).
+  // "section.key=value"; overrides win over files, a file over the file it extends, a later override
+  // over an earlier one).
   static Recipe load(const std::filesystem::path& file, const std::vector<std::string>& overrides = {});
   // Parses resolved INI text (as saved in checkpoints).
   static Recipe from_text(const std::string& text, const std::string& what);
@@ -45,7 +46,8 @@ class Recipe {
   const std::filesystem::path& file() const { return file_; }
 
  private:
-  void apply_source(const std::string& text, const std::string& what, bool is_file);
+  // Command-line overrides may repeat a key (the last wins); a file may not.
+  void apply_source(const std::string& text, const std::string& what, bool repeats_allowed);
   std::map<std::string, std::string> values_;  // validated text per key
   std::map<std::string, std::string> origin_;
   std::filesystem::path file_;

@@ -21,10 +21,16 @@ int train_main(const Args& args) {
   po::positional_options_description pos;
   pos.add("recipe", 1);
   po::variables_map vm;
-  std::vector<std::string> overrides;
+  // --section.key=value arguments are recipe overrides (an empty value is allowed); the rest are options.
+  std::vector<std::string> overrides, options;
+  for (auto& a : args) {
+    size_t eq = a.find('='), dot = a.find('.');
+    bool is_override = a.rfind("--", 0) == 0 && dot != std::string::npos && (eq == std::string::npos || dot < eq);
+    (is_override ? overrides : options).push_back(a);
+  }
   std::string usage = "chunkwise train RECIPE [--resume] [--section.key=value ...]\n\nrecipe keys (override any "
                       "as --section.key=value):" + recipe_keys_help();
-  if (!parse_args(args, desc, pos, vm, usage, true, &overrides)) return 0;
+  if (!parse_args(options, desc, pos, vm, usage)) return 0;
   Recipe r = Recipe::load(recipe_file, overrides);
   if (vm.count("print-recipe")) {
     std::cout << r.resolved_ini();

@@ -14,6 +14,4 @@ int train_main(const Args& args);
 int sample_main(const Args& args);
 int plot_main(const Args& args);
 int recipe_main(const Args& args);  // keys
-
-// Parses ARGS with DESC (and positional names), prints help when asked; returns false after --help.
 }  // namespace cw::cli

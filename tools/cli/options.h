@@ -15,20 +15,16 @@ namespace po = boost::program_options;
 // Returns false when --help was printed. USAGE is the first help line.
 inline bool parse_args(const std::vector<std::string>& args, po::options_description& desc,
                        const po::positional_options_description& pos, po::variables_map& vm,
-                       const std::string& usage, bool allow_unregistered = false,
-                       std::vector<std::string>* unregistered = nullptr) {
+                       const std::string& usage) {
   desc.add_options()("help,h", "show this help");
   try {
-    auto parser = po::command_line_parser(args).options(desc).positional(pos);
-    if (allow_unregistered) parser.allow_unregistered();
-    auto parsed = parser.run();
+    auto parsed = po::command_line_parser(args).options(desc).positional(pos).run();
     po::store(parsed, vm);
     if (vm.count("help")) {
       std::cout << "usage: " << usage << "\n\n" << desc << "\n";
       return false;
     }
     po::notify(vm);
-    if (unregistered) *unregistered = po::collect_unrecognized(parsed.options, po::exclude_positional);
   } catch (const po::error& e) {
     fail(e.what(), "\nusage: ", usage, " (see --help)");
   }
