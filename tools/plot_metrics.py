@@ -1,5 +1,7 @@
-"""Draws a run's loss curves (training loss per step, validation loss per evaluation) from metrics.jsonl.
-Usage: plot_metrics.py RUN_DIR [--out PNG]   (what `chunkwise plot RUN` calls)"""
+"""Draws loss curves from runs' metrics.jsonl: one panel per metric, one line per run.
+Usage: plot_metrics.py RUN [RUN ...] [--metric KEY ...] [--title T] [--out PNG]
+Default metrics: the training loss and, when logged, val_loss. Other keys, e.g. val_loss.A, come from
+[data] eval_sets. `chunkwise plot RUN` calls this with the defaults."""
 import argparse, json, os, sys
 
 import matplotlib
@@ -8,31 +10,42 @@ import matplotlib.pyplot as plt
 
 ap = argparse.ArgumentParser()
 ap.add_argument("runs", nargs="+", help="run folders holding metrics.jsonl")
+ap.add_argument("--metric", action="append", help="metric key to plot (repeatable; default loss and val_loss)")
+ap.add_argument("--title", default="")
 ap.add_argument("--out", default=None, help="PNG to write (default: FIRST_RUN/loss.png)")
 a = ap.parse_args()
-fig, ax = plt.subplots(figsize=(8, 4.5))
-for run in a.runs:
+
+
+def read(run):
     path = os.path.join(run, "metrics.jsonl")
     if not os.path.exists(path):
         sys.exit(f"error: {path} not found (is {run} a run folder?)")
-    train, val = [], []
+    series = {}
     for line in open(path):
         try:
             r = json.loads(line)
         except json.JSONDecodeError:
-            continue
-        if r.get("loss") is not None:
-            train.append((r["step"], r["loss"]))
-        if "val_loss" in r:
-            val.append((r["step"], r["val_loss"]))
-    name = os.path.basename(os.path.normpath(run))
-    if train:
-        ax.plot(*zip(*train), lw=1, alpha=0.8, label=f"{name} train")
-    if val:
-        ax.plot(*zip(*val), "o-", label=f"{name} val")
-ax.set_xlabel("step"); ax.set_ylabel("loss (nats/token)"); ax.grid(alpha=0.3); ax.legend()
+            continue  # a line cut by a crash
+        for k, v in r.items():
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                series.setdefault(k, []).append((r["step"], v))
+    return series
+
+
+data = {run: read(run) for run in a.runs}
+metrics = a.metric or [m for m in ("loss", "val_loss") if any(m in s for s in data.values())]
+fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 4.2), squeeze=False)
+for ax, m in zip(axes[0], metrics):
+    for run, s in data.items():
+        if m in s:
+            xs, ys = zip(*s[m])
+            style = dict(lw=1, alpha=0.8) if m == "loss" else dict(marker="o", ms=2.5, lw=1.2)
+            ax.plot(xs, ys, label=os.path.basename(os.path.normpath(run)), **style)
+    ax.set_xlabel("step"); ax.set_ylabel(f"{m} (nats/token)"); ax.grid(alpha=0.3); ax.legend(fontsize=8)
+if a.title:
+    fig.suptitle(a.title)
 out = a.out or os.path.join(a.runs[0], "loss.png")
 tmp = out + ".tmp.png"
-fig.savefig(tmp, dpi=110, bbox_inches="tight")
+fig.savefig(tmp, dpi=100, bbox_inches="tight")
 os.replace(tmp, out)
 print(out)
