@@ -190,6 +190,55 @@ TokenStoreContents read_token_store(const fs::path& path) {
   return c;
 }
 
+void write_store_group(const fs::path& store, const std::string& name, const StoreGroup& g) {
+  { OpenStore check_format(store); }
+  fs::path tmp = store;
+  tmp += ".tmp-" + std::to_string(::getpid());
+  fs::copy_file(store, tmp, fs::copy_options::overwrite_existing);
+  {
+    Handle file(H5Fopen(tmp.c_str(), H5F_ACC_RDWR, H5P_DEFAULT), H5Fclose);
+    check(file >= 0, "cannot open ", tmp.string(), " for writing");
+    if (H5Lexists(file, name.c_str(), H5P_DEFAULT) > 0) H5Ldelete(file, name.c_str(), H5P_DEFAULT);
+    Handle group(H5Gcreate2(file, name.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
+    check(group >= 0, "cannot create group ", name, " in ", tmp.string());
+    for (auto& [k, v] : g.u64) write_1d(group, k.c_str(), H5T_NATIVE_UINT64, H5T_STD_U64LE, v.data(), v.size());
+    for (auto& [k, v] : g.ints) write_attr_i64(group, k.c_str(), v);
+    for (auto& [k, v] : g.strings) write_attr_str(group, k.c_str(), v);
+    check(H5Fflush(file, H5F_SCOPE_GLOBAL) >= 0, "cannot flush ", tmp.string(), " (disk full?)");
+  }
+  fsync_path(tmp);
+  fs::rename(tmp, store);
+}
+
+std::optional<StoreGroup> read_store_group(const fs::path& store, const std::string& name) {
+  OpenStore s(store);
+  if (H5Lexists(s.file, name.c_str(), H5P_DEFAULT) <= 0) return std::nullopt;
+  Handle group(H5Gopen2(s.file, name.c_str(), H5P_DEFAULT), H5Gclose);
+  check(group >= 0, s.what, ": cannot open group ", name);
+  StoreGroup g;
+  const std::string what = s.what + ":" + name;
+  H5G_info_t info;
+  H5Gget_info(group, &info);
+  for (hsize_t i = 0; i < info.nlinks; ++i) {
+    char buf[256];
+    H5Lget_name_by_idx(group, ".", H5_INDEX_NAME, H5_ITER_INC, i, buf, sizeof buf, H5P_DEFAULT);
+    g.u64[buf] = read_1d<uint64_t>(group, buf, H5T_NATIVE_UINT64, what);
+  }
+  std::vector<std::string> attr_names;
+  auto collect = [](hid_t, const char* n, const H5A_info_t*, void* out) -> herr_t {
+    static_cast<std::vector<std::string>*>(out)->push_back(n);
+    return 0;
+  };
+  H5Aiterate2(group, H5_INDEX_NAME, H5_ITER_INC, nullptr, collect, &attr_names);
+  for (auto& n : attr_names) {
+    Handle attr(H5Aopen(group, n.c_str(), H5P_DEFAULT), H5Aclose);
+    Handle type(H5Aget_type(attr), H5Tclose);
+    if (H5Tget_class(type) == H5T_STRING) g.strings[n] = read_attr_str(group, n.c_str(), what);
+    else g.ints[n] = read_attr_i64(group, n.c_str(), what);
+  }
+  return g;
+}
+
 void require_same_tokenizer(const fs::path& store, const TokenizerIdentity& store_id,
                             const TokenizerIdentity& tokenizer, const std::string& tokenizer_path) {
   check(store_id == tokenizer, "tokenizer mismatch: ", store.string(), " was made with tokenizer ",

@@ -6,6 +6,8 @@
 #pragma once
 #include <cstdint>
 #include <filesystem>
+#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -29,6 +31,18 @@ void write_token_store(const std::filesystem::path& path, const TokenStoreConten
 TokenStoreContents read_token_store(const std::filesystem::path& path);
 // Reads only the tokenizer identity (cheap), validating the file's format.
 TokenizerIdentity read_token_store_identity(const std::filesystem::path& path);
+
+// Extra groups written into a store after preparation (dd/ by `data decompose`, icp/ by `data order`):
+// uint64 datasets and attributes. Writing copies the store, adds the group (replacing one of the same
+// name) and renames the copy over the original, so a crash never leaves a half-written store.
+struct StoreGroup {
+  std::map<std::string, std::vector<uint64_t>> u64;
+  std::map<std::string, int64_t> ints;
+  std::map<std::string, std::string> strings;
+};
+void write_store_group(const std::filesystem::path& store, const std::string& name, const StoreGroup& g);
+// Empty optional when the store has no such group.
+std::optional<StoreGroup> read_store_group(const std::filesystem::path& store, const std::string& name);
 
 // Fails unless the store was made with TOKENIZER, saying which of the two to change.
 void require_same_tokenizer(const std::filesystem::path& store, const TokenizerIdentity& store_id,

@@ -5,35 +5,60 @@
 
 #include "common/error.h"
 #include "common/files.h"
+#include "data/dd_sampler.h"
+#include "data/icp_order.h"
+#include "data/packing_sampler.h"
 #include "data/replay_sampler.h"
 #include "data/token_store.h"
 #include "data/window_sampler.h"
 
 namespace cw {
 
-static TokenArray load_tokens(const std::string& path, const Tokenizer& tok, const std::string& key) {
+static TokenStoreContents load_store(const std::string& path, const Tokenizer& tok, const std::string& key) {
   auto store = read_token_store(expand_user(path));
   require_same_tokenizer(path + " ([" + key.substr(0, key.find('.')) + "] " + key.substr(key.find('.') + 1) + ")",
                          store.tokenizer, tok.identity(), tok.path().string());
-  return std::make_shared<const std::vector<uint32_t>>(std::move(store.tokens));
+  return store;
+}
+
+static TokenArray load_tokens(const std::string& path, const Tokenizer& tok, const std::string& key) {
+  return std::make_shared<const std::vector<uint32_t>>(std::move(load_store(path, tok, key).tokens));
 }
 
 TrainingData load_training_data(const Recipe& r, const Tokenizer& tok, int64_t rank, int64_t world) {
   check(!r.s("data.train").empty(), r.file().string(), ": [data] train is not set");
   TrainingData d;
-  d.train_tokens = load_tokens(r.s("data.train"), tok, "data.train");
-  WindowSamplerOptions o;
-  o.seq_len = r.i("data.seq_len"), o.batch_size = r.i("data.batch_size"), o.seed = uint64_t(r.i("run.seed"));
-  o.rank = rank, o.world = world;
-  auto fresh = std::make_unique<WindowSampler>(d.train_tokens, o);
-  if (r.s("data.replay").empty()) {
-    d.sampler = std::move(fresh);
+  const std::string strategy = r.s("data.strategy");
+  TokenStoreContents store = load_store(r.s("data.train"), tok, "data.train");
+  if (r.s("data.order") == "icp") {
+    check(strategy == "concat", "[data] order = icp needs strategy = concat (contexts are cut from the ordered stream)");
+    reorder_documents(store, read_icp_order(expand_user(r.s("data.train"))));
+  }
+  d.train_tokens = std::make_shared<const std::vector<uint32_t>>(std::move(store.tokens));
+  const uint64_t seed = uint64_t(r.i("run.seed"));
+  check(r.s("data.replay").empty() || strategy == "concat", "[data] replay works with strategy = concat only");
+  WindowSamplerOptions wo;
+  wo.seq_len = r.i("data.seq_len"), wo.batch_size = r.i("data.batch_size"), wo.seed = seed;
+  wo.rank = rank, wo.world = world;
+  if (strategy == "dd") {
+    DDSamplerOptions o;
+    o.tokens_per_step = r.i("data.batch_size") * r.i("data.seq_len");
+    o.curriculum = r.s("data.dd_curriculum"), o.cycles = r.i("data.dd_cycles"), o.seed = seed;
+    o.rank = rank, o.world = world;
+    d.sampler = std::make_unique<DDSampler>(d.train_tokens, read_decomposition(expand_user(r.s("data.train"))), o);
+  } else if (strategy == "bestfit") {
+    PackingOptions o;
+    o.seq_len = wo.seq_len, o.batch_size = wo.batch_size, o.seed = seed, o.rank = rank, o.world = world;
+    d.sampler = std::make_unique<PackingSampler>(d.train_tokens, store.doc_offsets, o);
+  } else if (r.s("data.replay").empty()) {
+    d.sampler = std::make_unique<WindowSampler>(d.train_tokens, wo);
   } else {
-    WindowSamplerOptions ro = o;
-    ro.seed = o.seed + 1000003;  // the old data gets its own order
+    WindowSamplerOptions ro = wo;
+    ro.seed = seed + 1000003;  // the old data gets its own order
+    auto fresh = std::make_unique<WindowSampler>(d.train_tokens, wo);
     auto replay = std::make_unique<WindowSampler>(load_tokens(r.s("data.replay"), tok, "data.replay"), ro);
     d.sampler = std::make_unique<ReplaySampler>(std::move(fresh), std::move(replay), r.f("data.replay_fraction"),
-                                                o.batch_size, o.seed, rank);
+                                                wo.batch_size, seed, rank);
   }
   const int64_t T = r.i("data.seq_len");
   auto add_eval = [&](const std::string& name, const std::string& path, const std::string& key) {

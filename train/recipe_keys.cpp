@@ -21,7 +21,15 @@ const std::vector<KeySpec>& recipe_keys() {
       {"data.eval_sets", K::String, "", "more validation stores, evaluated beside data.val: NAME=PATH,NAME=PATH"},
       {"data.replay", K::String, "", "old data mixed into every batch (continual pre-training); empty = none"},
       {"data.replay_fraction", K::Float, "0.05", "probability that a row of a batch comes from data.replay"},
-      {"data.seq_len", K::Int, "256", "tokens per training sequence"},
+      {"data.strategy", K::String, "concat", "how sequences are made: concatenate-and-chunk windows, dataset "
+       "decomposition buckets (`data decompose` first), or best-fit packing with document masks",
+       {"concat", "dd", "bestfit"}},
+      {"data.dd_curriculum", K::String, "grow_p2", "dd: odds of the buckets, short to long",
+       {"uniform", "grow_linear", "grow_p2", "shrink_linear", "shrink_p2"}},
+      {"data.dd_cycles", K::Int, "8", "dd: curriculum cycles per epoch"},
+      {"data.order", K::String, "natural", "document order before concatenation: as stored, or the in-context "
+       "pretraining order written by `data order`", {"natural", "icp"}},
+      {"data.seq_len", K::Int, "256", "tokens per training sequence (dd: tokens per step = batch_size x seq_len)"},
       {"data.batch_size", K::Int, "16", "sequences per micro-batch"},
       {"model.family", K::String, "llama", "model family", {"llama"}},
       {"model.vocab_size", K::Int, "0", "vocabulary size (0 = the tokenizer's)"},

@@ -1,12 +1,16 @@
-// `chunkwise data ...`: fetch corpora, train tokenizers, prepare HDF5 stores, inspect stores.
+// `chunkwise data ...`: fetch corpora, train tokenizers, prepare HDF5 stores, inspect them, and add the
+// dataset decomposition (dd/) and in-context order (icp/) to a store.
 #include <iostream>
 
 #include "common/files.h"
 #include "data/corpus.h"
+#include "data/decompose.h"
+#include "data/icp_order.h"
 #include "data/fetch.h"
 #include "data/prepare.h"
 #include "data/token_store.h"
 #include "data/tokenizer.h"
+#include "train/model_setup.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/options.h"
 
@@ -86,14 +90,66 @@ static int info_main(const Args& args) {
   return 0;
 }
 
+static int decompose_main(const Args& args) {
+  po::options_description desc("data decompose options");
+  std::string store, mode;
+  int kmin, kmax;
+  uint64_t seed;
+  desc.add_options()("store", po::value(&store)->required(), "token store (.h5) to decompose in place")(
+      "kmin", po::value(&kmin)->default_value(8), "shortest bucket: 2^kmin tokens")(
+      "kmax", po::value(&kmax)->default_value(13), "longest bucket: 2^kmax tokens")(
+      "mode", po::value(&mode)->default_value("random"), "random | deterministic (long documents' pieces)")(
+      "seed", po::value(&seed)->default_value(1), "seed of the random mode");
+  po::positional_options_description pos;
+  pos.add("store", 1);
+  po::variables_map vm;
+  if (!parse_args(args, desc, pos, vm, "chunkwise data decompose STORE [--kmin 8] [--kmax 13] [--mode random]")) return 0;
+  auto contents = read_token_store(expand_user(store));
+  Decomposition d = decompose_documents(contents.doc_offsets, kmin, kmax, mode, seed);
+  write_decomposition(expand_user(store), d);
+  int64_t total = 0;
+  for (int k = kmin; k <= kmax; ++k) total += d.tokens_in(k);
+  std::cout << store << ": " << total << " of " << contents.tokens.size() << " tokens in buckets, "
+            << d.dropped_tokens << " in tails shorter than " << (1 << kmin) + 1 << "\n";
+  for (int k = kmin; k <= kmax; ++k)
+    std::cout << "  k " << k << " (" << (1 << k) << " tokens): " << d.bucket(k).size() << " sequences, "
+              << 100.0 * double(d.tokens_in(k)) / double(std::max<int64_t>(total, 1)) << "% of tokens\n";
+  return 0;
+}
+
+static int order_main(const Args& args) {
+  po::options_description desc("data order options");
+  std::string store, device;
+  IcpOptions o;
+  desc.add_options()("store", po::value(&store)->required(), "token store (.h5); the order is written into it")(
+      "k", po::value(&o.k)->default_value(50), "neighbours per document")(
+      "dim", po::value(&o.dim)->default_value(256), "hashed TF-IDF dimensions")(
+      "block", po::value(&o.block)->default_value(1024), "query rows per matrix product")(
+      "device", po::value(&device)->default_value("auto"), "auto | cpu | cuda");
+  po::positional_options_description pos;
+  pos.add("store", 1);
+  po::variables_map vm;
+  if (!parse_args(args, desc, pos, vm, "chunkwise data order STORE [--k 50] [--device auto]")) return 0;
+  o.device = resolve_device(device);
+  auto contents = read_token_store(expand_user(store));
+  IcpResult r = icp_order(contents, o);
+  write_icp_order(expand_user(store), r, o);
+  std::cout << store << ": " << r.order.size() << " documents ordered, " << r.dropped << " near-duplicates dropped\n"
+            << "  embed " << r.embed_s << " s, kNN " << r.knn_s << " s (" << o.device.str() << "), walk " << r.walk_s
+            << " s\n  mean cosine of adjacent documents " << r.adjacent_sim << " (random order " << r.shuffled_sim << ")\n";
+  return 0;
+}
+
 int data_main(const Args& args) {
-  const char* usage = "usage: chunkwise data fetch|tokenizer|prepare|info ... (each takes --help)\n";
+  const char* usage = "usage: chunkwise data fetch|tokenizer|prepare|info|decompose|order ... (each takes --help)\n";
   if (args.empty()) fail(usage);
   Args rest(args.begin() + 1, args.end());
   if (args[0] == "fetch") return fetch_main(rest);
   if (args[0] == "tokenizer") return tokenizer_main(rest);
   if (args[0] == "prepare") return prepare_main(rest);
   if (args[0] == "info") return info_main(rest);
+  if (args[0] == "decompose") return decompose_main(rest);
+  if (args[0] == "order") return order_main(rest);
   if (args[0] == "--help" || args[0] == "-h") {
     std::cout << usage;
     return 0;

@@ -14,4 +14,5 @@ int train_main(const Args& args);
 int sample_main(const Args& args);
 int plot_main(const Args& args);
 int recipe_main(const Args& args);  // keys
+int bench_main(const Args& args);   // order
 }  // namespace cw::cli

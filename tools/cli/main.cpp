@@ -20,11 +20,14 @@ commands:
   data tokenizer ...       train a SentencePiece tokenizer on a corpus
   data prepare ...         tokenize a corpus into HDF5 train/val stores
   data info STORE          print a store's contents and tokenizer identity
+  data decompose STORE     dataset decomposition: power-of-two length buckets, written into the store
+  data order STORE         in-context pretraining order (kNN graph + greedy walk), written into the store
   train RECIPE [--resume] [--section.key=value ...]
                            train from a recipe
   sample RUN|CHECKPOINT    generate text from a trained model
   plot RUN                 draw the run's loss curves into RUN/loss.png
   recipe keys [--markdown] list every recipe key with type, default and meaning
+  bench order ...          time in-context ordering on synthetic embeddings
 )";
 }
 
@@ -41,6 +44,7 @@ int main(int argc, char** argv) {
     if (cmd == "sample") return cw::cli::sample_main(args);
     if (cmd == "plot") return cw::cli::plot_main(args);
     if (cmd == "recipe") return cw::cli::recipe_main(args);
+    if (cmd == "bench") return cw::cli::bench_main(args);
     std::cerr << "error: unknown command '" << cmd << "'\n\n" << kUsage;
     return 2;
   } catch (const cw::UserError& e) {
