@@ -14,6 +14,8 @@ const std::vector<KeySpec>& recipe_keys() {
       {"run.seed", K::Int, "1", "seed of model init, data order and sampling"},
       {"run.device", K::String, "auto", "where to train", {"auto", "cpu", "cuda"}},
       {"run.threads", K::Int, "0", "CPU threads for LibTorch (0 = LibTorch's default)"},
+      {"run.precision", K::String, "auto", "auto (bf16 autocast on CUDA, fp32 on CPU), fp32, or bf16 autocast",
+       {"auto", "fp32", "bf16"}},
       {"run.peak_tflops", K::Float, "989", "accelerator peak for MFU (dense bf16 TFLOP/s; H100/H200 SXM = 989)"},
       {"data.train", K::String, "", "training token store (.h5) from `chunkwise data prepare`"},
       {"data.val", K::String, "", "validation token store (.h5); empty = no evaluation"},

@@ -16,6 +16,7 @@
 #include "train/data_setup.h"
 #include "train/metrics.h"
 #include "train/model_setup.h"
+#include "train/precision.h"
 #include "train/schedule.h"
 #include "train/sparsity.h"
 #include "train/step_strategy.h"
@@ -45,8 +46,9 @@ std::set<int64_t> parse_step_list(const std::string& s) {
 }
 
 double evaluate(CausalLM& model, const TokenArray& tokens, int64_t seq_len,
-                int64_t batch_size, int64_t max_batches, const torch::Device& device) {
+                int64_t batch_size, int64_t max_batches, const torch::Device& device, const std::string& precision) {
   torch::NoGradGuard ng;
+  AutocastScope autocast(device, precision);
   model.eval();
   WindowSamplerOptions o;
   o.seq_len = seq_len;
@@ -119,6 +121,8 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
   result.run_dir = run_dir;
   if (r.i("run.threads") > 0) torch::set_num_threads(int(r.i("run.threads")));
   const torch::Device device = resolve_device(r.s("run.device"));
+  const std::string precision = resolve_precision(r.s("run.precision"), device);
+  configure_device_math(device);
 
   // 1. Tokenizer, then every store checked against it: training sampler (with replay) and validation sets.
   check(!r.s("data.train").empty(), r.file().string(), ": [data] train is not set");
@@ -204,6 +208,7 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
   out << "model " << mc.family << ": " << format_count(double(mc.non_embedding_params() + mc.embedding_params()))
       << " parameters (" << format_count(double(mc.non_embedding_params())) << " non-embedding), d_model "
       << mc.d_model << ", " << mc.n_layers << " layers, vocab " << mc.vocab_size << " | device " << device.str()
+      << " " << precision
       << " | " << format_count(double(tokens_per_step)) << " tokens/step, " << total_steps << " steps\n"
       << "train tokens " << format_count(double(data.train_tokens->size())) << ", unigram entropy "
       << std::fixed << std::setprecision(3) << result.unigram_entropy << " nats (loss of a context-free model)\n";
@@ -230,7 +235,7 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
     std::ostringstream line;
     line << "eval step " << at_step;
     for (auto& [name, tokens] : data.eval_sets) {
-      double v = evaluate(*model, tokens, T, B, r.i("train.eval_batches"), device);
+      double v = evaluate(*model, tokens, T, B, r.i("train.eval_batches"), device, precision);
       const std::string key = name == "val" ? "val_loss" : "val_loss." + name;
       rec[key] = v;
       if (name == "val") rec["val_ppl"] = std::exp(v), result.val_loss = v;
@@ -251,7 +256,11 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
     std::vector<Batch> micro;
     for (int64_t a = 0; a < accum; ++a) micro.push_back(sampler.next().to(device));
     optimizer.zero_grad();
-    StepResult sr = strategy->run(*model, micro);
+    StepResult sr;
+    {
+      AutocastScope autocast(device, precision);
+      sr = strategy->run(*model, micro);
+    }
     if (inject_nan.count(step)) {  // test hook: poison this step
       sr.loss = NAN;
       params.front().second.mutable_grad().fill_(NAN);
