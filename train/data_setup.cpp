@@ -1,6 +1,8 @@
 // Implementation of train/data_setup.h.
 #include "train/data_setup.h"
 
+#include <algorithm>
+#include <random>
 #include <sstream>
 
 #include "common/error.h"
@@ -25,14 +27,27 @@ static TokenArray load_tokens(const std::string& path, const Tokenizer& tok, con
   return std::make_shared<const std::vector<uint32_t>>(std::move(load_store(path, tok, key).tokens));
 }
 
+// Puts the store's documents in ORDER: natural (as stored), shuffled (seeded permutation) or icp.
+static void apply_document_order(TokenStoreContents& store, const std::string& order, const std::string& path,
+                                 uint64_t seed) {
+  if (order == "natural") return;
+  if (order == "icp") return reorder_documents(store, read_icp_order(expand_user(path)));
+  check(order == "shuffled", "unknown document order '", order, "' (natural, shuffled, icp)");
+  std::vector<uint64_t> perm(static_cast<size_t>(store.n_docs()));
+  for (size_t i = 0; i < perm.size(); ++i) perm[i] = i;
+  std::shuffle(perm.begin(), perm.end(), std::mt19937_64(seed ^ 0x0DDC0FFEEull));
+  reorder_documents(store, perm);
+}
+
 TrainingData load_training_data(const Recipe& r, const Tokenizer& tok, int64_t rank, int64_t world) {
   check(!r.s("data.train").empty(), r.file().string(), ": [data] train is not set");
   TrainingData d;
   const std::string strategy = r.s("data.strategy");
   TokenStoreContents store = load_store(r.s("data.train"), tok, "data.train");
-  if (r.s("data.order") == "icp") {
-    check(strategy == "concat", "[data] order = icp needs strategy = concat (contexts are cut from the ordered stream)");
-    reorder_documents(store, read_icp_order(expand_user(r.s("data.train"))));
+  if (r.s("data.order") != "natural") {
+    check(strategy == "concat", "[data] order = ", r.s("data.order"), " needs strategy = concat (contexts are cut "
+          "from the ordered stream)");
+    apply_document_order(store, r.s("data.order"), r.s("data.train"), uint64_t(r.i("run.seed")));
   }
   d.train_tokens = std::make_shared<const std::vector<uint32_t>>(std::move(store.tokens));
   const uint64_t seed = uint64_t(r.i("run.seed"));
@@ -61,8 +76,12 @@ TrainingData load_training_data(const Recipe& r, const Tokenizer& tok, int64_t r
                                                 wo.batch_size, seed, rank);
   }
   const int64_t T = r.i("data.seq_len");
-  auto add_eval = [&](const std::string& name, const std::string& path, const std::string& key) {
-    TokenArray t = load_tokens(path, tok, key);
+  auto add_eval = [&](const std::string& name, std::string path, const std::string& key) {
+    std::string order = "natural";  // PATH@ORDER evaluates the documents in another order
+    if (size_t at = path.rfind('@'); at != std::string::npos) order = path.substr(at + 1), path = path.substr(0, at);
+    TokenStoreContents s = load_store(path, tok, key);
+    apply_document_order(s, order, path, 1);
+    TokenArray t = std::make_shared<const std::vector<uint32_t>>(std::move(s.tokens));
     check(int64_t(t->size()) > T, path, " holds fewer tokens than one sequence of data.seq_len = ", T);
     d.eval_sets.emplace_back(name, t);
   };

@@ -20,7 +20,8 @@ const std::vector<KeySpec>& recipe_keys() {
       {"data.train", K::String, "", "training token store (.h5) from `chunkwise data prepare`"},
       {"data.val", K::String, "", "validation token store (.h5); empty = no evaluation"},
       {"data.tokenizer", K::String, "", "SentencePiece model the stores were made with (checked against them)"},
-      {"data.eval_sets", K::String, "", "more validation stores, evaluated beside data.val: NAME=PATH,NAME=PATH"},
+      {"data.eval_sets", K::String, "", "more validation stores, evaluated beside data.val: NAME=PATH[@ORDER],... "
+       "(ORDER: natural, shuffled or icp document order)"},
       {"data.replay", K::String, "", "old data mixed into every batch (continual pre-training); empty = none"},
       {"data.replay_fraction", K::Float, "0.05", "probability that a row of a batch comes from data.replay"},
       {"data.strategy", K::String, "concat", "how sequences are made: concatenate-and-chunk windows, dataset "
@@ -29,8 +30,8 @@ const std::vector<KeySpec>& recipe_keys() {
       {"data.dd_curriculum", K::String, "grow_p2", "dd: odds of the buckets, short to long",
        {"uniform", "grow_linear", "grow_p2", "shrink_linear", "shrink_p2"}},
       {"data.dd_cycles", K::Int, "8", "dd: curriculum cycles per epoch"},
-      {"data.order", K::String, "natural", "document order before concatenation: as stored, or the in-context "
-       "pretraining order written by `data order`", {"natural", "icp"}},
+      {"data.order", K::String, "natural", "document order before concatenation: as stored, a seeded shuffle, or "
+       "the in-context pretraining order written by `data order`", {"natural", "shuffled", "icp"}},
       {"data.seq_len", K::Int, "256", "tokens per training sequence (dd: tokens per step = batch_size x seq_len)"},
       {"data.batch_size", K::Int, "16", "sequences per micro-batch"},
       {"model.family", K::String, "llama", "model family", {"llama"}},
@@ -65,7 +66,8 @@ const std::vector<KeySpec>& recipe_keys() {
       {"train.steps", K::Int, "1000", "optimizer steps"},
       {"train.grad_accum", K::Int, "1", "micro-batches per optimizer step"},
       {"train.eval_every", K::Int, "100", "evaluate every N steps (0 = only at the end)"},
-      {"train.eval_batches", K::Int, "20", "validation batches per evaluation"},
+      {"train.eval_batches", K::Int, "20", "validation batches per evaluation (at most the whole set)"},
+      {"train.eval_batch_size", K::Int, "0", "sequences per validation batch (0 = data.batch_size)"},
       {"train.log_every", K::Int, "10", "print a progress line every N steps"},
       {"train.ckpt_every", K::Int, "100", "write a checkpoint every N steps (0 = only at the end)"},
       {"train.keep", K::Int, "3", "checkpoints to keep (older ones are deleted)"},

@@ -235,7 +235,8 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
     std::ostringstream line;
     line << "eval step " << at_step;
     for (auto& [name, tokens] : data.eval_sets) {
-      double v = evaluate(*model, tokens, T, B, r.i("train.eval_batches"), device, precision);
+      const int64_t eval_b = r.i("train.eval_batch_size") > 0 ? r.i("train.eval_batch_size") : B;
+      double v = evaluate(*model, tokens, T, eval_b, r.i("train.eval_batches"), device, precision);
       const std::string key = name == "val" ? "val_loss" : "val_loss." + name;
       rec[key] = v;
       if (name == "val") rec["val_ppl"] = std::exp(v), result.val_loss = v;
