@@ -5,6 +5,7 @@
 
 #include "common/error.h"
 #include "common/json.h"
+#include "data/window_sampler.h"
 
 namespace cw {
 
@@ -92,12 +93,7 @@ Batch DDSampler::next() {
   ++used_[size_t(i)];
   ++step_in_cycle_;
   last_k_ = k;
-  Batch batch;
-  batch.tokens = buf.narrow(1, 0, T).contiguous();
-  batch.targets = buf.narrow(1, 1, T).contiguous();
-  batch.positions = torch::arange(T, torch::kInt64).unsqueeze(0).expand({b, T}).contiguous();
-  batch.n_target_tokens = b * T;
-  return batch;
+  return batch_from_windows(buf);
 }
 
 std::string DDSampler::state() const {

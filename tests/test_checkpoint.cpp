@@ -20,15 +20,6 @@ static CheckpointContents contents(int64_t seed) {
           "[run]\nname = x\n"};
 }
 
-static std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const UserError& e) {
-    return e.what();
-  }
-  return "";
-}
-
 TEST(Checkpoint, RoundTripRetentionAndLatest) {
   auto run = scratch_dir("ckpt-run");
   for (int64_t s : {10, 20, 30, 40}) save_checkpoint(run, s, contents(s), 2);
@@ -47,7 +38,7 @@ TEST(Checkpoint, RoundTripRetentionAndLatest) {
   // A folder without a manifest (a crash mid-write) is never picked.
   fs::create_directories(checkpoints_dir(run) / "step-50");
   EXPECT_EQ(latest_checkpoint(run), checkpoints_dir(run) / "step-40");
-  EXPECT_NE(error_of([&] { load_checkpoint(checkpoints_dir(run) / "step-50"); }).find("incomplete"), std::string::npos);
+  EXPECT_NE(user_error_of([&] { load_checkpoint(checkpoints_dir(run) / "step-50"); }).find("incomplete"), std::string::npos);
 }
 
 TEST(Checkpoint, TruncatedOrCorruptedFilesAreRejected) {
@@ -57,17 +48,17 @@ TEST(Checkpoint, TruncatedOrCorruptedFilesAreRejected) {
   auto size = fs::file_size(model);
 
   flip_byte(model, size - 100);  // inside the weights: the header still parses, the CRC does not match
-  std::string e = error_of([&] { load_checkpoint(dir); });
+  std::string e = user_error_of([&] { load_checkpoint(dir); });
   EXPECT_NE(e.find("CRC-32"), std::string::npos) << e;
   EXPECT_NE(e.find("model.safetensors"), std::string::npos) << e;
 
   flip_byte(model, size - 100);  // undo
   EXPECT_NO_THROW(load_checkpoint(dir));
   truncate_file(dir / "optimizer.safetensors", 100);
-  e = error_of([&] { load_checkpoint(dir); });
+  e = user_error_of([&] { load_checkpoint(dir); });
   EXPECT_NE(e.find("truncated"), std::string::npos) << e;
   EXPECT_NE(e.find("optimizer.safetensors"), std::string::npos) << e;
 
   write_text(dir / "manifest.json", "{\"format\": \"something else\"}");
-  EXPECT_NE(error_of([&] { load_checkpoint(dir); }).find("not a chunkwise checkpoint"), std::string::npos);
+  EXPECT_NE(user_error_of([&] { load_checkpoint(dir); }).find("not a chunkwise checkpoint"), std::string::npos);
 }

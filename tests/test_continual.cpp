@@ -82,15 +82,10 @@ TEST(Spdf, MasksKeepExactCountsOnTheRightTensors) {
 }
 
 static Recipe tiny(const fs::path& out, const std::string& name, int64_t steps) {
-  fs::path data = shared_prepared_data();
-  std::ostringstream ini;
-  ini << "[run]\nname = " << name << "\nout_dir = " << out.string() << "\nthreads = 1\nseed = 3\n"
-      << "[data]\ntrain = " << (data / "train.h5").string() << "\nval = " << (data / "val.h5").string()
-      << "\ntokenizer = " << shared_tokenizer().string() << "\nseq_len = 32\nbatch_size = 4\n"
-      << "[model]\nd_model = 32\nn_layers = 2\nn_heads = 2\n[optim]\nlr = 3e-3\nmin_lr = 3e-4\n"
-      << "[schedule]\nwarmup_steps = 2\n[train]\nsteps = " << steps << "\neval_every = 0\nlog_every = 100\n"
-      << "ckpt_every = 3\nkeep = 10\n";
-  return Recipe::from_text(ini.str(), name + ".ini");
+  Recipe r = tiny_recipe(out, name, steps);
+  r.set("train.eval_every", "0");
+  r.set("train.log_every", "100");
+  return r;
 }
 
 TEST(Spdf, MaskedWeightsAndMomentsStayZeroAndDenseFineTuningMovesThem) {

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <fstream>
 #include <random>
+#include <sstream>
 
 #include "common/error.h"
 #include "common/files.h"
@@ -111,6 +112,27 @@ void flip_byte(const fs::path& p, uint64_t offset) {
 }
 
 void truncate_file(const fs::path& p, uint64_t size) { fs::resize_file(p, size); }
+
+std::string user_error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const UserError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+Recipe tiny_recipe(const fs::path& out_dir, const std::string& name, int64_t steps) {
+  fs::path data = shared_prepared_data();
+  std::ostringstream ini;
+  ini << "[run]\nname = " << name << "\nout_dir = " << out_dir.string() << "\nthreads = 1\nseed = 3\n"
+      << "[data]\ntrain = " << (data / "train.h5").string() << "\nval = " << (data / "val.h5").string()
+      << "\ntokenizer = " << shared_tokenizer().string() << "\nseq_len = 32\nbatch_size = 4\n"
+      << "[model]\nd_model = 32\nn_layers = 2\nn_heads = 2\n"
+      << "[optim]\nlr = 3e-3\nmin_lr = 3e-4\n[schedule]\nwarmup_steps = 2\n"
+      << "[train]\nsteps = " << steps << "\neval_every = 3\neval_batches = 2\nlog_every = 1\nckpt_every = 3\nkeep = 10\n";
+  return Recipe::from_text(ini.str(), name + ".ini");
+}
 
 }  // namespace cw::test
 

@@ -10,15 +10,6 @@
 using namespace cw;
 using namespace cw::test;
 
-static std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const UserError& e) {
-    return e.what();
-  }
-  return "";
-}
-
 TEST(Recipe, PrecedenceCommandLineOverFileOverBaseOverDefault) {
   auto dir = scratch_dir("recipe-prec");
   write_text(dir / "base.ini", "[model]\nd_model = 128\nn_layers = 3\n[optim]\nlr = 0.01\n");
@@ -37,13 +28,13 @@ TEST(Recipe, PrecedenceCommandLineOverFileOverBaseOverDefault) {
 TEST(Recipe, UnknownKeyNamesKeyFileAndAllowedKeys) {
   auto dir = scratch_dir("recipe-unknown");
   write_text(dir / "r.ini", "[model]\nd_modle = 64\n");
-  std::string e = error_of([&] { Recipe::load(dir / "r.ini"); });
+  std::string e = user_error_of([&] { Recipe::load(dir / "r.ini"); });
   EXPECT_NE(e.find("model.d_modle"), std::string::npos) << e;
   EXPECT_NE(e.find("r.ini"), std::string::npos) << e;
   EXPECT_NE(e.find("model.d_model"), std::string::npos) << e;  // lists what is allowed
-  e = error_of([&] { Recipe::load(dir / "r.ini", {}); });
+  e = user_error_of([&] { Recipe::load(dir / "r.ini", {}); });
   write_text(dir / "s.ini", "[modle]\nd_model = 64\n");
-  e = error_of([&] { Recipe::load(dir / "s.ini"); });
+  e = user_error_of([&] { Recipe::load(dir / "s.ini"); });
   EXPECT_NE(e.find("modle.d_model"), std::string::npos) << e;
   EXPECT_NE(e.find("[model]"), std::string::npos) << e;
 }
@@ -51,37 +42,37 @@ TEST(Recipe, UnknownKeyNamesKeyFileAndAllowedKeys) {
 TEST(Recipe, WrongTypesAndChoicesAreRejected) {
   auto dir = scratch_dir("recipe-types");
   write_text(dir / "r.ini", "[model]\nd_model = wide\n");
-  std::string e = error_of([&] { Recipe::load(dir / "r.ini"); });
+  std::string e = user_error_of([&] { Recipe::load(dir / "r.ini"); });
   EXPECT_NE(e.find("model.d_model"), std::string::npos) << e;
   EXPECT_NE(e.find("integer"), std::string::npos) << e;
   EXPECT_NE(e.find("r.ini"), std::string::npos) << e;
   write_text(dir / "ok.ini", "[model]\nd_model = 64\n");
-  e = error_of([&] { Recipe::load(dir / "ok.ini", {"--optim.lr=fast"}); });
+  e = user_error_of([&] { Recipe::load(dir / "ok.ini", {"--optim.lr=fast"}); });
   EXPECT_NE(e.find("command line"), std::string::npos) << e;
   EXPECT_NE(e.find("optim.lr"), std::string::npos) << e;
-  e = error_of([&] { Recipe::load(dir / "ok.ini", {"--model.family=gpt9"}); });
+  e = user_error_of([&] { Recipe::load(dir / "ok.ini", {"--model.family=gpt9"}); });
   EXPECT_NE(e.find("one of: llama"), std::string::npos) << e;
-  e = error_of([&] { Recipe::load(dir / "ok.ini", {"--model.tie_embeddings=maybe"}); });
+  e = user_error_of([&] { Recipe::load(dir / "ok.ini", {"--model.tie_embeddings=maybe"}); });
   EXPECT_NE(e.find("true or false"), std::string::npos) << e;
-  e = error_of([&] { Recipe::load(dir / "ok.ini", {"--model.d_model"}); });
+  e = user_error_of([&] { Recipe::load(dir / "ok.ini", {"--model.d_model"}); });
   EXPECT_NE(e.find("--section.key=value"), std::string::npos) << e;
-  e = error_of([&] { Recipe::load(dir / "ok.ini", {"--model.nope=1"}); });
+  e = user_error_of([&] { Recipe::load(dir / "ok.ini", {"--model.nope=1"}); });
   EXPECT_NE(e.find("model.nope"), std::string::npos) << e;
   write_text(dir / "dup.ini", "[model]\nd_model = 64\nd_model = 65\n");
-  EXPECT_FALSE(error_of([&] { Recipe::load(dir / "dup.ini"); }).empty());
+  EXPECT_FALSE(user_error_of([&] { Recipe::load(dir / "dup.ini"); }).empty());
 }
 
 TEST(Recipe, MissingFilesAndCyclesAreRejected) {
   auto dir = scratch_dir("recipe-missing");
-  std::string e = error_of([&] { Recipe::load(dir / "none.ini"); });
+  std::string e = user_error_of([&] { Recipe::load(dir / "none.ini"); });
   EXPECT_NE(e.find("not found"), std::string::npos) << e;
   write_text(dir / "child.ini", "extends = gone.ini\n");
-  e = error_of([&] { Recipe::load(dir / "child.ini"); });
+  e = user_error_of([&] { Recipe::load(dir / "child.ini"); });
   EXPECT_NE(e.find("gone.ini"), std::string::npos) << e;
   EXPECT_NE(e.find("child.ini"), std::string::npos) << e;
   write_text(dir / "a.ini", "extends = b.ini\n");
   write_text(dir / "b.ini", "extends = a.ini\n");
-  e = error_of([&] { Recipe::load(dir / "a.ini"); });
+  e = user_error_of([&] { Recipe::load(dir / "a.ini"); });
   EXPECT_NE(e.find("extends itself"), std::string::npos) << e;
 }
 

@@ -3,10 +3,12 @@
 // Must not: hide assertions (helpers return data; tests assert).
 #pragma once
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "data/corpus.h"
+#include "train/recipe.h"
 
 namespace cw::test {
 
@@ -22,6 +24,10 @@ std::string python();      // $CHUNKWISE_PYTHON
 std::string source_dir();  // $CHUNKWISE_SOURCE_DIR
 std::string chunkwise_bin();
 void write_text(const fs::path& p, const std::string& text);
+std::string user_error_of(const std::function<void()>& f);  // the UserError's message, "" if none was thrown
+// A 2-layer, d 32 model on shared_prepared_data(): 4 x 32 tokens per step, evaluation and checkpoint every
+// 3 steps, one thread (bitwise reproducible).
+Recipe tiny_recipe(const fs::path& out_dir, const std::string& name, int64_t steps);
 void flip_byte(const fs::path& p, uint64_t offset);
 void truncate_file(const fs::path& p, uint64_t size);
 
