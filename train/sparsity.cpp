@@ -78,6 +78,12 @@ int64_t SparsityMasks::kept(const std::string& name) const {
   return -1;
 }
 
+double SparsityMasks::density() const {
+  double kept = 0, total = 0;
+  for (auto& e : entries_) kept += e.mask.sum().item<double>(), total += double(e.mask.numel());
+  return total > 0 ? kept / total : 1.0;
+}
+
 double spdf_train_flops_per_token(double n_sparsifiable, int64_t d, int64_t L, int64_t n_ctx, int64_t V, double s) {
   double forward = 2.0 * (1.0 - s) * n_sparsifiable + 2.0 * double(d) * double(V) + 4.0 * double(L) * double(n_ctx) * double(d);
   return 3.0 * forward;

@@ -31,6 +31,7 @@ class SparsityMasks {
   void apply_to_optimizer(const AdamW& opt) const;
   NamedTensors tensors() const;  // "mask.NAME" (uint8 0/1) for checkpoints
   int64_t kept(const std::string& name) const;
+  double density() const;  // kept entries / masked-tensor entries, over all masks
 
  private:
   struct Entry {

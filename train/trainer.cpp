@@ -104,8 +104,10 @@ void restore_rng(const std::map<std::string, torch::Tensor>& rng, const torch::D
 void require_compatible(const Recipe& now, const Recipe& saved, const std::string& where) {
   std::string diff;
   for (auto& k : recipe_keys()) {
-    bool matters = k.name.rfind("model.", 0) == 0 || k.name == "data.seq_len" || k.name == "data.batch_size" ||
-                   k.name == "run.seed" || k.name == "data.train";
+    static const std::set<std::string> data_keys = {"data.seq_len", "data.batch_size", "data.train", "data.strategy",
+                                                    "data.order", "data.replay", "data.replay_fraction",
+                                                    "data.dd_curriculum", "data.dd_cycles", "run.seed", "sparsity.level"};
+    bool matters = k.name.rfind("model.", 0) == 0 || data_keys.count(k.name);
     if (matters && now.s(k.name) != saved.s(k.name))
       diff += "\n  " + k.name + ": checkpoint " + saved.s(k.name) + ", now " + now.s(k.name);
   }
@@ -167,6 +169,8 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
     bool reuse = !init.masks.empty();
     masks = reuse ? SparsityMasks::from_tensors(params, init.masks, init.description)
                   : SparsityMasks::create(params, level, mask_seed);
+    check(!reuse || std::abs(masks.density() - (1.0 - level)) < 1e-3, init.description, " holds masks of density ",
+          masks.density(), " but [sparsity] level = ", level, " asks for ", 1.0 - level);
     masks.apply_to_weights();
     masks.apply_to_optimizer(optimizer);
   }
