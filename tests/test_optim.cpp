@@ -29,6 +29,24 @@ TEST(AdamW, MatchesLibTorchAdamWWithDecayGroups) {
   EXPECT_EQ(ours.steps(), 10);
 }
 
+TEST(AdamW, FusedKernelMatchesTheLoop) {
+  torch::manual_seed(2);
+  auto a1 = torch::randn({6, 5}, torch::requires_grad()), a2 = torch::randn({5}, torch::requires_grad());
+  auto b1 = a1.detach().clone().requires_grad_(), b2 = a2.detach().clone().requires_grad_();
+  AdamW loop({{"w", a1}, {"norm", a2}}, {true, false}, {0.9, 0.95, 1e-8, 0.1, false});
+  AdamW fused({{"w", b1}, {"norm", b2}}, {true, false}, {0.9, 0.95, 1e-8, 0.1, true});
+  for (int step = 0; step < 10; ++step) {
+    auto g1 = torch::randn({6, 5}), g2 = torch::randn({5});
+    a1.mutable_grad() = g1.clone(), a2.mutable_grad() = g2.clone();
+    b1.mutable_grad() = g1.clone(), b2.mutable_grad() = g2.clone();
+    loop.step(1e-2 * (step + 1));
+    fused.step(1e-2 * (step + 1));
+  }
+  EXPECT_TRUE(torch::allclose(a1, b1, 1e-6, 1e-7)) << (a1 - b1).abs().max();
+  EXPECT_TRUE(torch::allclose(a2, b2, 1e-6, 1e-7)) << (a2 - b2).abs().max();
+  EXPECT_TRUE(torch::allclose(loop.slots()[0].exp_avg_sq, fused.slots()[0].exp_avg_sq, 1e-6, 1e-9));
+}
+
 TEST(AdamW, DefaultDecayPolicy) {
   auto m = torch::zeros({2, 2}), v = torch::zeros({2});
   EXPECT_TRUE(default_weight_decay("model.layers.0.self_attn.q_proj.weight", m, false, false));

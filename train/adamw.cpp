@@ -23,9 +23,26 @@ AdamW::AdamW(const std::vector<std::pair<std::string, torch::Tensor>>& params, c
   }
 }
 
+void AdamW::fused_step(double lr) {
+  if (!step_tensor_.defined() && !slots_.empty())
+    step_tensor_ = torch::zeros({}, slots_.front().param.options().dtype(torch::kFloat32));
+  step_tensor_.fill_(double(steps_));
+  for (bool decay : {true, false}) {
+    std::vector<torch::Tensor> p, g, m, v, steps;
+    for (auto& s : slots_)
+      if (s.decay == decay && s.param.grad().defined())
+        p.push_back(s.param), g.push_back(s.param.grad()), m.push_back(s.exp_avg), v.push_back(s.exp_avg_sq),
+            steps.push_back(step_tensor_);
+    if (p.empty()) continue;
+    at::_fused_adamw_(p, g, m, v, {}, steps, lr, opt_.beta1, opt_.beta2, decay ? opt_.weight_decay : 0.0, opt_.eps,
+                      /*amsgrad=*/false, /*maximize=*/false);
+  }
+}
+
 void AdamW::step(double lr) {
   torch::NoGradGuard ng;
   ++steps_;
+  if (opt_.fused) return fused_step(lr);
   const double bc1 = 1.0 - std::pow(opt_.beta1, double(steps_));
   const double bc2 = 1.0 - std::pow(opt_.beta2, double(steps_));
   for (auto& s : slots_) {

@@ -1,6 +1,7 @@
 // AdamW with decoupled weight decay, applied per named parameter so its state can be saved under the
-// parameter's export name, masked (sparsity) or sharded (ZeRO-1) later. Same arithmetic as
-// torch::optim::AdamW, which tests use as its reference twin.
+// parameter's export name, masked (sparsity) or sharded (ZeRO-1) later. Two paths with the same arithmetic:
+// a per-parameter loop of tensor ops (the reference; also what CPU training uses, so CPU resume is bitwise)
+// and ATen's multi-tensor fused kernel (`fused`, used on CUDA). Tests compare both with torch::optim::AdamW.
 // Must not: decide which parameters decay (the caller passes that per parameter).
 #pragma once
 #include <torch/torch.h>
@@ -13,6 +14,7 @@ namespace cw {
 
 struct AdamWOptions {
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
+  bool fused = false;  // ATen's fused multi-tensor kernel (one launch per group instead of ~7 per parameter)
 };
 
 class AdamW {
@@ -33,9 +35,11 @@ class AdamW {
   void load_state(const std::map<std::string, torch::Tensor>& tensors, int64_t steps, const std::string& what);
 
  private:
+  void fused_step(double lr);
   std::vector<Slot> slots_;
   AdamWOptions opt_;
   int64_t steps_ = 0;
+  torch::Tensor step_tensor_;  // the step count as the fused kernel reads it
 };
 
 // Default policy: matrices decay; embeddings only if DECAY_EMBEDDINGS; norms and biases only if DECAY_NORMS.

@@ -159,7 +159,8 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
   model->to(device);
   model->train();
   params = named_parameters_of(*model);  // the same tensors, now on the device
-  AdamW optimizer(params, decay, {r.f("optim.beta1"), r.f("optim.beta2"), r.f("optim.eps"), r.f("optim.weight_decay")});
+  AdamW optimizer(params, decay, {r.f("optim.beta1"), r.f("optim.beta2"), r.f("optim.eps"), r.f("optim.weight_decay"),
+                                  /*fused=*/device.is_cuda()});
   if (!resuming && !r.s("init.from").empty() && r.s("init.optimizer") == "checkpoint") {
     check(init.optimizer_steps >= 0, "[init] optimizer = checkpoint, but ", init.description, " holds no optimizer state");
     optimizer.load_state(init.optimizer, init.optimizer_steps, init.description);

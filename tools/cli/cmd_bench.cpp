@@ -1,9 +1,20 @@
+// `chunkwise bench train`: the training step of ../shared/specs/anchors.md's configurations on random
+// tokens (tokens/s, MFU, peak GPU memory), to run beside torch_baselines.py on the same card.
 // `chunkwise bench order`: times the in-context ordering pipeline (exact kNN + greedy walk) on synthetic
 // clustered embeddings, so its scale can be measured without a corpus of that size.
 #include <chrono>
 #include <iostream>
 
+#ifdef CHUNKWISE_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
 #include "data/icp_order.h"
+#include "checkpoints/tensor_io.h"
+#include "models/causal_lm.h"
+#include "train/adamw.h"
+#include "train/precision.h"
+#include "train/step_strategy.h"
 #include "train/model_setup.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/options.h"
@@ -48,9 +59,83 @@ static int bench_order(const Args& args) {
   return 0;
 }
 
+static int bench_train(const Args& args) {
+  po::options_description desc("bench train options");
+  std::string config, device_name, precision_name;
+  int64_t steps, warmup;
+  desc.add_options()("config", po::value(&config)->default_value("124m"), "124m (32 x 1024) | 350m (16 x 2048)")(
+      "steps", po::value(&steps)->default_value(20), "timed steps")(
+      "warmup", po::value(&warmup)->default_value(5), "untimed steps first")(
+      "device", po::value(&device_name)->default_value("auto"), "auto | cpu | cuda")(
+      "precision", po::value(&precision_name)->default_value("auto"), "auto | fp32 | bf16");
+  po::positional_options_description pos;
+  po::variables_map vm;
+  if (!parse_args(args, desc, pos, vm, "chunkwise bench train [--config 124m|350m]")) return 0;
+  ModelConfig c;
+  int64_t B, T;
+  c.vocab_size = 32000, c.tie_embeddings = false;
+  if (config == "124m") c.d_model = 768, c.n_layers = 12, c.n_heads = 12, c.d_ff = 2048, B = 32, T = 1024;
+  else if (config == "350m") c.d_model = 1024, c.n_layers = 24, c.n_heads = 16, c.d_ff = 2816, B = 16, T = 2048;
+  else fail("--config must be 124m or 350m");
+  c.n_kv_heads = c.n_heads, c.max_seq_len = T;
+  const torch::Device device = resolve_device(device_name);
+  const std::string precision = resolve_precision(precision_name, device);
+  configure_device_math(device);
+  torch::manual_seed(0);
+  auto model = build_model(c);
+  model->to(device);
+  model->train();
+  NamedTensors params = named_parameters_of(*model);
+  std::vector<bool> decay;
+  for (auto& [n, p] : params) decay.push_back(default_weight_decay(n, p, false, false));
+  AdamW opt(params, decay, {0.9, 0.95, 1e-8, 0.1, device.is_cuda()});
+  StandardStep step;
+  Batch b;
+  b.tokens = torch::randint(0, c.vocab_size, {B, T}, torch::TensorOptions().dtype(torch::kInt64).device(device));
+  b.targets = torch::randint(0, c.vocab_size, {B, T}, torch::TensorOptions().dtype(torch::kInt64).device(device));
+  b.positions = torch::arange(T, torch::TensorOptions().dtype(torch::kInt64).device(device)).unsqueeze(0).expand({B, T});
+  b.n_target_tokens = B * T;
+  std::vector<torch::Tensor> tensors;
+  for (auto& [n, p] : params) tensors.push_back(p);
+  auto one = [&] {  // the trainer's step: forward/backward, clip, AdamW
+    opt.zero_grad();
+    {
+      AutocastScope autocast(device, precision);
+      step.run(*model, {b});
+    }
+    torch::nn::utils::clip_grad_norm_(tensors, 1.0);
+    opt.step(3e-4);
+  };
+  for (int64_t i = 0; i < warmup; ++i) one();
+#ifdef CHUNKWISE_CUDA
+  if (device.is_cuda()) torch::cuda::synchronize(), c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());
+#endif
+  auto t0 = std::chrono::steady_clock::now();
+  for (int64_t i = 0; i < steps; ++i) one();
+  if (device.is_cuda()) torch::cuda::synchronize();
+  const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / double(steps);
+  const double tok_s = double(B * T) / dt, flops = c.train_flops_per_token(T);
+  double peak_gib = -1;
+#ifdef CHUNKWISE_CUDA
+  if (device.is_cuda()) {
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
+    peak_gib = double(stats.allocated_bytes[size_t(c10::CachingAllocator::StatType::AGGREGATE)].peak) / double(1ull << 30);
+  }
+#endif
+  std::cout << "{\"bench\": \"train\", \"config\": \"" << config << "\", \"device\": \"" << device.str()
+            << "\", \"precision\": \"" << precision << "\", \"B\": " << B << ", \"T\": " << T << ", \"tok_s\": "
+            << std::llround(tok_s) << ", \"tflops\": " << tok_s * flops / 1e12 << ", \"mfu_vs_989\": "
+            << tok_s * flops / 989e12 << ", \"peak_gib\": " << peak_gib << "}\n";
+  return 0;
+}
+
 int bench_main(const Args& args) {
-  if (args.empty() || args[0] != "order") fail("usage: chunkwise bench order [--help]");
-  return bench_order(Args(args.begin() + 1, args.end()));
+  const char* usage = "usage: chunkwise bench train|order [--help]";
+  if (args.empty()) fail(usage);
+  Args rest(args.begin() + 1, args.end());
+  if (args[0] == "train") return bench_train(rest);
+  if (args[0] == "order") return bench_order(rest);
+  fail(usage);
 }
 
 }  // namespace cw::cli

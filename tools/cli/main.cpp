@@ -27,6 +27,8 @@ commands:
   sample RUN|CHECKPOINT    generate text from a trained model
   plot RUN                 draw the run's loss curves into RUN/loss.png
   recipe keys [--markdown] list every recipe key with type, default and meaning
+  bench train --config 124m|350m
+                           time the training step of the reference configurations (random tokens)
   bench order ...          time in-context ordering on synthetic embeddings
 )";
 }
