@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <regex>
 
+#include "checkpoints/hf_bundle.h"
 #include "common/error.h"
 #include "common/files.h"
 #include "common/json.h"
@@ -123,11 +124,16 @@ InitSource load_init_source(const fs::path& path) {
     src.optimizer_steps = st.value("optimizer_steps", int64_t(-1));
     return src;
   }
-  fs::path weights = path / "model.safetensors";
-  check(fs::exists(weights), "[init] from: ", path.string(), " is neither a run, a checkpoint, nor a folder with "
-        "model.safetensors");
-  src.description = weights.string();
-  src.model = load_tensors(weights);
+  check(is_hf_bundle(path) || fs::exists(path / "model.safetensors"), "[init] from: ", path.string(),
+        " is neither a run, a checkpoint, nor a bundle (config.json + model.safetensors)");
+  src.description = path.string();
+  if (is_hf_bundle(path)) {
+    src.bundle_config = read_hf_config(path);
+    src.model = read_hf_weights(path);
+    if (fs::exists(path / "tokenizer.model")) src.bundle_tokenizer = path / "tokenizer.model";
+  } else {
+    src.model = load_tensors(path / "model.safetensors");
+  }
   return src;
 }
 

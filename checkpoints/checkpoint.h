@@ -12,6 +12,7 @@
 #include <string>
 
 #include "checkpoints/tensor_io.h"
+#include "models/model_config.h"
 
 namespace cw {
 
@@ -47,7 +48,9 @@ std::filesystem::path resolve_checkpoint(const std::filesystem::path& run_or_che
 struct InitSource {
   std::string description;
   std::map<std::string, torch::Tensor> model, masks, optimizer;
-  int64_t optimizer_steps = -1;  // -1: the source holds no optimizer state
+  int64_t optimizer_steps = -1;                   // -1: the source holds no optimizer state
+  std::optional<ModelConfig> bundle_config;       // set when the source is a bundle with config.json
+  std::filesystem::path bundle_tokenizer;         // its tokenizer.model, when present
 };
 InitSource load_init_source(const std::filesystem::path& path);
 

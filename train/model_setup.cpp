@@ -1,6 +1,8 @@
 // Implementation of train/model_setup.h.
 #include "train/model_setup.h"
 
+#include <algorithm>
+
 #include "common/error.h"
 
 namespace cw {
@@ -35,6 +37,30 @@ torch::Device resolve_device(const std::string& name) {
     return torch::kCUDA;
   }
   return cuda ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+}
+
+}  // namespace cw
+
+namespace cw {
+
+ModelConfig model_config_from_bundle(const Recipe& r, const ModelConfig& b, const std::string& what) {
+  std::string diff;
+  auto agree = [&](const char* key, const std::string& bundle_value) {
+    if (r.origin(key) != "default" && r.i(key) != 0 && r.s(key) != bundle_value)  // 0 = "take it from elsewhere"
+      diff += std::string("\n  ") + key + " = " + r.s(key) + " in the recipe, " + bundle_value + " in the bundle";
+  };
+  agree("model.d_model", std::to_string(b.d_model));
+  agree("model.n_layers", std::to_string(b.n_layers));
+  agree("model.n_heads", std::to_string(b.n_heads));
+  agree("model.n_kv_heads", std::to_string(b.n_kv_heads));
+  agree("model.d_ff", std::to_string(b.d_ff));
+  agree("model.vocab_size", std::to_string(b.vocab_size));
+  check(diff.empty(), "[init] from = ", what, ": the recipe's [model] disagrees with the bundle's config.json:", diff,
+        "\nRemove those keys (the bundle decides the shape) or pick another bundle.");
+  ModelConfig c = b;
+  c.max_seq_len = std::max(b.max_seq_len, r.i("data.seq_len"));
+  c.init_std = r.f("model.init_std");
+  return c;
 }
 
 }  // namespace cw

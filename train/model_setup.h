@@ -10,5 +10,8 @@ namespace cw {
 
 ModelConfig model_config_from_recipe(const Recipe& r, int64_t tokenizer_vocab);
 torch::Device resolve_device(const std::string& name);  // auto | cpu | cuda
+// The shape of a bundle's model ([init] from = a Hugging Face directory). [model] keys the recipe sets
+// explicitly must agree with it; the error lists those that do not.
+ModelConfig model_config_from_bundle(const Recipe& r, const ModelConfig& bundle, const std::string& what);
 
 }  // namespace cw

@@ -138,21 +138,26 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
 
   // 2. Model (fresh init, or weights from [init] from), optimizer, sparsity masks, schedule, step strategy.
   torch::manual_seed(uint64_t(r.i("run.seed")));
+  auto latest = latest_checkpoint(run_dir);
+  check(opt.resume || !latest, run_dir.string(), " already has checkpoints; pass --resume to continue it, or "
+        "choose another --run.name");
+  const bool resuming = opt.resume && latest;
+  InitSource init;
+  if (!resuming && !r.s("init.from").empty()) init = load_init_source(expand_user(r.s("init.from")));
   ModelConfig mc = model_config_from_recipe(r, tok.identity().vocab_size);
+  if (init.bundle_config) mc = model_config_from_bundle(r, *init.bundle_config, init.description);
+  if (!init.bundle_tokenizer.empty())
+    check(Tokenizer::load(init.bundle_tokenizer).identity() == tok.identity(), "tokenizer mismatch: ",
+          init.bundle_tokenizer.string(), " differs from ", r.s("data.tokenizer"),
+          "; set [data] tokenizer to the bundle's tokenizer.model and prepare the data with it");
   auto model = build_model(mc);
   NamedTensors params = named_parameters_of(*model);
   std::vector<bool> decay;
   for (auto& [name, p] : params)
     decay.push_back(default_weight_decay(name, p, r.b("optim.decay_embeddings"), r.b("optim.decay_norms")));
-  auto latest = latest_checkpoint(run_dir);
-  check(opt.resume || !latest, run_dir.string(), " already has checkpoints; pass --resume to continue it, or "
-        "choose another --run.name");
-  const bool resuming = opt.resume && latest;
   const double level = r.f("sparsity.level");
   const uint64_t mask_seed = uint64_t(r.i("sparsity.seed") ? r.i("sparsity.seed") : r.i("run.seed"));
-  InitSource init;
-  if (!resuming && !r.s("init.from").empty()) {
-    init = load_init_source(expand_user(r.s("init.from")));
+  if (!init.model.empty()) {
     load_parameters(*model, init.model, init.description);
     out << "initialised weights from " << init.description << "\n";
   }

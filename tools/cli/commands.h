@@ -14,5 +14,6 @@ int train_main(const Args& args);
 int sample_main(const Args& args);
 int plot_main(const Args& args);
 int recipe_main(const Args& args);  // keys
-int bench_main(const Args& args);   // order
+int bench_main(const Args& args);   // train | order
+int export_main(const Args& args);
 }  // namespace cw::cli

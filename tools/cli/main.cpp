@@ -25,6 +25,8 @@ commands:
   train RECIPE [--resume] [--section.key=value ...]
                            train from a recipe
   sample RUN|CHECKPOINT    generate text from a trained model
+  export RUN|CHECKPOINT OUT_DIR
+                           write a Hugging Face-compatible bundle (config.json, safetensors, tokenizer.model)
   plot RUN                 draw the run's loss curves into RUN/loss.png
   recipe keys [--markdown] list every recipe key with type, default and meaning
   bench train --config 124m|350m
@@ -47,6 +49,7 @@ int main(int argc, char** argv) {
     if (cmd == "plot") return cw::cli::plot_main(args);
     if (cmd == "recipe") return cw::cli::recipe_main(args);
     if (cmd == "bench") return cw::cli::bench_main(args);
+    if (cmd == "export") return cw::cli::export_main(args);
     std::cerr << "error: unknown command '" << cmd << "'\n\n" << kUsage;
     return 2;
   } catch (const cw::UserError& e) {

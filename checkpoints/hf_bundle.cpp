@@ -1,0 +1,144 @@
+// Implementation of checkpoints/hf_bundle.h.
+#include "checkpoints/hf_bundle.h"
+
+#include <cstdio>
+#include <set>
+
+#include "checkpoints/tensor_io.h"
+#include "common/error.h"
+#include "common/files.h"
+#include "common/json.h"
+
+namespace cw {
+
+bool is_hf_bundle(const std::filesystem::path& dir) { return fs::exists(dir / "config.json"); }
+
+ModelConfig read_hf_config(const std::filesystem::path& dir) {
+  const std::string what = (dir / "config.json").string();
+  json j = parse_json_checked(read_file(dir / "config.json"), what);
+  check(j.is_object(), what, ": not a JSON object");
+  std::string arch = j.contains("architectures") && j["architectures"].is_array() && !j["architectures"].empty()
+                         ? j["architectures"][0].get<std::string>() : j.value("model_type", "");
+  check(arch == "LlamaForCausalLM" || arch == "llama", what, ": architecture '", arch,
+        "' is not supported (only LlamaForCausalLM)");
+  auto need = [&](const char* key) -> const json& {
+    check(j.contains(key) && j[key].is_number_integer() && j[key].get<int64_t>() > 0, what, ": '", key,
+          "' is missing or not a positive integer");
+    return j[key];
+  };
+  ModelConfig c;
+  c.family = "llama";
+  c.vocab_size = need("vocab_size").get<int64_t>();
+  c.d_model = need("hidden_size").get<int64_t>();
+  c.n_layers = need("num_hidden_layers").get<int64_t>();
+  c.n_heads = need("num_attention_heads").get<int64_t>();
+  c.n_kv_heads = j.contains("num_key_value_heads") ? need("num_key_value_heads").get<int64_t>() : c.n_heads;
+  c.d_ff = need("intermediate_size").get<int64_t>();
+  c.max_seq_len = j.value("max_position_embeddings", int64_t(2048));
+  c.rope_theta = j.value("rope_theta", 10000.0);
+  c.norm_eps = j.value("rms_norm_eps", 1e-6);
+  c.tie_embeddings = j.value("tie_word_embeddings", false);
+  check(!j.contains("head_dim") || j["head_dim"].is_null() || j["head_dim"].get<int64_t>() == c.d_model / c.n_heads,
+        what, ": head_dim other than hidden_size / num_attention_heads is not supported");
+  check(!j.contains("rope_scaling") || j["rope_scaling"].is_null(), what, ": rope_scaling is not supported");
+  check(!j.value("attention_bias", false) && !j.value("mlp_bias", false), what, ": biases are not supported");
+  check(j.value("hidden_act", std::string("silu")) == "silu", what, ": hidden_act must be silu");
+  c.validate();
+  return c;
+}
+
+std::string hf_config_json(const ModelConfig& c, const TokenizerIdentity& tok, const std::string& dtype) {
+  json j = {{"architectures", {"LlamaForCausalLM"}},
+            {"model_type", "llama"},
+            {"hidden_size", c.d_model},
+            {"intermediate_size", c.d_ff},
+            {"num_hidden_layers", c.n_layers},
+            {"num_attention_heads", c.n_heads},
+            {"num_key_value_heads", c.n_kv_heads},
+            {"head_dim", c.head_dim()},
+            {"hidden_act", "silu"},
+            {"rms_norm_eps", c.norm_eps},
+            {"rope_theta", c.rope_theta},
+            {"vocab_size", c.vocab_size},
+            {"max_position_embeddings", c.max_seq_len},
+            {"tie_word_embeddings", c.tie_embeddings},
+            {"attention_bias", false},
+            {"mlp_bias", false},
+            {"bos_token_id", tok.bos_id},
+            {"eos_token_id", tok.eos_id},
+            {"torch_dtype", dtype == "bf16" ? "bfloat16" : "float32"}};
+  return j.dump(2) + "\n";
+}
+
+std::map<std::string, torch::Tensor> read_hf_weights(const std::filesystem::path& dir) {
+  std::map<std::string, torch::Tensor> out;
+  auto add = [&](const fs::path& file) {
+    for (auto& [name, t] : load_tensors(file)) {
+      check(!out.count(name), file.string(), ": tensor '", name, "' appears in two shards");
+      out[name] = t.to(torch::kFloat32);
+    }
+  };
+  if (fs::exists(dir / "model.safetensors")) {
+    add(dir / "model.safetensors");
+    return out;
+  }
+  fs::path index = dir / "model.safetensors.index.json";
+  check(fs::exists(index), dir.string(), ": neither model.safetensors nor model.safetensors.index.json");
+  json j = parse_json_checked(read_file(index), index.string());
+  check(j.contains("weight_map") && j["weight_map"].is_object(), index.string(), ": no weight_map");
+  std::set<std::string> files;
+  for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+    std::string f = it.value().get<std::string>();
+    check(f.find('/') == std::string::npos && f.find("..") == std::string::npos, index.string(), ": shard name '", f,
+          "' must be a plain file name");
+    files.insert(f);
+  }
+  for (auto& f : files) add(dir / f);
+  for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it)
+    check(out.count(it.key()), index.string(), ": '", it.key(), "' is not in its shard");
+  return out;
+}
+
+void export_bundle(const std::map<std::string, torch::Tensor>& weights, const ModelConfig& c,
+                   const std::filesystem::path& tokenizer_model, const std::filesystem::path& out,
+                   const ExportOptions& opt) {
+  check(opt.dtype == "bf16" || opt.dtype == "fp32", "--dtype must be bf16 or fp32");
+  Tokenizer tok = Tokenizer::load(tokenizer_model);
+  check(tok.identity().vocab_size <= c.vocab_size, "the tokenizer has more pieces than the model's vocabulary");
+  fs::path tmp = out;
+  tmp += ".tmp";
+  remove_tree(tmp);
+  fs::create_directories(tmp);
+  const auto dtype = opt.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
+  std::vector<NamedTensors> shards(1);
+  int64_t bytes = 0, total = 0;
+  for (auto& [name, t] : weights) {
+    torch::Tensor v = t.to(dtype).contiguous();
+    if (bytes > 0 && bytes + int64_t(v.nbytes()) > opt.shard_bytes) shards.emplace_back(), bytes = 0;
+    shards.back().emplace_back(name, v);
+    bytes += int64_t(v.nbytes());
+    total += int64_t(v.nbytes());
+  }
+  if (shards.size() == 1) {
+    save_tensors(tmp / "model.safetensors", shards[0], {{"format", "pt"}});
+  } else {
+    json map = json::object();
+    for (size_t i = 0; i < shards.size(); ++i) {
+      char name[64];
+      std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
+      save_tensors(tmp / name, shards[i], {{"format", "pt"}});
+      for (auto& [n, t] : shards[i]) map[n] = name;
+    }
+    json index = {{"metadata", {{"total_size", total}}}, {"weight_map", map}};
+    write_file_atomic(tmp / "model.safetensors.index.json", index.dump(2) + "\n");
+  }
+  write_file_atomic(tmp / "config.json", hf_config_json(c, tok.identity(), opt.dtype));
+  json gen = {{"bos_token_id", tok.identity().bos_id}, {"eos_token_id", tok.identity().eos_id}};
+  write_file_atomic(tmp / "generation_config.json", gen.dump(2) + "\n");
+  fs::copy_file(tokenizer_model, tmp / "tokenizer.model", fs::copy_options::overwrite_existing);
+  fsync_path(tmp);
+  remove_tree(out);
+  fs::rename(tmp, out);
+}
+
+}  // namespace cw
