@@ -38,6 +38,7 @@ torch::Tensor CausalLM::loss_sum(const Batch& b) {
 // ---- modules ----
 RMSNormImpl::RMSNormImpl(int64_t d, double e) : eps(e) { weight = register_parameter("weight", torch::ones({d})); }
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  if (x.is_cuda()) return at::rms_norm(x, {x.size(-1)}, weight, eps);  // ATen's fused kernel, fp32 statistics
   auto xf = at_least_fp32(x);
   auto y = xf * torch::rsqrt(xf.pow(2).mean(-1, true) + eps);
   return weight * y.to(x.scalar_type());
@@ -73,9 +74,12 @@ LlamaAttentionImpl::LlamaAttentionImpl(const ModelConfig& c)
 torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
                                           const torch::Tensor& sin, const AttnMask& mask) {
   const int64_t B = x.size(0), T = x.size(1);
-  auto q = q_proj(x).view({B, T, n_heads, head_dim}).transpose(1, 2);
-  auto k = k_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);
-  auto v = v_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);
+  // One matrix product for q, k and v (the weights stay separate parameters under their export names).
+  auto qkv = torch::linear(x, torch::cat({q_proj->weight, k_proj->weight, v_proj->weight}));
+  auto parts = qkv.split({n_heads * head_dim, n_kv_heads * head_dim, n_kv_heads * head_dim}, -1);
+  auto q = parts[0].view({B, T, n_heads, head_dim}).transpose(1, 2);
+  auto k = parts[1].view({B, T, n_kv_heads, head_dim}).transpose(1, 2);
+  auto v = parts[2].view({B, T, n_kv_heads, head_dim}).transpose(1, 2);
   q = apply_rope(q, cos, sin);
   k = apply_rope(k, cos, sin);
   auto y = attend(q, k, v, mask);
@@ -88,7 +92,8 @@ LlamaMLPImpl::LlamaMLPImpl(const ModelConfig& c) {
   down_proj = register_module("down_proj", linear(c.d_ff, c.d_model));
 }
 torch::Tensor LlamaMLPImpl::forward(const torch::Tensor& x) {
-  return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
+  auto gate_up = torch::linear(x, torch::cat({gate_proj->weight, up_proj->weight})).chunk(2, -1);  // one product
+  return down_proj(torch::silu(gate_up[0]) * gate_up[1]);
 }
 
 LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const ModelConfig& c) {

@@ -200,3 +200,24 @@ TEST(StepStrategy, AccumulatedMicroBatchesGiveTheFullBatchGradient) {
   size_t i = 0;
   for (auto& p : model.parameters()) EXPECT_TRUE(torch::allclose(p.grad(), g_whole[i++], 1e-10, 1e-12));
 }
+
+TEST(Llama, CudaRmsNormMatchesTheReference) {  // the fused ATen kernel used on CUDA vs the CPU formula
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  torch::manual_seed(8);
+  RMSNorm cpu(64, 1e-5), gpu(64, 1e-5);
+  {
+    torch::NoGradGuard ng;
+    cpu->weight.normal_(1.0, 0.2);
+    gpu->weight.copy_(cpu->weight);
+  }
+  gpu->to(torch::kCUDA);
+  auto x = torch::randn({4, 7, 64}, torch::requires_grad());
+  auto xg = x.detach().to(torch::kCUDA).requires_grad_();
+  auto y = cpu->forward(x), yg = gpu->forward(xg);
+  auto dy = torch::randn_like(y);
+  y.backward(dy);
+  yg.backward(dy.to(torch::kCUDA));
+  EXPECT_TRUE(torch::allclose(yg.cpu(), y, 1e-5, 1e-5));
+  EXPECT_TRUE(torch::allclose(xg.grad().cpu(), x.grad(), 1e-5, 1e-5));
+  EXPECT_TRUE(torch::allclose(gpu->weight.grad().cpu(), cpu->weight.grad(), 1e-4, 1e-4));
+}
