@@ -2,6 +2,7 @@
 #include "models/model_config.h"
 
 #include "common/error.h"
+#include "common/json.h"
 
 namespace cw {
 
@@ -21,6 +22,30 @@ int64_t ModelConfig::non_embedding_params() const {
   int64_t mlp = 3 * d_model * d_ff;
   int64_t per_layer = attn + mlp + 2 * d_model;
   return n_layers * per_layer + d_model + (tie_embeddings ? 0 : vocab_size * d_model);
+}
+
+std::string ModelConfig::to_json() const {
+  return json{{"family", family}, {"vocab_size", vocab_size}, {"d_model", d_model}, {"n_layers", n_layers},
+              {"n_heads", n_heads}, {"n_kv_heads", n_kv_heads}, {"d_ff", d_ff}, {"max_seq_len", max_seq_len},
+              {"rope_theta", rope_theta}, {"norm_eps", norm_eps}, {"init_std", init_std},
+              {"tie_embeddings", tie_embeddings}}
+      .dump();
+}
+
+ModelConfig ModelConfig::from_json(const std::string& text) {
+  json j = parse_json_checked(text, "model config");
+  ModelConfig c;
+  try {
+    c.family = j.at("family").get<std::string>();
+    c.vocab_size = j.at("vocab_size"), c.d_model = j.at("d_model"), c.n_layers = j.at("n_layers");
+    c.n_heads = j.at("n_heads"), c.n_kv_heads = j.at("n_kv_heads"), c.d_ff = j.at("d_ff");
+    c.max_seq_len = j.at("max_seq_len"), c.rope_theta = j.at("rope_theta"), c.norm_eps = j.at("norm_eps");
+    c.init_std = j.at("init_std"), c.tie_embeddings = j.at("tie_embeddings");
+  } catch (const json::exception& e) {
+    fail("model config: ", e.what());
+  }
+  c.validate();
+  return c;
 }
 
 double ModelConfig::train_flops_per_token(int64_t T) const {

@@ -19,6 +19,8 @@ struct ModelConfig {
   int64_t non_embedding_params() const;  // everything but the input embedding (LM head included)
   // Training FLOPs per token at context T: 6 * non-embedding params + 6 * layers * d_model * T.
   double train_flops_per_token(int64_t T) const;
+  std::string to_json() const;                             // saved in checkpoints' state.json
+  static ModelConfig from_json(const std::string& text);  // UserError on missing fields
 };
 
 }  // namespace cw

@@ -9,6 +9,7 @@
 #include "common/error.h"
 #include "models/llama.h"
 #include "tests/test_util.h"
+#include "train/model_setup.h"
 #include "train/trainer.h"
 
 using namespace cw;
@@ -46,6 +47,10 @@ TEST(HfBundle, TransformersLoadsOurExportWithTheSameLogits) {
   cont.set("init.from", (out / "bundle").string());
   cont.set("schedule.warmup_steps", "0");
   EXPECT_NO_THROW(train(cont, TrainOptions{false, 0, &log}));
+  auto cont_ck = load_checkpoint(*latest_checkpoint(out / "from-bundle"));
+  EXPECT_EQ(model_config_of_checkpoint(cont_ck.state_json, cont, 400).to_json(),
+            ModelConfig::from_json(model_config_of_checkpoint(cont_ck.state_json, cont, 400).to_json()).to_json());
+  EXPECT_EQ(model_config_of_checkpoint(cont_ck.state_json, cont, 400).d_ff, c.d_ff);
   Recipe bad = tiny_recipe(out, "bad", 1);
   bad.set("init.from", (out / "bundle").string());
   bad.set("schedule.warmup_steps", "0");
@@ -67,6 +72,13 @@ TEST(HfBundle, ModelSavedByTransformersImportsWithTheSameLogits) {
   auto got = logits_of(model, d["ids"]);
   double err = (got - d["logits"]).abs().max().item<double>() / d["logits"].abs().max().item<double>();
   EXPECT_LE(err, 1e-4);
+  // Its vocabulary (300) is smaller than the shared tokenizer's (400): training from it is refused.
+  auto out = scratch_dir("hf-import-run");
+  Recipe r = tiny_recipe(out, "from-small-vocab", 1);
+  r.set("init.from", (dir / "hf").string());
+  r.set("schedule.warmup_steps", "0");
+  std::ostringstream log;
+  EXPECT_NE(user_error_of([&] { train(r, TrainOptions{false, 0, &log}); }).find("vocabulary"), std::string::npos);
 }
 
 TEST(HfBundle, ShardedExportReadsBackAndBadBundlesAreRejected) {

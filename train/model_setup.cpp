@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "common/error.h"
+#include "common/json.h"
 
 namespace cw {
 
@@ -43,7 +44,10 @@ torch::Device resolve_device(const std::string& name) {
 
 namespace cw {
 
-ModelConfig model_config_from_bundle(const Recipe& r, const ModelConfig& b, const std::string& what) {
+ModelConfig model_config_from_bundle(const Recipe& r, const ModelConfig& b, int64_t tokenizer_vocab,
+                                     const std::string& what) {
+  check(b.vocab_size >= tokenizer_vocab, "[init] from = ", what, ": the bundle's vocabulary (", b.vocab_size,
+        ") is smaller than the tokenizer's (", tokenizer_vocab, "); use the tokenizer the bundle was trained with");
   std::string diff;
   auto agree = [&](const char* key, const std::string& bundle_value) {
     if (r.origin(key) != "default" && r.i(key) != 0 && r.s(key) != bundle_value)  // 0 = "take it from elsewhere"
@@ -61,6 +65,13 @@ ModelConfig model_config_from_bundle(const Recipe& r, const ModelConfig& b, cons
   c.max_seq_len = std::max(b.max_seq_len, r.i("data.seq_len"));
   c.init_std = r.f("model.init_std");
   return c;
+}
+
+ModelConfig model_config_of_checkpoint(const std::string& state_json, const Recipe& saved, int64_t tokenizer_vocab) {
+  json st = parse_json_checked(state_json, "state.json");
+  if (st.contains("model_config") && st["model_config"].contains("d_model"))
+    return ModelConfig::from_json(st["model_config"].dump());
+  return model_config_from_recipe(saved, tokenizer_vocab);
 }
 
 }  // namespace cw

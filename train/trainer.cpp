@@ -145,7 +145,8 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
   InitSource init;
   if (!resuming && !r.s("init.from").empty()) init = load_init_source(expand_user(r.s("init.from")));
   ModelConfig mc = model_config_from_recipe(r, tok.identity().vocab_size);
-  if (init.bundle_config) mc = model_config_from_bundle(r, *init.bundle_config, init.description);
+  if (init.bundle_config)
+    mc = model_config_from_bundle(r, *init.bundle_config, tok.identity().vocab_size, init.description);
   if (!init.bundle_tokenizer.empty())
     check(Tokenizer::load(init.bundle_tokenizer).identity() == tok.identity(), "tokenizer mismatch: ",
           init.bundle_tokenizer.string(), " differs from ", r.s("data.tokenizer"),
@@ -234,7 +235,7 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
     json st = {{"step", at_step}, {"optimizer_steps", optimizer.steps()}, {"sampler", json::parse(sampler.state())},
                {"skipped_steps", skipped}, {"tokens_seen", tokens_seen}, {"tokenizer_hash", tok.identity().hash},
                {"init_from", r.s("init.from")}, {"sparsity", level},
-               {"model_config", {{"family", mc.family}, {"vocab_size", mc.vocab_size}}}};
+               {"model_config", json::parse(mc.to_json())}};
     CheckpointContents c{named_parameters_of(*model), optimizer.state_tensors(), rng_state(device), masks.tensors(),
                          st.dump(2), r.resolved_ini()};
     save_checkpoint(run_dir, at_step, c, r.i("train.keep"));

@@ -28,7 +28,7 @@ int export_main(const Args& args) {
   LoadedCheckpoint ck = load_checkpoint(resolve_checkpoint(expand_user(source)));
   Recipe r = Recipe::from_text(ck.recipe_ini, ck.dir.string() + "/recipe.ini");
   fs::path tokenizer = expand_user(r.s("data.tokenizer"));
-  ModelConfig c = model_config_from_recipe(r, Tokenizer::load(tokenizer).identity().vocab_size);
+  ModelConfig c = model_config_of_checkpoint(ck.state_json, r, Tokenizer::load(tokenizer).identity().vocab_size);
   check(c.family == "llama", "export supports the llama family only");
   export_bundle(ck.model, c, tokenizer, expand_user(out), o);
   std::cout << "exported " << ck.dir.string() << " to " << out << " (" << o.dtype << ")\n";

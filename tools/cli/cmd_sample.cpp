@@ -37,17 +37,14 @@ int sample_main(const Args& args) {
   check(st.value("tokenizer_hash", "") == tok.identity().hash, "tokenizer mismatch: ", ck.dir.string(),
         " was trained with ", st.value("tokenizer_hash", "?"), " but ", r.s("data.tokenizer"), " is ",
         tok.identity().hash);
-  auto model = build_model(model_config_from_recipe(r, tok.identity().vocab_size));
+  auto model = build_model(model_config_of_checkpoint(ck.state_json, r, tok.identity().vocab_size));
   load_parameters(*model, ck.model, ck.dir.string() + "/model.safetensors");
   model->to(resolve_device(device));
-  std::vector<int64_t> ids;
-  for (int i : tok.encode(prompt)) ids.push_back(i);
+  std::vector<int> so_far = tok.encode(prompt);
+  std::vector<int64_t> ids(so_far.begin(), so_far.end());
   g.stop_id = tok.identity().eos_id;
   std::cout << prompt << std::flush;
-  std::vector<int> so_far;
-  std::string shown;
-  for (int i : tok.encode(prompt)) so_far.push_back(i);
-  shown = tok.decode(so_far);
+  std::string shown = tok.decode(so_far);
   generate(*model, ids, g, [&](int64_t id) {
     if (id == g.stop_id) return;
     so_far.push_back(int(id));
