@@ -103,6 +103,8 @@ void export_bundle(const std::map<std::string, torch::Tensor>& weights, const Mo
                    const std::filesystem::path& tokenizer_model, const std::filesystem::path& out,
                    const ExportOptions& opt) {
   check(opt.dtype == "bf16" || opt.dtype == "fp32", "--dtype must be bf16 or fp32");
+  check(!fs::exists(out) || is_hf_bundle(out) || (fs::is_directory(out) && list_dir(out).empty()), out.string(),
+        " exists and is not a bundle: choose a new folder (an existing bundle is replaced, anything else is kept)");
   Tokenizer tok = Tokenizer::load(tokenizer_model);
   check(tok.identity().vocab_size <= c.vocab_size, "the tokenizer has more pieces than the model's vocabulary");
   fs::path tmp = out;

@@ -99,6 +99,11 @@ TEST(HfBundle, ShardedExportReadsBackAndBadBundlesAreRejected) {
   for (auto& [n, t] : w) EXPECT_TRUE(torch::equal(back[n], t)) << n;
   EXPECT_EQ(read_hf_config(dir / "b").d_ff, 64);
 
+  write_text(dir / "precious" / "notes.txt", "keep me");
+  EXPECT_NE(user_error_of([&] { export_bundle(w, c, shared_tokenizer(), dir / "precious", o); }).find("not a bundle"),
+            std::string::npos);
+  EXPECT_TRUE(fs::exists(dir / "precious" / "notes.txt"));
+  export_bundle(w, c, shared_tokenizer(), dir / "b", o);  // replacing a bundle is fine
   write_text(dir / "b" / "model.safetensors.index.json", R"({"weight_map": {"x": "../../etc/passwd"}})");
   EXPECT_NE(user_error_of([&] { read_hf_weights(dir / "b"); }).find("plain file name"), std::string::npos);
   write_text(dir / "c" / "config.json", R"({"architectures": ["GPT2LMHeadModel"]})");
