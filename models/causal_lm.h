@@ -20,7 +20,9 @@ class CausalLM : public torch::nn::Module {
                                const torch::Tensor& segments) = 0;
   virtual const ModelConfig& config() const = 0;
   // Sum of token cross-entropies over the batch's targets (fp32). Divide by the step's target count.
-  torch::Tensor loss_sum(const Batch& b);
+  virtual torch::Tensor loss_sum(const Batch& b);
+  // > 0: families that support it compute the loss in chunks of this many tokens, never holding all logits.
+  int64_t loss_chunk_rows = 0;
 };
 
 using ModelBuilder = std::function<std::shared_ptr<CausalLM>(const ModelConfig&)>;

@@ -6,6 +6,7 @@
 #include <mutex>
 
 #include "common/error.h"
+#include "models/linear_cross_entropy.h"
 
 namespace cw {
 
@@ -134,14 +135,27 @@ void Llama::reset_parameters() {
 }
 
 torch::Tensor Llama::logits(const torch::Tensor& tokens, const torch::Tensor& positions, const torch::Tensor& segments) {
+  return torch::matmul(hidden(tokens, positions, segments), head_weight().t());
+}
+
+const torch::Tensor& Llama::head_weight() const {
+  return cfg_.tie_embeddings ? model_->embed_tokens->weight : lm_head_->weight;
+}
+
+torch::Tensor Llama::loss_sum(const Batch& b) {
+  if (loss_chunk_rows <= 0) return CausalLM::loss_sum(b);
+  auto h = hidden(b.tokens, b.positions, b.has_segments ? b.segments : torch::Tensor());
+  return linear_cross_entropy(h.reshape({-1, h.size(-1)}), head_weight(), b.targets.reshape({-1}), loss_chunk_rows);
+}
+
+torch::Tensor Llama::hidden(const torch::Tensor& tokens, const torch::Tensor& positions, const torch::Tensor& segments) {
   AttnMask mask;
   mask.q_offset = 0;
   if (segments.defined()) mask.q_segments = mask.k_segments = segments;
   auto [cos, sin] = rope_tables(positions, cfg_.head_dim(), cfg_.rope_theta);
   auto x = model_->embed_tokens(tokens);
   for (auto& layer : *model_->layers) x = layer->as<LlamaDecoderLayer>()->forward(x, cos, sin, mask);
-  x = model_->norm(x);
-  return cfg_.tie_embeddings ? torch::matmul(x, model_->embed_tokens->weight.t()) : lm_head_(x);
+  return model_->norm(x);
 }
 
 }  // namespace cw

@@ -62,6 +62,10 @@ class Llama : public CausalLM {
   explicit Llama(const ModelConfig& c);
   torch::Tensor logits(const torch::Tensor& tokens, const torch::Tensor& positions,
                        const torch::Tensor& segments) override;
+  torch::Tensor loss_sum(const Batch& b) override;  // linear_cross_entropy when loss_chunk_rows > 0
+  // Final hidden states [B, T, d_model] (after the last norm) and the LM head's weight.
+  torch::Tensor hidden(const torch::Tensor& tokens, const torch::Tensor& positions, const torch::Tensor& segments);
+  const torch::Tensor& head_weight() const;
   const ModelConfig& config() const override { return cfg_; }
   void reset_parameters();  // normal(0, init_std); output projections / sqrt(2 n_layers); norms 1
 

@@ -71,6 +71,8 @@ const std::vector<KeySpec>& recipe_keys() {
       {"train.log_every", K::Int, "10", "print a progress line every N steps"},
       {"train.ckpt_every", K::Int, "100", "write a checkpoint every N steps (0 = only at the end)"},
       {"train.keep", K::Int, "3", "checkpoints to keep (older ones are deleted)"},
+      {"train.loss_chunk", K::Int, "0", "compute the loss in chunks of this many tokens without holding all logits "
+       "(0 = all at once)"},
       {"train.max_bad_steps", K::Int, "5", "stop after this many non-finite steps in a row"},
       {"init.from", K::String, "", "start from these weights: a run, a checkpoint, or a folder with model.safetensors"},
       {"init.optimizer", K::String, "fresh", "with init.from: new AdamW state, or the checkpoint's moments",

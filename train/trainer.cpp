@@ -152,6 +152,7 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
           init.bundle_tokenizer.string(), " differs from ", r.s("data.tokenizer"),
           "; set [data] tokenizer to the bundle's tokenizer.model and prepare the data with it");
   auto model = build_model(mc);
+  model->loss_chunk_rows = r.i("train.loss_chunk");
   NamedTensors params = named_parameters_of(*model);
   std::vector<bool> decay;
   for (auto& [name, p] : params)
