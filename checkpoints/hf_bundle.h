@@ -9,8 +9,7 @@
 #include <map>
 #include <string>
 
-#include "data/tokenizer.h"
-#include "models/model_config.h"
+#include "checkpoints/hf_config.h"
 
 namespace cw {
 
@@ -19,9 +18,6 @@ struct ExportOptions {
   int64_t shard_bytes = 4ll << 30;      // larger bundles are split into shards of about this size
 };
 
-bool is_hf_bundle(const std::filesystem::path& dir);  // has config.json
-ModelConfig read_hf_config(const std::filesystem::path& dir);  // UserError for other architectures or bad fields
-std::string hf_config_json(const ModelConfig& c, const TokenizerIdentity& tok, const std::string& dtype);
 std::map<std::string, torch::Tensor> read_hf_weights(const std::filesystem::path& dir);  // fp32, single or sharded
 void export_bundle(const std::map<std::string, torch::Tensor>& weights, const ModelConfig& c,
                    const std::filesystem::path& tokenizer_model, const std::filesystem::path& out,
