@@ -16,4 +16,5 @@ int plot_main(const Args& args);
 int recipe_main(const Args& args);  // keys
 int bench_main(const Args& args);   // train | order
 int export_main(const Args& args);
+int generate_main(const Args& args);
 }  // namespace cw::cli

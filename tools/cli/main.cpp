@@ -27,6 +27,8 @@ commands:
   sample RUN|CHECKPOINT    generate text from a trained model
   export RUN|CHECKPOINT OUT_DIR
                            write a Hugging Face-compatible bundle (config.json, safetensors, tokenizer.model)
+  generate BUNDLE --prompt TEXT
+                           stream a continuation with the inference engine (CPU reference backend)
   plot RUN                 draw the run's loss curves into RUN/loss.png
   recipe keys [--markdown] list every recipe key with type, default and meaning
   bench train --config 124m|350m
@@ -50,6 +52,7 @@ int main(int argc, char** argv) {
     if (cmd == "recipe") return cw::cli::recipe_main(args);
     if (cmd == "bench") return cw::cli::bench_main(args);
     if (cmd == "export") return cw::cli::export_main(args);
+    if (cmd == "generate") return cw::cli::generate_main(args);
     std::cerr << "error: unknown command '" << cmd << "'\n\n" << kUsage;
     return 2;
   } catch (const cw::UserError& e) {

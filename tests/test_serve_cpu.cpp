@@ -1,0 +1,100 @@
+// The engine's CPU reference (serve/, no LibTorch) against the LibTorch model: logits at every position
+// of a sequence fed token by token through the KV cache, and greedy generation token for token.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "checkpoints/hf_bundle.h"
+#include "checkpoints/tensor_io.h"
+#include "common/files.h"
+#include "common/error.h"
+#include "models/generate.h"
+#include "models/llama.h"
+#include "serve/cpu_model.h"
+#include "tests/test_util.h"
+
+using namespace cw;
+using namespace cw::test;
+
+static std::shared_ptr<Llama> random_model(const fs::path& bundle, bool tie) {
+  ModelConfig c;
+  c.vocab_size = 400, c.d_model = 48, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.d_ff = 96, c.max_seq_len = 64;
+  c.tie_embeddings = tie;
+  torch::manual_seed(21);
+  auto model = std::make_shared<Llama>(c);
+  {
+    torch::NoGradGuard ng;
+    for (auto& p : model->parameters()) p.normal_(0, 0.15);
+  }
+  std::map<std::string, torch::Tensor> w;
+  for (auto& [n, t] : named_parameters_of(*model)) w[n] = t.detach();
+  ExportOptions o;
+  o.dtype = "fp32";
+  export_bundle(w, c, shared_tokenizer(), bundle, o);
+  return model;
+}
+
+TEST(ServeCpu, KvCachedLogitsEqualTheFullSequenceForward) {
+  for (bool tie : {false, true}) {
+    auto dir = scratch_dir(tie ? "serve-cpu-tied" : "serve-cpu");
+    auto model = random_model(dir / "bundle", tie);
+    serve::Bundle b = serve::load_bundle(dir / "bundle");
+    serve::CpuModel engine(b);
+    auto ids = torch::randint(0, 400, {1, 20}, torch::kInt64);
+    torch::Tensor ref;
+    {
+      torch::NoGradGuard ng;
+      ref = model->logits(ids, torch::arange(20, torch::kInt64).unsqueeze(0), {})[0];
+    }
+    serve::KVCache cache = engine.new_cache();
+    for (int64_t t = 0; t < 20; ++t) {
+      auto logits = engine.step(int32_t(ids[0][t].item<int64_t>()), cache);
+      auto got = torch::from_blob(logits.data(), {400}, torch::kFloat32).clone();
+      double err = (got - ref[t]).abs().max().item<double>() / ref[t].abs().max().item<double>();
+      EXPECT_LE(err, 1e-4) << "position " << t << (tie ? " (tied)" : "");
+    }
+  }
+}
+
+TEST(ServeCpu, GreedyGenerationMatchesTheLibTorchModel) {
+  auto dir = scratch_dir("serve-greedy");
+  auto model = random_model(dir / "bundle", false);
+  serve::Bundle b = serve::load_bundle(dir / "bundle");
+  serve::CpuModel engine(b);
+  std::vector<int64_t> prompt = {5, 17, 99, 250, 3};
+  GenerateOptions g;
+  g.temperature = 0, g.max_new_tokens = 12;
+  auto want = generate(*model, prompt, g);
+  serve::KVCache cache = engine.new_cache();
+  std::vector<float> logits;
+  for (int64_t t : prompt) logits = engine.step(int32_t(t), cache);
+  std::vector<int64_t> got;
+  std::mt19937_64 rng(1);
+  for (int i = 0; i < 12; ++i) {
+    int32_t next = serve::sample_token(logits, {}, rng);
+    got.push_back(next);
+    logits = engine.step(next, cache);
+  }
+  EXPECT_EQ(got, want);
+}
+
+TEST(ServeCpu, SamplingRespectsTopKAndIsSeeded) {
+  std::vector<float> logits = {0.f, 5.f, 4.f, -1.f, 4.5f};
+  std::mt19937_64 a(7), b(7);
+  serve::SamplingOptions o;
+  o.temperature = 1.0, o.top_k = 2;
+  for (int i = 0; i < 200; ++i) {
+    int32_t x = serve::sample_token(logits, o, a);
+    EXPECT_TRUE(x == 1 || x == 4) << x;
+    EXPECT_EQ(x, serve::sample_token(logits, o, b));
+  }
+  o.top_k = 0, o.top_p = 0.01;  // the nucleus holds only the most likely token
+  EXPECT_EQ(serve::sample_token(logits, o, a), 1);
+}
+
+TEST(ServeCpu, BundleWithWrongShapesIsRejected) {
+  auto dir = scratch_dir("serve-bad");
+  random_model(dir / "bundle", false);
+  std::string cfg = read_file(dir / "bundle" / "config.json");
+  write_text(dir / "bundle" / "config.json", cfg.replace(cfg.find("\"intermediate_size\": 96"), 23, "\"intermediate_size\": 80"));
+  EXPECT_NE(user_error_of([&] { serve::load_bundle(dir / "bundle"); }).find("wrong shape"), std::string::npos);
+}
