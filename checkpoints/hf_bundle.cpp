@@ -2,7 +2,6 @@
 #include "checkpoints/hf_bundle.h"
 
 #include <cstdio>
-#include <set>
 
 #include "checkpoints/tensor_io.h"
 #include "common/error.h"
@@ -19,24 +18,10 @@ std::map<std::string, torch::Tensor> read_hf_weights(const std::filesystem::path
       out[name] = t.to(torch::kFloat32);
     }
   };
-  if (fs::exists(dir / "model.safetensors")) {
-    add(dir / "model.safetensors");
-    return out;
-  }
-  fs::path index = dir / "model.safetensors.index.json";
-  check(fs::exists(index), dir.string(), ": neither model.safetensors nor model.safetensors.index.json");
-  json j = parse_json_checked(read_file(index), index.string());
-  check(j.contains("weight_map") && j["weight_map"].is_object(), index.string(), ": no weight_map");
-  std::set<std::string> files;
-  for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
-    std::string f = it.value().get<std::string>();
-    check(f.find('/') == std::string::npos && f.find("..") == std::string::npos, index.string(), ": shard name '", f,
-          "' must be a plain file name");
-    files.insert(f);
-  }
-  for (auto& f : files) add(dir / f);
-  for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it)
-    check(out.count(it.key()), index.string(), ": '", it.key(), "' is not in its shard");
+  std::vector<std::string> indexed;
+  for (auto& f : bundle_weight_files(dir, &indexed)) add(f);
+  for (auto& name : indexed)
+    check(out.count(name), dir.string(), ": '", name, "' is listed in the index but not in its shard");
   return out;
 }
 

@@ -1,6 +1,8 @@
 // Implementation of checkpoints/hf_config.h. Every field is type-checked before use: the file is untrusted.
 #include "checkpoints/hf_config.h"
 
+#include <set>
+
 #include "common/error.h"
 #include "common/files.h"
 #include "common/json.h"
@@ -48,6 +50,27 @@ ModelConfig parse_hf_config(const std::string& text, const std::string& what) {
   check(j.value("hidden_act", std::string("silu")) == "silu", what, ": hidden_act must be silu");
   c.validate();
   return c;
+}
+
+std::vector<std::filesystem::path> bundle_weight_files(const std::filesystem::path& dir,
+                                                       std::vector<std::string>* indexed) {
+  if (fs::exists(dir / "model.safetensors")) return {dir / "model.safetensors"};
+  fs::path index = dir / "model.safetensors.index.json";
+  check(fs::exists(index), dir.string(), ": neither model.safetensors nor model.safetensors.index.json");
+  json j = parse_json_checked(read_file(index), index.string());
+  check(j.contains("weight_map") && j["weight_map"].is_object(), index.string(), ": no weight_map");
+  std::set<std::string> files;
+  for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+    check(it.value().is_string(), index.string(), ": weight_map values must be file names");
+    std::string f = it.value().get<std::string>();
+    check(f.find('/') == std::string::npos && f.find("..") == std::string::npos, index.string(), ": shard name '", f,
+          "' must be a plain file name");
+    files.insert(f);
+    if (indexed) indexed->push_back(it.key());
+  }
+  std::vector<fs::path> out;
+  for (auto& f : files) out.push_back(dir / f);
+  return out;
 }
 
 std::string hf_config_json(const ModelConfig& c, const TokenizerIdentity& tok, const std::string& dtype) {

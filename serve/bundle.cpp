@@ -2,13 +2,11 @@
 #include "serve/bundle.h"
 
 #include <cstring>
-#include <set>
 
 #include "checkpoints/hf_config.h"
 #include "checkpoints/safetensors.h"
 #include "common/error.h"
 #include "common/files.h"
-#include "common/json.h"
 
 namespace cw::serve {
 
@@ -67,23 +65,7 @@ static void add_file(Bundle& b, const fs::path& file) {
 Bundle load_bundle(const fs::path& dir) {
   Bundle b;
   b.config = read_hf_config(dir);
-  if (fs::exists(dir / "model.safetensors")) {
-    add_file(b, dir / "model.safetensors");
-  } else {
-    fs::path index = dir / "model.safetensors.index.json";
-    check(fs::exists(index), dir.string(), ": neither model.safetensors nor model.safetensors.index.json");
-    json j = parse_json_checked(read_file(index), index.string());
-    check(j.contains("weight_map") && j["weight_map"].is_object(), index.string(), ": no weight_map");
-    std::set<std::string> files;
-    for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
-      check(it.value().is_string(), index.string(), ": weight_map values must be file names");
-      std::string f = it.value().get<std::string>();
-      check(f.find('/') == std::string::npos && f.find("..") == std::string::npos, index.string(), ": shard name '",
-            f, "' must be a plain file name");
-      files.insert(f);
-    }
-    for (auto& f : files) add_file(b, dir / f);
-  }
+  for (auto& f : bundle_weight_files(dir)) add_file(b, f);
   // Shapes the engine relies on.
   const ModelConfig& c = b.config;
   const int64_t hd = c.head_dim();
