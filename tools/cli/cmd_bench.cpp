@@ -132,11 +132,12 @@ static int bench_train(const Args& args) {
 }
 
 int bench_main(const Args& args) {
-  const char* usage = "usage: chunkwise bench train|order [--help]";
+  const char* usage = "usage: chunkwise bench train|order|serve [--help]";
   if (args.empty()) fail(usage);
   Args rest(args.begin() + 1, args.end());
   if (args[0] == "train") return bench_train(rest);
   if (args[0] == "order") return bench_order(rest);
+  if (args[0] == "serve") return bench_serve_main(rest);
   fail(usage);
 }
 

@@ -17,4 +17,6 @@ int recipe_main(const Args& args);  // keys
 int bench_main(const Args& args);   // train | order
 int export_main(const Args& args);
 int generate_main(const Args& args);
+int batch_main(const Args& args);
+int bench_serve_main(const Args& args);  // bench serve (called by bench_main)
 }  // namespace cw::cli

@@ -27,13 +27,17 @@ commands:
   sample RUN|CHECKPOINT    generate text from a trained model
   export RUN|CHECKPOINT OUT_DIR
                            write a Hugging Face-compatible bundle (config.json, safetensors, tokenizer.model)
-  generate BUNDLE --prompt TEXT
-                           stream a continuation with the inference engine (CPU reference backend)
+  generate BUNDLE --prompt TEXT [--device auto|cpu|cuda]
+                           stream a continuation with the inference engine
+  batch BUNDLE IN.jsonl OUT.jsonl [--prefix-sharing on]
+                           run an offline generation job (continuous batching, chunked prefill)
   plot RUN                 draw the run's loss curves into RUN/loss.png
   recipe keys [--markdown] list every recipe key with type, default and meaning
   bench train --config 124m|350m
                            time the training step of the reference configurations (random tokens)
   bench order ...          time in-context ordering on synthetic embeddings
+  bench serve [--scenario all|batch1|batch64|prefix|mixed]
+                           time the inference engine on a TinyLlama-shaped model with random weights
 )";
 }
 
@@ -53,6 +57,7 @@ int main(int argc, char** argv) {
     if (cmd == "bench") return cw::cli::bench_main(args);
     if (cmd == "export") return cw::cli::export_main(args);
     if (cmd == "generate") return cw::cli::generate_main(args);
+    if (cmd == "batch") return cw::cli::batch_main(args);
     std::cerr << "error: unknown command '" << cmd << "'\n\n" << kUsage;
     return 2;
   } catch (const cw::UserError& e) {

@@ -1,0 +1,81 @@
+// Device-side helpers shared by the .cu files: warp and block reductions, bf16 loads.
+// Must not: hold state or be included from host-only C++.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/common/common.h"
+
+namespace cw::kern::dev {
+
+constexpr unsigned kFull = 0xffffffffu;
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFull, v, o));
+  return v;
+}
+// (value, index) with the larger value, the lower index on ties.
+__device__ __forceinline__ void warp_argmax(float& v, int& i) {
+  for (int o = 16; o > 0; o >>= 1) {
+    float ov = __shfl_xor_sync(kFull, v, o);
+    int oi = __shfl_xor_sync(kFull, i, o);
+    if (ov > v || (ov == v && oi < i)) v = ov, i = oi;
+  }
+}
+
+// Block-wide reductions for blockDim.x a multiple of 32 (<= 1024); every thread gets the result.
+__device__ __forceinline__ float block_sum(float v) {
+  __shared__ float buf[32];
+  const int lane = threadIdx.x % 32, w = threadIdx.x / 32, n = blockDim.x / 32;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) buf[w] = v;
+  __syncthreads();
+  v = lane < n ? buf[lane] : 0.f;
+  return warp_sum(v);
+}
+__device__ __forceinline__ float block_max(float v) {
+  __shared__ float buf[32];
+  const int lane = threadIdx.x % 32, w = threadIdx.x / 32, n = blockDim.x / 32;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) buf[w] = v;
+  __syncthreads();
+  v = lane < n ? buf[lane] : -INFINITY;
+  return warp_max(v);
+}
+__device__ __forceinline__ void block_argmax(float& v, int& i) {
+  __shared__ float bv[32];
+  __shared__ int bi[32];
+  const int lane = threadIdx.x % 32, w = threadIdx.x / 32, n = blockDim.x / 32;
+  warp_argmax(v, i);
+  __syncthreads();
+  if (lane == 0) bv[w] = v, bi[w] = i;
+  __syncthreads();
+  v = lane < n ? bv[lane] : -INFINITY;
+  i = lane < n ? bi[lane] : 0x7fffffff;
+  warp_argmax(v, i);
+}
+
+__device__ __forceinline__ float2 bf2_to_float2(uint32_t bits) {
+  __nv_bfloat162 b;
+  memcpy(&b, &bits, 4);
+  return __bfloat1622float2(b);
+}
+__device__ __forceinline__ float bf_to_float(uint16_t bits) {
+  return __uint_as_float(uint32_t(bits) << 16);
+}
+__device__ __forceinline__ uint16_t float_to_bf(float f) {
+  __nv_bfloat16 b = __float2bfloat16_rn(f);
+  uint16_t u;
+  memcpy(&u, &b, 2);
+  return u;
+}
+
+}  // namespace cw::kern::dev

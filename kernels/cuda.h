@@ -1,0 +1,44 @@
+// Launchers of the CUDA kernels in kernels/ (device pointers, one stream). bf16 tensors are uint16_t bits;
+// activations between matrix products are fp32, inputs to matrix products bf16. Each launcher's CPU twin
+// is the function of the same name in kernels/reference.h.
+// Must not: allocate, synchronise, or be called with host pointers (the launches are captured in CUDA graphs).
+#pragma once
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "kernels/common/common.h"
+
+namespace cw::kern::cuda {
+
+void check_cuda(cudaError_t e, const char* what);  // throws cw::UserError naming WHAT and the CUDA error
+
+void embedding(const uint16_t* table, const int32_t* tokens, int T, int d, float* x, cudaStream_t s);
+void rmsnorm(const float* x, const int32_t* row_map, int rows, int d, const uint16_t* w, float eps, uint16_t* y,
+             cudaStream_t s);
+void rope_append(float* qkv, const int32_t* pos, const int32_t* slot, int T, int H, int Hkv, int hd, float theta,
+                 uint16_t* k_cache, uint16_t* v_cache, cudaStream_t s);
+void swiglu(const float* gate_up, int T, int ff, uint16_t* out, cudaStream_t s);
+// Work list of an attention launch: block b handles rows [tile_row0[b], +rows_per_tile) of item tile_item[b].
+void attention_tiles(const std::vector<int32_t>& q_indptr, int rows_per_tile, std::vector<int32_t>& tile_item,
+                     std::vector<int32_t>& tile_row0);
+void paged_attention(const float* q, const int32_t* q_pos, const AttnLevel& level, const int32_t* tile_item,
+                     const int32_t* tile_row0, int num_tiles, const AttnShape& shape, const uint16_t* k_cache,
+                     const uint16_t* v_cache, int splits, int slot0, float* o_part, float* lse_part, cudaStream_t s);
+// One item with many query rows (rows row_begin.. of the launch, its page list PAGES on the device) on tensor
+// cores: the same partial state as paged_attention, into slot0, and -inf into slots slot0+1..slot0+splits-1.
+size_t paged_prefill_workspace(int rows, int kv_len, const AttnShape& shape);
+void paged_prefill(cublasHandle_t handle, const float* q, const int32_t* q_pos, int row_begin, int rows,
+                   const int32_t* pages, int kv_len, int kv_pos0, const AttnShape& shape, const uint16_t* k_cache,
+                   const uint16_t* v_cache, int splits, int slot0, float* o_part, float* lse_part, void* workspace,
+                   cudaStream_t s);
+// o_bf16 [rows][H*hd] (nullable), o_f32 (nullable), lse [rows][H] (nullable).
+void merge_states(const float* o_part, const float* lse_part, int slots, int rows, int H, int hd, uint16_t* o_bf16,
+                  float* o_f32, float* lse, cudaStream_t s);
+// y[T][out] = beta * y + x[T][in] W^T for T in 1..4 (bandwidth-bound decode); in must be a multiple of 8.
+void gemv(const uint16_t* W, int out, int in, const uint16_t* x, int T, float beta, float* y, cudaStream_t s);
+void sample(const float* logits, int rows, int V, const SampleParams* params, int32_t* out, cudaStream_t s);
+
+}  // namespace cw::kern::cuda

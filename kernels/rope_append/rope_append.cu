@@ -1,0 +1,41 @@
+// RoPE (rotate-half) on q in place and on k, then k and v appended to the paged KV cache in bf16.
+// One block per token, one thread per rotated pair. Reference: rope_append_ref.cpp.
+#include "kernels/common/device.cuh"
+#include "kernels/cuda.h"
+
+namespace cw::kern::cuda {
+
+__global__ void rope_append_kernel(float* qkv, const int32_t* pos, const int32_t* slot, int H, int Hkv, int hd,
+                                   float theta, uint16_t* k_cache, uint16_t* v_cache) {
+  const int t = blockIdx.x, half = hd / 2;
+  float* row = qkv + int64_t(t) * (H + 2 * Hkv) * hd;
+  const float p = float(pos[t]);
+  const int64_t base = int64_t(slot[t]) * Hkv * hd;
+  for (int e = threadIdx.x; e < (H + Hkv) * half; e += blockDim.x) {
+    const int h = e / half, i = e % half;
+    const float inv_freq = powf(theta, -float(2 * i) / float(hd));
+    float sn, cs;
+    sincosf(p * inv_freq, &sn, &cs);
+    float* a = row + int64_t(h) * hd;
+    const float x1 = a[i], x2 = a[i + half];
+    const float y1 = x1 * cs - x2 * sn, y2 = x2 * cs + x1 * sn;
+    if (h < H) {
+      a[i] = y1, a[i + half] = y2;
+    } else {
+      const int64_t o = base + int64_t(h - H) * hd;
+      k_cache[o + i] = dev::float_to_bf(y1);
+      k_cache[o + i + half] = dev::float_to_bf(y2);
+    }
+  }
+  const float* v = row + int64_t(H + Hkv) * hd;
+  for (int e = threadIdx.x; e < Hkv * hd; e += blockDim.x) v_cache[base + e] = dev::float_to_bf(v[e]);
+}
+
+void rope_append(float* qkv, const int32_t* pos, const int32_t* slot, int T, int H, int Hkv, int hd, float theta,
+                 uint16_t* k_cache, uint16_t* v_cache, cudaStream_t s) {
+  if (T == 0) return;
+  rope_append_kernel<<<T, 256, 0, s>>>(qkv, pos, slot, H, Hkv, hd, theta, k_cache, v_cache);
+  check_cuda(cudaGetLastError(), "rope_append kernel");
+}
+
+}  // namespace cw::kern::cuda

@@ -1,0 +1,399 @@
+// Implementation of serve/cuda_backend.h. One step: fill the metadata arrays on the host (pinned), copy them
+// into fixed device buffers, then run the layer loop (or replay its CUDA graph), then copy the sampled tokens
+// back. Fixed buffer addresses are what make graph replay valid for any plan of the captured size.
+#include "serve/cuda_backend.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <map>
+
+#include "common/error.h"
+#include "kernels/cuda.h"
+
+namespace cw::serve {
+
+using kern::cuda::check_cuda;
+
+static void check_blas(cublasStatus_t s, const char* what) {
+  check(s == CUBLAS_STATUS_SUCCESS, what, ": cuBLAS status ", int(s));
+}
+
+template <typename T>
+static T* device_alloc(size_t n, const char* what) {
+  void* p = nullptr;
+  check_cuda(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)), what);
+  return static_cast<T*>(p);
+}
+
+static std::vector<uint16_t> to_bf16(std::initializer_list<const Weight*> parts) {
+  size_t n = 0;
+  for (auto* w : parts) n += w->data.size();
+  std::vector<uint16_t> out;
+  out.reserve(n);
+  for (auto* w : parts)
+    for (float f : w->data) out.push_back(kern::float_to_bf16(f));
+  return out;
+}
+
+struct CudaBackend::Impl {
+  struct Layer {
+    uint16_t *ln1, *ln2, *qkv, *o, *gate_up, *down, *k, *v;
+  };
+  // Offsets (in int32) of the metadata arrays inside one device buffer and its pinned host mirror.
+  struct LevelMeta {
+    size_t q_indptr, kv_indptr, kv_len, kv_pos0, tile_item, tile_row0, kv_pages;
+  };
+
+  ModelConfig c;
+  CudaBackendOptions opt;
+  cudaStream_t stream = nullptr;
+  cublasHandle_t blas = nullptr;
+  void* blas_ws = nullptr;
+  int sms = 0;
+  std::string device;
+  double weight_bytes = 0;
+  std::vector<void*> allocations;
+  uint16_t *embed = nullptr, *norm = nullptr, *lm_head = nullptr;
+  std::vector<Layer> layers;
+  float *x = nullptr, *qkv = nullptr, *gu = nullptr, *o_part = nullptr, *lse_part = nullptr, *logits = nullptr;
+  uint16_t *xn = nullptr, *att = nullptr, *h = nullptr;
+  int32_t *d_meta = nullptr, *h_meta = nullptr, *d_out = nullptr, *h_out = nullptr;
+  kern::SampleParams *d_params = nullptr, *h_params = nullptr;
+  size_t m_tokens = 0, m_pos = 0, m_slots = 0, m_sample = 0, small_end = 0, meta_total = 0, max_pages_listed = 0;
+  LevelMeta lv[2];
+  std::map<int, cudaGraphExec_t> graphs;
+  // Items with many query rows go to the tensor-core path (kernels/paged_attention/paged_prefill.cu).
+  struct DenseItem {
+    int row_begin, rows, kv_len, kv_pos0;
+    size_t pages_off;
+  };
+  std::vector<DenseItem> dense[2];
+  void* prefill_ws = nullptr;
+  int prefill_row_block = 0;
+
+  template <typename T>
+  T* alloc(size_t n, const char* what) {
+    T* p = device_alloc<T>(n, what);
+    allocations.push_back(p);
+    return p;
+  }
+  uint16_t* upload(const std::vector<uint16_t>& v) {
+    uint16_t* p = alloc<uint16_t>(v.size(), "uploading weights");
+    check_cuda(cudaMemcpy(p, v.data(), v.size() * 2, cudaMemcpyHostToDevice), "uploading weights");
+    weight_bytes += double(v.size()) * 2;
+    return p;
+  }
+
+  void linear(const uint16_t* xin, int T, const uint16_t* W, int out, int in, float beta, float* y) {
+    if (T == 0) return;
+    if (T <= 4) return kern::cuda::gemv(W, out, in, xin, T, beta, y, stream);
+    const float alpha = 1;
+    check_blas(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, out, T, in, &alpha, W, CUDA_R_16BF, in, xin, CUDA_R_16BF,
+                            in, &beta, y, CUDA_R_32F, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+               "matrix product");
+  }
+
+  kern::AttnLevel level_view(int li, int items) const {
+    kern::AttnLevel L;
+    L.num_items = items;
+    L.q_indptr = d_meta + lv[li].q_indptr, L.kv_indptr = d_meta + lv[li].kv_indptr;
+    L.kv_pages = d_meta + lv[li].kv_pages, L.kv_len = d_meta + lv[li].kv_len, L.kv_pos0 = d_meta + lv[li].kv_pos0;
+    return L;
+  }
+
+  // The whole forward for T rows and R sample rows, reading metadata from d_meta.
+  void launch_all(int T, int R, int levels, const int* items, const int* tiles, const int* splits) {
+    const int d = int(c.d_model), H = int(c.n_heads), Hkv = int(c.n_kv_heads), hd = int(c.head_dim());
+    const int ff = int(c.d_ff), V = int(c.vocab_size), nqkv = (H + 2 * Hkv) * hd;
+    const float eps = float(c.norm_eps);
+    kern::AttnShape shape;
+    shape.rows = T, shape.heads = H, shape.kv_heads = Hkv, shape.head_dim = hd, shape.page_size = opt.page_size;
+    shape.q_stride = nqkv, shape.scale = float(1.0 / std::sqrt(double(hd)));
+    const int32_t* pos = d_meta + m_pos;
+    int slots = 0;
+    for (int li = 0; li < levels; ++li) slots += splits[li];
+    kern::cuda::embedding(embed, d_meta + m_tokens, T, d, x, stream);
+    for (auto& L : layers) {
+      kern::cuda::rmsnorm(x, nullptr, T, d, L.ln1, eps, xn, stream);
+      linear(xn, T, L.qkv, nqkv, d, 0, qkv);
+      kern::cuda::rope_append(qkv, pos, d_meta + m_slots, T, H, Hkv, hd, float(c.rope_theta), L.k, L.v, stream);
+      int slot0 = 0;
+      for (int li = 0; li < levels; ++li) {
+        kern::cuda::paged_attention(qkv, pos, level_view(li, items[li]), d_meta + lv[li].tile_item,
+                                    d_meta + lv[li].tile_row0, tiles[li], shape, L.k, L.v, splits[li], slot0, o_part,
+                                    lse_part, stream);
+        for (const DenseItem& it : dense[li])
+          for (int r0 = 0; r0 < it.rows; r0 += prefill_row_block)
+            kern::cuda::paged_prefill(blas, qkv, pos, it.row_begin + r0, std::min(prefill_row_block, it.rows - r0),
+                                      d_meta + lv[li].kv_pages + it.pages_off, it.kv_len, it.kv_pos0, shape, L.k, L.v,
+                                      splits[li], slot0, o_part, lse_part, prefill_ws, stream);
+        slot0 += splits[li];
+      }
+      kern::cuda::merge_states(o_part, lse_part, slots, T, H, hd, att, nullptr, nullptr, stream);
+      linear(att, T, L.o, d, H * hd, 1, x);
+      kern::cuda::rmsnorm(x, nullptr, T, d, L.ln2, eps, xn, stream);
+      linear(xn, T, L.gate_up, 2 * ff, d, 0, gu);
+      kern::cuda::swiglu(gu, T, ff, h, stream);
+      linear(h, T, L.down, d, ff, 1, x);
+    }
+    kern::cuda::rmsnorm(x, d_meta + m_sample, R, d, norm, eps, xn, stream);
+    linear(xn, R, lm_head, V, d, 0, logits);
+    kern::cuda::sample(logits, R, V, d_params, d_out, stream);
+  }
+
+  int splits_for(int blocks, int max_kv) const {
+    int s = std::max(1, (2 * sms + blocks - 1) / std::max(1, blocks));
+    if (max_kv >= 0) s = std::min(s, std::max(1, (max_kv + 63) / 64));
+    return std::min(s, opt.max_splits);
+  }
+};
+
+CudaBackend::CudaBackend(const Bundle& b, CudaBackendOptions opt) : impl_(std::make_unique<Impl>()) {
+  Impl& m = *impl_;
+  m.c = b.config, m.opt = opt;
+  const ModelConfig& c = m.c;
+  int count = 0;
+  check(cudaGetDeviceCount(&count) == cudaSuccess && count > 0, "--device cuda: no CUDA device is visible");
+  cudaDeviceProp prop{};
+  check_cuda(cudaGetDeviceProperties(&prop, 0), "reading the device properties");
+  m.sms = prop.multiProcessorCount;
+  m.device = prop.name;
+  check(opt.page_size >= 1 && opt.max_tokens >= 1 && opt.max_sample_rows >= 1 && opt.max_splits >= 1,
+        "cuda backend: page size, max tokens, sample rows and splits must be positive");
+  check(c.d_model % 8 == 0 && c.d_ff % 8 == 0, "cuda backend: d_model and d_ff must be multiples of 8");
+  check_cuda(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking), "creating a stream");
+  check_blas(cublasCreate(&m.blas), "creating the cuBLAS handle");
+  check_blas(cublasSetStream(m.blas, m.stream), "cuBLAS stream");
+  const size_t ws = size_t(32) << 20;
+  m.blas_ws = m.alloc<char>(ws, "cuBLAS workspace");
+  check_blas(cublasSetWorkspace(m.blas, m.blas_ws, ws), "cuBLAS workspace");
+
+  m.embed = m.upload(to_bf16({&b.at("model.embed_tokens.weight")}));
+  m.norm = m.upload(to_bf16({&b.at("model.norm.weight")}));
+  m.lm_head = c.tie_embeddings ? m.embed : m.upload(to_bf16({&b.at("lm_head.weight")}));
+  m.weight_bytes -= double(c.vocab_size * c.d_model) * 2;  // the embedding is gathered, not streamed
+  if (c.tie_embeddings) m.weight_bytes += double(c.vocab_size * c.d_model) * 2;
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    Impl::Layer L{};
+    L.ln1 = m.upload(to_bf16({&b.at(p + "input_layernorm.weight")}));
+    L.ln2 = m.upload(to_bf16({&b.at(p + "post_attention_layernorm.weight")}));
+    L.qkv = m.upload(to_bf16({&b.at(p + "self_attn.q_proj.weight"), &b.at(p + "self_attn.k_proj.weight"), &b.at(p + "self_attn.v_proj.weight")}));
+    L.o = m.upload(to_bf16({&b.at(p + "self_attn.o_proj.weight")}));
+    L.gate_up = m.upload(to_bf16({&b.at(p + "mlp.gate_proj.weight"), &b.at(p + "mlp.up_proj.weight")}));
+    L.down = m.upload(to_bf16({&b.at(p + "mlp.down_proj.weight")}));
+    m.layers.push_back(L);
+  }
+
+  // Activations for max_tokens rows.
+  const size_t T = size_t(opt.max_tokens), R = size_t(std::min(opt.max_sample_rows, opt.max_tokens));
+  const size_t d = size_t(c.d_model), hd = size_t(c.head_dim()), H = size_t(c.n_heads), Hkv = size_t(c.n_kv_heads);
+  const size_t nqkv = (H + 2 * Hkv) * hd, slots = 2 * size_t(opt.max_splits);
+  m.x = m.alloc<float>(T * d, "activations");
+  m.xn = m.alloc<uint16_t>(T * std::max(d, H * hd), "activations");
+  m.qkv = m.alloc<float>(T * nqkv, "activations");
+  m.att = m.alloc<uint16_t>(T * H * hd, "activations");
+  m.gu = m.alloc<float>(T * 2 * size_t(c.d_ff), "activations");
+  m.h = m.alloc<uint16_t>(T * size_t(c.d_ff), "activations");
+  m.o_part = m.alloc<float>(slots * T * H * hd, "attention partial states");
+  m.lse_part = m.alloc<float>(slots * T * H, "attention partial states");
+  m.logits = m.alloc<float>(R * size_t(c.vocab_size), "logits");
+  {
+    kern::AttnShape shape;
+    shape.heads = int(H), shape.kv_heads = int(Hkv), shape.head_dim = int(hd), shape.page_size = opt.page_size;
+    int rb = opt.max_tokens;
+    while (rb > 16 && kern::cuda::paged_prefill_workspace(rb, int(c.max_seq_len), shape) > (size_t(1) << 30)) rb /= 2;
+    m.prefill_row_block = rb;
+    m.prefill_ws = m.alloc<char>(kern::cuda::paged_prefill_workspace(rb, int(c.max_seq_len), shape), "attention workspace");
+  }
+
+  // Metadata: small arrays first (copied whole), page lists last (copied by extent).
+  m.max_pages_listed = T * size_t((c.max_seq_len + opt.page_size - 1) / opt.page_size + 1);
+  size_t off = 0;
+  auto take = [&](size_t n) { size_t o = off; off += n; return o; };
+  m.m_tokens = take(T), m.m_pos = take(T), m.m_slots = take(T), m.m_sample = take(T);
+  for (auto& L : m.lv) {
+    L.q_indptr = take(T + 1), L.kv_indptr = take(T + 1), L.kv_len = take(T), L.kv_pos0 = take(T);
+    L.tile_item = take(T), L.tile_row0 = take(T);
+  }
+  m.small_end = off;
+  for (auto& L : m.lv) L.kv_pages = take(m.max_pages_listed);
+  m.meta_total = off;
+  m.d_meta = m.alloc<int32_t>(m.meta_total, "step metadata");
+  check_cuda(cudaMallocHost(&m.h_meta, m.meta_total * 4), "pinned step metadata");
+  check_cuda(cudaMallocHost(&m.h_params, R * sizeof(kern::SampleParams)), "pinned sampling parameters");
+  check_cuda(cudaMallocHost(&m.h_out, R * 4), "pinned sampled tokens");
+  m.d_params = m.alloc<kern::SampleParams>(R, "sampling parameters");
+  m.d_out = m.alloc<int32_t>(R, "sampled tokens");
+  std::fill(m.h_meta, m.h_meta + m.meta_total, 0);
+
+  // KV pages: what the options ask for, or a fraction of what is left.
+  const size_t page_bytes = size_t(opt.page_size) * Hkv * hd * 2;  // one layer, K or V
+  if (m.opt.num_pages == 0) {
+    size_t free_b = 0, total_b = 0;
+    check_cuda(cudaMemGetInfo(&free_b, &total_b), "reading free GPU memory");
+    m.opt.num_pages = int(std::min<double>(2e9, double(free_b) * opt.kv_fraction / double(page_bytes * 2 * c.n_layers)));
+  }
+  check(m.opt.num_pages >= 2, "cuda backend: no room for KV pages (", m.opt.num_pages, "); lower max_tokens or free GPU memory");
+  for (auto& L : m.layers) {
+    L.k = m.alloc<uint16_t>(size_t(m.opt.num_pages) * page_bytes / 2, "KV pages");
+    L.v = m.alloc<uint16_t>(size_t(m.opt.num_pages) * page_bytes / 2, "KV pages");
+  }
+  check_cuda(cudaDeviceSynchronize(), "loading the model");
+}
+
+CudaBackend::~CudaBackend() {
+  Impl& m = *impl_;
+  for (auto& [b, g] : m.graphs) cudaGraphExecDestroy(g);
+  if (m.blas) cublasDestroy(m.blas);
+  for (void* p : m.allocations) cudaFree(p);
+  if (m.h_meta) cudaFreeHost(m.h_meta);
+  if (m.h_params) cudaFreeHost(m.h_params);
+  if (m.h_out) cudaFreeHost(m.h_out);
+  if (m.stream) cudaStreamDestroy(m.stream);
+}
+
+const ModelConfig& CudaBackend::config() const { return impl_->c; }
+int CudaBackend::page_size() const { return impl_->opt.page_size; }
+int CudaBackend::num_pages() const { return impl_->opt.num_pages; }
+int CudaBackend::max_tokens() const { return impl_->opt.max_tokens; }
+std::string CudaBackend::device_name() const { return impl_->device; }
+double CudaBackend::weight_bytes() const { return impl_->weight_bytes; }
+int CudaBackend::graphs_captured() const { return int(impl_->graphs.size()); }
+
+std::vector<int32_t> CudaBackend::forward(const StepPlan& plan, std::vector<float>* logits_out) {
+  Impl& m = *impl_;
+  plan.validate(m.opt.page_size, m.opt.num_pages);
+  const int T = plan.rows(), R = int(plan.sample_rows.size()), levels = int(plan.levels.size());
+  check(T <= m.opt.max_tokens, "cuda backend: a step of ", T, " rows exceeds max_tokens ", m.opt.max_tokens);
+  check(R <= std::min(m.opt.max_sample_rows, m.opt.max_tokens), "cuda backend: ", R, " sample rows exceed the maximum");
+  check(levels <= 2, "cuda backend: at most two attention levels");
+  for (int32_t t : plan.tokens) check(t >= 0 && t < m.c.vocab_size, "token id ", t, " is outside the vocabulary");
+  const bool graph = m.opt.cuda_graphs && plan.decode_only() && !logits_out;
+  int B = T;
+  if (graph) {
+    B = 1;
+    while (B < T) B *= 2;
+    B = std::min(B, std::min(m.opt.max_tokens, m.opt.max_sample_rows));
+  }
+  int32_t* hm = m.h_meta;
+  for (int r = 0; r < B; ++r) {
+    const bool real = r < T;
+    hm[m.m_tokens + r] = real ? plan.tokens[size_t(r)] : 0;
+    hm[m.m_pos + r] = real ? plan.positions[size_t(r)] : 0;
+    hm[m.m_slots + r] = real ? plan.slots[size_t(r)] : 0;  // padding writes the scratch page
+  }
+  const int rows_sampled = graph ? B : R;
+  for (int i = 0; i < rows_sampled; ++i) {
+    hm[m.m_sample + i] = i < R ? plan.sample_rows[size_t(i)] : i;
+    m.h_params[i] = i < R ? plan.sample_params[size_t(i)] : kern::SampleParams{};
+  }
+  const int rpt = kern::attention_rows_per_tile(int(m.c.n_heads), int(m.c.n_kv_heads));
+  int items[2] = {0, 0}, tiles[2] = {0, 0}, splits[2] = {1, 1};
+  size_t pages_used[2] = {0, 0};
+  std::vector<int32_t> q_indptr, tile_item, tile_row0;
+  m.dense[0].clear(), m.dense[1].clear();
+  for (int li = 0; li < levels; ++li) {
+    const auto& lvl = plan.levels[size_t(li)];
+    const auto& L = m.lv[li];
+    q_indptr.assign(1, 0);
+    tile_item.clear(), tile_row0.clear();
+    size_t np = 0;
+    int max_kv = 0;
+    hm[L.kv_indptr] = 0;
+    const int n_items = graph ? B : int(lvl.size());
+    for (int i = 0; i < n_items; ++i) {
+      const bool real = i < int(lvl.size());
+      if (real) {
+        const auto& it = lvl[size_t(i)];
+        check(np + it.pages.size() <= m.max_pages_listed, "cuda backend: the step lists too many KV pages");
+        const int rows_i = it.q_end - it.q_begin;
+        if (rows_i >= 16 && it.kv_len >= 1) m.dense[li].push_back({it.q_begin, rows_i, it.kv_len, it.kv_pos0, np});
+        else
+          for (int r = it.q_begin; r < it.q_end; r += rpt) tile_item.push_back(i), tile_row0.push_back(r);
+        std::copy(it.pages.begin(), it.pages.end(), hm + L.kv_pages + np);
+        np += it.pages.size();
+        hm[L.kv_len + i] = it.kv_len, hm[L.kv_pos0 + i] = it.kv_pos0;
+        q_indptr.push_back(it.q_end);
+        if (rows_i < 16 || it.kv_len < 1) max_kv = std::max(max_kv, it.kv_len);
+      } else {
+        hm[L.kv_len + i] = 0, hm[L.kv_pos0 + i] = 0;
+        q_indptr.push_back(i + 1);
+        tile_item.push_back(i), tile_row0.push_back(i);
+      }
+      hm[L.kv_indptr + i + 1] = int32_t(np);
+    }
+    std::copy(q_indptr.begin(), q_indptr.end(), hm + L.q_indptr);
+    std::copy(tile_item.begin(), tile_item.end(), hm + L.tile_item);
+    std::copy(tile_row0.begin(), tile_row0.end(), hm + L.tile_row0);
+    items[li] = n_items, tiles[li] = int(tile_item.size()), pages_used[li] = np;
+    splits[li] = tiles[li] == 0 ? 1 : m.splits_for(tiles[li] * int(m.c.n_kv_heads), graph ? -1 : max_kv);
+  }
+  auto copy_in = [&](size_t off, size_t n) {
+    if (n) check_cuda(cudaMemcpyAsync(m.d_meta + off, hm + off, n * 4, cudaMemcpyHostToDevice, m.stream), "copying step metadata");
+  };
+  copy_in(0, m.small_end);
+  for (int li = 0; li < levels; ++li) copy_in(m.lv[li].kv_pages, pages_used[li]);
+  check_cuda(cudaMemcpyAsync(m.d_params, m.h_params, size_t(rows_sampled) * sizeof(kern::SampleParams),
+                             cudaMemcpyHostToDevice, m.stream), "copying sampling parameters");
+  if (graph) {
+    auto it = m.graphs.find(B);
+    if (it == m.graphs.end()) {
+      cudaGraph_t g;
+      check_cuda(cudaStreamBeginCapture(m.stream, cudaStreamCaptureModeThreadLocal), "capturing a decode graph");
+      m.launch_all(B, B, 1, items, tiles, splits);
+      check_cuda(cudaStreamEndCapture(m.stream, &g), "capturing a decode graph");
+      cudaGraphExec_t exec;
+      check_cuda(cudaGraphInstantiate(&exec, g, 0), "instantiating a decode graph");
+      cudaGraphDestroy(g);
+      it = m.graphs.emplace(B, exec).first;
+    }
+    check_cuda(cudaGraphLaunch(it->second, m.stream), "replaying a decode graph");
+  } else {
+    m.launch_all(T, R, levels, items, tiles, splits);
+  }
+  check_cuda(cudaMemcpyAsync(m.h_out, m.d_out, size_t(R) * 4, cudaMemcpyDeviceToHost, m.stream), "copying sampled tokens");
+  if (logits_out) {
+    logits_out->resize(size_t(R) * size_t(m.c.vocab_size));
+    check_cuda(cudaMemcpyAsync(logits_out->data(), m.logits, logits_out->size() * 4, cudaMemcpyDeviceToHost, m.stream),
+               "copying logits");
+  }
+  check_cuda(cudaStreamSynchronize(m.stream), "running a step");
+  return std::vector<int32_t>(m.h_out, m.h_out + R);
+}
+
+std::vector<float> CudaBackend::cached(bool key, int layer, int slot) const {
+  const Impl& m = *impl_;
+  const size_t n = size_t(m.c.n_kv_heads * m.c.head_dim());
+  std::vector<uint16_t> bits(n);
+  const uint16_t* src = (key ? m.layers[size_t(layer)].k : m.layers[size_t(layer)].v) + size_t(slot) * n;
+  check_cuda(cudaMemcpy(bits.data(), src, n * 2, cudaMemcpyDeviceToHost), "reading the KV cache");
+  std::vector<float> out(n);
+  for (size_t i = 0; i < n; ++i) out[i] = kern::bf16_to_float(bits[i]);
+  return out;
+}
+
+double CudaBackend::copy_bandwidth(size_t bytes) {
+  char* a = device_alloc<char>(bytes, "bandwidth test");
+  char* b = device_alloc<char>(bytes, "bandwidth test");
+  check_cuda(cudaMemset(a, 1, bytes), "bandwidth test");
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0), cudaEventCreate(&e1);
+  for (int i = 0; i < 3; ++i) cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
+  const int reps = 20;
+  cudaEventRecord(e0);
+  for (int i = 0; i < reps; ++i) cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice);
+  cudaEventRecord(e1);
+  check_cuda(cudaEventSynchronize(e1), "bandwidth test");
+  float ms = 0;
+  cudaEventElapsedTime(&ms, e0, e1);
+  cudaEventDestroy(e0), cudaEventDestroy(e1);
+  cudaFree(a), cudaFree(b);
+  return 2.0 * double(bytes) * reps / (double(ms) / 1e3);
+}
+
+}  // namespace cw::serve

@@ -1,0 +1,48 @@
+// The engine's CUDA backend: bf16 weights and KV pages on the GPU, fp32 accumulation, cuBLAS for matrix
+// products of more than four rows and kernels/ for everything else; decode-only steps run as CUDA graphs
+// captured once per padded batch size. Results are checked against CpuBackend (same plans, same math).
+// Must not: link LibTorch, or expose CUDA types in this header (serve/ users build without CUDA headers).
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "serve/bundle.h"
+#include "serve/plan.h"
+
+namespace cw::serve {
+
+struct CudaBackendOptions {
+  int page_size = 16;
+  int num_pages = 0;         // 0: kv_fraction of the GPU memory left after weights and buffers
+  double kv_fraction = 0.6;
+  int max_tokens = 1024;     // rows per step
+  int max_sample_rows = 256;
+  int max_splits = 16;       // split-KV parts per attention item
+  bool cuda_graphs = true;   // capture decode-only steps
+};
+
+class CudaBackend : public Backend {
+ public:
+  CudaBackend(const Bundle& bundle, CudaBackendOptions opt);
+  ~CudaBackend() override;
+  const ModelConfig& config() const override;
+  int page_size() const override;
+  int num_pages() const override;
+  int max_tokens() const override;
+  std::string name() const override { return "cuda"; }
+  std::vector<int32_t> forward(const StepPlan& plan, std::vector<float>* logits) override;
+
+  std::string device_name() const;
+  double weight_bytes() const;  // bytes read per decode step for the weights
+  int graphs_captured() const;
+  std::vector<float> cached(bool key, int layer, int slot) const;  // for tests
+  // Device-to-device copy bandwidth (read + write bytes per second) over buffers of BYTES.
+  static double copy_bandwidth(size_t bytes);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace cw::serve

@@ -1,0 +1,382 @@
+// The GPU test binary of the inference engine: every CUDA kernel against its CPU reference on fresh random
+// inputs (outputs poisoned with NaN first), then the CUDA backend against the CPU backend end to end, and
+// greedy generations that agree across token budgets, CUDA graphs and prefix sharing (except at near-ties).
+// Runs only where a GPU is present (tools/gpu-run); compiled in CI.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <map>
+#include <numeric>
+
+#include "kernels/cuda.h"
+#include "kernels/reference.h"
+#include "serve/cpu_backend.h"
+#include "serve/cpu_model.h"
+#include "serve/cuda_backend.h"
+#include "serve/engine.h"
+#include "tests/serve_test_util.h"
+
+using namespace cw;
+using namespace cw::test;
+namespace kc = cw::kern::cuda;
+
+namespace {
+
+template <typename T>
+struct Dev {  // a device copy of a host vector, poisoned (all bits set = NaN) when created empty
+  T* p = nullptr;
+  size_t n = 0;
+  explicit Dev(const std::vector<T>& h) : n(h.size()) {
+    EXPECT_EQ(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)), cudaSuccess);
+    cudaMemcpy(p, h.data(), n * sizeof(T), cudaMemcpyHostToDevice);
+  }
+  explicit Dev(size_t count) : n(count) {
+    EXPECT_EQ(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)), cudaSuccess);
+    cudaMemset(p, 0xff, n * sizeof(T));
+  }
+  ~Dev() { cudaFree(p); }
+  std::vector<T> get() const {
+    std::vector<T> h(n);
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost);
+    return h;
+  }
+};
+
+std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
+  std::vector<uint16_t> o(v.size());
+  for (size_t i = 0; i < v.size(); ++i) o[i] = kern::float_to_bf16(v[i]);
+  return o;
+}
+std::vector<float> from_bf16(const std::vector<uint16_t>& v) {
+  std::vector<float> o(v.size());
+  for (size_t i = 0; i < v.size(); ++i) o[i] = kern::bf16_to_float(v[i]);
+  return o;
+}
+std::vector<float> round_bf16(const std::vector<float>& v) { return from_bf16(to_bf16(v)); }
+
+}  // namespace
+
+TEST(GpuKernels, ElementwiseKernelsAndGemvMatchTheirReferences) {
+  std::mt19937_64 rng(21);
+  const int T = 5, d = 264, V = 300;
+  // embedding
+  auto table = round_bf16(random_vec(size_t(V) * d, rng));
+  std::vector<int32_t> toks = {3, 299, 0, 17, 3};
+  std::vector<float> want(size_t(T) * d);
+  kern::ref::embedding(table.data(), toks.data(), T, d, want.data());
+  Dev<uint16_t> dtab(to_bf16(table));
+  Dev<int32_t> dtok(toks);
+  Dev<float> dx(size_t(T) * d);
+  kc::embedding(dtab.p, dtok.p, T, d, dx.p, nullptr);
+  EXPECT_EQ(dx.get(), want);
+  // rmsnorm (with a row map)
+  auto x = random_vec(size_t(T) * d, rng, 3.f);
+  auto w = round_bf16(random_vec(size_t(d), rng));
+  std::vector<int32_t> map = {4, 0, 2};
+  std::vector<float> ref_norm(size_t(3) * d);
+  kern::ref::rmsnorm(x.data(), map.data(), 3, d, w.data(), 1e-5f, ref_norm.data());
+  Dev<float> dxx(x);
+  Dev<uint16_t> dw(to_bf16(w)), dy(size_t(3) * d);
+  Dev<int32_t> dmap(map);
+  kc::rmsnorm(dxx.p, dmap.p, 3, d, dw.p, 1e-5f, dy.p, nullptr);
+  EXPECT_LE(rel_err(from_bf16(dy.get()), ref_norm), 1e-2);
+  // swiglu
+  auto gu = random_vec(size_t(T) * 2 * d, rng, 2.f);
+  std::vector<float> ref_sw(size_t(T) * d);
+  kern::ref::swiglu(gu.data(), T, d, ref_sw.data());
+  Dev<float> dgu(gu);
+  Dev<uint16_t> dsw(size_t(T) * d);
+  kc::swiglu(dgu.p, T, d, dsw.p, nullptr);
+  EXPECT_LE(rel_err(from_bf16(dsw.get()), ref_sw), 1e-2);
+  // gemv, 1..4 rows, with and without the fused residual
+  for (int rows = 1; rows <= 4; ++rows)
+    for (float beta : {0.f, 1.f}) {
+      auto W = round_bf16(random_vec(size_t(V) * d, rng));
+      auto xin = round_bf16(random_vec(size_t(rows) * d, rng));
+      auto y0 = random_vec(size_t(rows) * V, rng);
+      auto ref_y = y0;
+      kern::ref::matmul(xin.data(), rows, d, W.data(), V, beta, ref_y.data());
+      Dev<uint16_t> dW(to_bf16(W)), dxin(to_bf16(xin));
+      Dev<float> dyv(beta == 0 ? std::vector<float>(y0.size(), NAN) : y0);
+      kc::gemv(dW.p, V, d, dxin.p, rows, beta, dyv.p, nullptr);
+      EXPECT_LE(rel_err(dyv.get(), ref_y), 1e-5) << "rows " << rows << " beta " << beta;
+    }
+}
+
+TEST(GpuKernels, RopeAppendMatchesReference) {
+  std::mt19937_64 rng(22);
+  const int T = 6, H = 8, Hkv = 2, hd = 64, page = 16, pages = 8;
+  auto qkv = random_vec(size_t(T) * (H + 2 * Hkv) * hd, rng);
+  std::vector<int32_t> pos = {0, 1, 17, 300, 1999, 5}, slot = {5, 100, 7, 64, 127, 30};
+  auto ref_qkv = qkv;
+  std::vector<float> kc_ref(size_t(pages) * page * Hkv * hd, 0.f), vc_ref = kc_ref;
+  kern::ref::rope_append(ref_qkv.data(), pos.data(), slot.data(), T, H, Hkv, hd, 10000.f, kc_ref.data(), vc_ref.data());
+  Dev<float> dqkv(qkv);
+  Dev<int32_t> dpos(pos), dslot(slot);
+  Dev<uint16_t> dk(std::vector<uint16_t>(kc_ref.size(), 0)), dv(std::vector<uint16_t>(kc_ref.size(), 0));
+  kc::rope_append(dqkv.p, dpos.p, dslot.p, T, H, Hkv, hd, 10000.f, dk.p, dv.p, nullptr);
+  auto got = dqkv.get();
+  std::vector<float> gq, wq;
+  for (int t = 0; t < T; ++t)
+    for (int i = 0; i < H * hd; ++i) gq.push_back(got[size_t(t) * (H + 2 * Hkv) * hd + i]), wq.push_back(ref_qkv[size_t(t) * (H + 2 * Hkv) * hd + i]);
+  EXPECT_LE(rel_err(gq, wq), 1e-5);
+  EXPECT_LE(rel_err(from_bf16(dk.get()), kc_ref), 1e-2);
+  EXPECT_LE(rel_err(from_bf16(dv.get()), vc_ref), 1e-2);
+}
+
+TEST(GpuKernels, PagedAttentionAndCascadeMergeMatchReference) {
+  std::mt19937_64 rng(23);
+  for (auto [H, Hkv] : std::vector<std::pair<int, int>>{{4, 4}, {4, 2}, {8, 1}, {32, 4}})
+    for (int hd : {64, 128})
+      for (int page : {1, 16})
+        for (int len : {1, page > 1 ? page - 1 : 2, page, page + 1, 300}) {
+          const int n_pages = (len + page - 1) / page + 2;
+          auto k = round_bf16(random_vec(size_t(n_pages) * page * Hkv * hd, rng));
+          auto v = round_bf16(random_vec(size_t(n_pages) * page * Hkv * hd, rng));
+          std::vector<int32_t> all(static_cast<size_t>(n_pages));
+          std::iota(all.begin(), all.end(), 0);
+          std::shuffle(all.begin(), all.end(), rng);
+          std::vector<int32_t> pages(all.begin(), all.begin() + (len + page - 1) / page);
+          // Two levels: item "prefix" = the first half of the pages for all rows; suffix per item.
+          const int chunk = std::min(5, len), rows = 1 + chunk;
+          std::vector<int32_t> pos = {len - 1};
+          for (int i = 0; i < chunk; ++i) pos.push_back(len - chunk + i);
+          const int pre_pages = int(pages.size()) / 2, pre = std::min(len, pre_pages * page);
+          std::vector<int32_t> q_ind0 = {0, rows}, kv_ind0 = {0, pre_pages}, kv_len0 = {pre}, kv_pos00 = {0};
+          std::vector<int32_t> pages0(pages.begin(), pages.begin() + pre_pages);
+          std::vector<int32_t> q_ind1 = {0, 1, rows}, kv_ind1 = {0, int(pages.size()) - pre_pages, 2 * (int(pages.size()) - pre_pages)};
+          std::vector<int32_t> pages1(pages.begin() + pre_pages, pages.end());
+          pages1.insert(pages1.end(), pages.begin() + pre_pages, pages.end());
+          std::vector<int32_t> kv_len1 = {len - pre, len - pre}, kv_pos01 = {pre, pre};
+          auto q = random_vec(size_t(rows) * H * hd, rng);
+          kern::AttnShape S;
+          S.rows = rows, S.heads = H, S.kv_heads = Hkv, S.head_dim = hd, S.page_size = page, S.q_stride = H * hd;
+          S.scale = float(1 / std::sqrt(double(hd)));
+          auto host_level = [](auto& qi, auto& ki, auto& pg, auto& kl, auto& kp) {
+            kern::AttnLevel L;
+            L.num_items = int(kl.size()), L.q_indptr = qi.data(), L.kv_indptr = ki.data(), L.kv_pages = pg.data();
+            L.kv_len = kl.data(), L.kv_pos0 = kp.data();
+            return L;
+          };
+          for (int splits : {1, 2, 7}) {
+            const int slots = 2 * splits;
+            std::vector<float> o_part(size_t(slots) * rows * H * hd), lse_part(size_t(slots) * rows * H);
+            kern::ref::paged_attention(q.data(), pos.data(), host_level(q_ind0, kv_ind0, pages0, kv_len0, kv_pos00), S,
+                                       k.data(), v.data(), splits, 0, o_part.data(), lse_part.data());
+            kern::ref::paged_attention(q.data(), pos.data(), host_level(q_ind1, kv_ind1, pages1, kv_len1, kv_pos01), S,
+                                       k.data(), v.data(), splits, splits, o_part.data(), lse_part.data());
+            std::vector<float> want(size_t(rows) * H * hd), want_lse(size_t(rows) * H);
+            kern::ref::merge_states(o_part.data(), lse_part.data(), slots, rows, H, hd, want.data(), want_lse.data());
+
+            Dev<float> dq(q), dop(o_part.size()), dlp(lse_part.size()), dout(want.size()), dlse(want_lse.size());
+            Dev<uint16_t> dk(to_bf16(k)), dv(to_bf16(v));
+            Dev<int32_t> dpos(pos), a0(q_ind0), b0(kv_ind0), c0(pages0), e0(kv_len0), f0(kv_pos00);
+            Dev<int32_t> a1(q_ind1), b1(kv_ind1), c1(pages1), e1(kv_len1), f1(kv_pos01);
+            const int rpt = kern::attention_rows_per_tile(H, Hkv);
+            std::vector<int32_t> ti0, tr0, ti1, tr1;
+            kc::attention_tiles(q_ind0, rpt, ti0, tr0);
+            kc::attention_tiles(q_ind1, rpt, ti1, tr1);
+            Dev<int32_t> dti0(ti0), dtr0(tr0), dti1(ti1), dtr1(tr1);
+            auto dev_level = [](int items, auto& qi, auto& ki, auto& pg, auto& kl, auto& kp) {
+              kern::AttnLevel L;
+              L.num_items = items, L.q_indptr = qi.p, L.kv_indptr = ki.p, L.kv_pages = pg.p, L.kv_len = kl.p, L.kv_pos0 = kp.p;
+              return L;
+            };
+            kc::paged_attention(dq.p, dpos.p, dev_level(1, a0, b0, c0, e0, f0), dti0.p, dtr0.p, int(ti0.size()), S, dk.p,
+                                dv.p, splits, 0, dop.p, dlp.p, nullptr);
+            kc::paged_attention(dq.p, dpos.p, dev_level(2, a1, b1, c1, e1, f1), dti1.p, dtr1.p, int(ti1.size()), S, dk.p,
+                                dv.p, splits, splits, dop.p, dlp.p, nullptr);
+            kc::merge_states(dop.p, dlp.p, slots, rows, H, hd, nullptr, dout.p, dlse.p, nullptr);
+            const std::string where = "H " + std::to_string(H) + "/" + std::to_string(Hkv) + " hd " + std::to_string(hd) +
+                                      " page " + std::to_string(page) + " len " + std::to_string(len) + " splits " + std::to_string(splits);
+            ASSERT_LE(rel_err(dout.get(), want), 1e-5) << where;
+            ASSERT_LE(rel_err(dlse.get(), want_lse), 1e-5) << where;
+          }
+        }
+}
+
+TEST(GpuKernels, TensorCorePrefillAttentionMatchesReference) {
+  std::mt19937_64 rng(27);
+  cublasHandle_t handle;
+  ASSERT_EQ(cublasCreate(&handle), CUBLAS_STATUS_SUCCESS);
+  for (auto [H, Hkv] : std::vector<std::pair<int, int>>{{4, 4}, {32, 4}})
+    for (int page : {1, 16})
+      for (auto [rows, len, pos0] : std::vector<std::tuple<int, int, int>>{{16, 16, 0}, {33, 77, 0}, {100, 300, 0}, {40, 64, 64}}) {
+        const int hd = 64, n_pages = (len + page - 1) / page + 2;
+        auto k = round_bf16(random_vec(size_t(n_pages) * page * Hkv * hd, rng));
+        auto v = round_bf16(random_vec(size_t(n_pages) * page * Hkv * hd, rng));
+        std::vector<int32_t> all(static_cast<size_t>(n_pages));
+        std::iota(all.begin(), all.end(), 0);
+        std::shuffle(all.begin(), all.end(), rng);
+        std::vector<int32_t> pages(all.begin(), all.begin() + (len + page - 1) / page);
+        // A decode row first (so the item starts at row 1), then the chunk: bottom-right causal, or (pos0 > 0)
+        // a suffix-less prefix level where every key precedes every query.
+        std::vector<int32_t> pos = {len - 1};
+        for (int i = 0; i < rows; ++i) pos.push_back(pos0 > 0 ? pos0 + len + i : len - rows + i);
+        const int total = rows + 1, splits = 3;
+        std::vector<int32_t> q_ind = {0, 1, total}, kv_ind = {0, 0, int(pages.size())}, kv_len = {0, len}, kv_pos = {0, pos0 > 0 ? 0 : 0};
+        auto q = random_vec(size_t(total) * H * hd, rng);
+        kern::AttnShape S;
+        S.rows = total, S.heads = H, S.kv_heads = Hkv, S.head_dim = hd, S.page_size = page, S.q_stride = H * hd;
+        S.scale = float(1 / std::sqrt(double(hd)));
+        kern::AttnLevel L;
+        L.num_items = 2, L.q_indptr = q_ind.data(), L.kv_indptr = kv_ind.data(), L.kv_pages = pages.data();
+        L.kv_len = kv_len.data(), L.kv_pos0 = kv_pos.data();
+        std::vector<float> o_part(size_t(splits) * total * H * hd), lse_part(size_t(splits) * total * H);
+        kern::ref::paged_attention(q.data(), pos.data(), L, S, k.data(), v.data(), splits, 0, o_part.data(), lse_part.data());
+        std::vector<float> want(size_t(total) * H * hd), want_lse(size_t(total) * H);
+        kern::ref::merge_states(o_part.data(), lse_part.data(), splits, total, H, hd, want.data(), want_lse.data());
+        // GPU: row 0 (kv_len 0) through the CUDA-core kernel, rows 1.. through the tensor-core path.
+        Dev<float> dq(q), dop(o_part.size()), dlp(lse_part.size()), dout(want.size()), dlse(want_lse.size());
+        Dev<uint16_t> dk(to_bf16(k)), dv(to_bf16(v));
+        Dev<int32_t> dpos(pos), dqi(q_ind), dki(kv_ind), dpg(pages), dkl(kv_len), dkp(kv_pos), dti(std::vector<int32_t>{0}), dtr(std::vector<int32_t>{0});
+        kern::AttnLevel DL;
+        DL.num_items = 2, DL.q_indptr = dqi.p, DL.kv_indptr = dki.p, DL.kv_pages = dpg.p, DL.kv_len = dkl.p, DL.kv_pos0 = dkp.p;
+        kc::paged_attention(dq.p, dpos.p, DL, dti.p, dtr.p, 1, S, dk.p, dv.p, splits, 0, dop.p, dlp.p, nullptr);
+        Dev<char> ws(kc::paged_prefill_workspace(rows, len, S));
+        kc::paged_prefill(handle, dq.p, dpos.p, 1, rows, dpg.p, len, 0, S, dk.p, dv.p, splits, 0, dop.p, dlp.p, ws.p, nullptr);
+        kc::merge_states(dop.p, dlp.p, splits, total, H, hd, nullptr, dout.p, dlse.p, nullptr);
+        const std::string where = "H " + std::to_string(H) + "/" + std::to_string(Hkv) + " page " + std::to_string(page) +
+                                  " rows " + std::to_string(rows) + " len " + std::to_string(len);
+        auto got = dout.get();
+        for (float x : got) ASSERT_FALSE(std::isnan(x)) << where;
+        EXPECT_LE(rel_err(got, want), 1e-2) << where;
+        auto got_lse = dlse.get();
+        for (size_t i = size_t(H); i < got_lse.size(); ++i) ASSERT_NEAR(got_lse[i], want_lse[i], 2e-2) << where;
+      }
+  cublasDestroy(handle);
+}
+
+TEST(GpuKernels, SamplingPicksTheReferenceToken) {
+  std::mt19937_64 rng(24);
+  const int rows = 64, V = 32000;
+  auto logits = random_vec(size_t(rows) * V, rng, 2.f);
+  std::vector<kern::SampleParams> p(static_cast<size_t>(rows));
+  for (int r = 0; r < rows; ++r) {
+    auto& s = p[size_t(r)];
+    s.seed = 77, s.counter = uint64_t(r);
+    s.temperature = r % 4 == 0 ? 0.f : 0.5f + 0.1f * float(r % 7);
+    s.top_k = r % 3 == 1 ? 1 + r * 7 : 0;
+    s.top_p = r % 5 == 2 ? 0.3f + 0.01f * float(r) : 1.f;
+  }
+  std::vector<int32_t> want(static_cast<size_t>(rows));
+  kern::ref::sample(logits.data(), rows, V, p.data(), want.data());
+  Dev<float> dl(logits);
+  Dev<kern::SampleParams> dp(p);
+  Dev<int32_t> dout(static_cast<size_t>(rows));
+  kc::sample(dl.p, rows, V, dp.p, dout.p, nullptr);
+  EXPECT_EQ(dout.get(), want);
+}
+
+namespace {
+
+serve::StepPlan prefill_plan(const std::vector<std::vector<int32_t>>& prompts, int page, int first_page) {
+  serve::StepPlan plan;
+  int next_page = first_page;
+  for (const auto& pr : prompts) {
+    serve::AttnItem it;
+    it.q_begin = plan.rows();
+    const int n = int(pr.size());
+    for (int p = 0; p < (n + page - 1) / page; ++p) it.pages.push_back(next_page++);
+    for (int p = 0; p < n; ++p) {
+      plan.tokens.push_back(pr[size_t(p)]);
+      plan.positions.push_back(p);
+      plan.slots.push_back(it.pages[size_t(p / page)] * page + p % page);
+      plan.sample_rows.push_back(plan.rows() - 1);
+      plan.sample_params.push_back({});
+    }
+    it.q_end = plan.rows(), it.kv_len = n;
+    if (plan.levels.empty()) plan.levels.resize(1);
+    plan.levels[0].push_back(it);
+  }
+  return plan;
+}
+
+// Greedy token lists A and B agree, or first differ where the reference's top two logits are a near-tie.
+::testing::AssertionResult same_or_near_tie(const serve::Bundle& b, const std::vector<int32_t>& prompt,
+                                            const std::vector<int32_t>& a, const std::vector<int32_t>& c) {
+  size_t i = 0;
+  while (i < a.size() && i < c.size() && a[i] == c[i]) ++i;
+  if (i == a.size() && i == c.size()) return ::testing::AssertionSuccess();
+  if (i == a.size() || i == c.size()) return ::testing::AssertionFailure() << "lengths differ";
+  serve::CpuModel m(b);
+  auto cache = m.new_cache();
+  std::vector<float> logits;
+  for (int32_t t : prompt) logits = m.step(t, cache);
+  for (size_t j = 0; j < i; ++j) logits = m.step(a[j], cache);
+  const float hi = *std::max_element(logits.begin(), logits.end()), lo = *std::min_element(logits.begin(), logits.end());
+  const float gap = std::abs(logits[size_t(a[i])] - logits[size_t(c[i])]);
+  if (gap <= 0.02f * (hi - lo)) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "token " << i << " differs (" << a[i] << " vs " << c[i] << ") with a logit gap of "
+                                       << gap << " of a range " << (hi - lo);
+}
+
+}  // namespace
+
+TEST(GpuEngine, CudaLogitsMatchTheCpuBackendAtEveryPosition) {
+  serve::Bundle b = serve::random_bundle(small_serve_config(4, 2, 64), 31, 0.1f);
+  std::mt19937_64 rng(25);
+  std::vector<std::vector<int32_t>> prompts = {random_prompt(37, 512, rng), random_prompt(5, 512, rng), random_prompt(70, 512, rng)};
+  serve::CpuBackendOptions co;
+  co.num_pages = 40;
+  serve::CudaBackendOptions go;
+  go.num_pages = 40, go.max_tokens = 256;
+  serve::CpuBackend cpu(b, co);
+  serve::CudaBackend gpu(b, go);
+  auto plan = prefill_plan(prompts, 16, 1);
+  std::vector<float> want, got;
+  cpu.forward(plan, &want);
+  gpu.forward(plan, &got);
+  EXPECT_LE(rel_err(got, want), 1e-2);
+  // KV contents too.
+  for (int slot : {16, 17, 40, 100})
+    for (bool key : {true, false}) EXPECT_LE(rel_err(gpu.cached(key, 1, slot), cpu.cached(key, 1, slot)), 1e-2);
+}
+
+TEST(GpuEngine, GreedyAgreesAcrossBudgetsGraphsSharingAndWithTheCpu) {
+  serve::Bundle b = serve::random_bundle(small_serve_config(8, 2, 64), 32, 0.1f);
+  std::mt19937_64 rng(26);
+  const auto prefix = random_prompt(48, 512, rng);
+  std::vector<serve::GenRequest> reqs;
+  for (int i = 0; i < 10; ++i) {
+    serve::GenRequest r;
+    r.id = i;
+    r.prompt = i < 8 ? prefix : std::vector<int32_t>{};
+    auto tail = random_prompt(2 + 3 * i, 512, rng);
+    r.prompt.insert(r.prompt.end(), tail.begin(), tail.end());
+    r.max_new_tokens = 12;
+    reqs.push_back(r);
+  }
+  auto run = [&](serve::Backend& be, serve::EngineOptions eo) {
+    serve::Engine e(be, eo);
+    e.submit_batch(reqs);
+    std::map<int64_t, std::vector<int32_t>> out;
+    for (auto& r : e.run()) out[r.id] = r.tokens;
+    return out;
+  };
+  serve::CpuBackendOptions co;
+  co.num_pages = 200;
+  serve::CpuBackend cpu(b, co);
+  auto want = run(cpu, {});
+  struct Variant { const char* name; int budget; bool graphs, sharing, cascade; };
+  for (Variant v : {Variant{"budget 512, graphs", 512, true, false, true}, Variant{"budget 7, graphs", 7, true, false, true},
+                    Variant{"budget 64, no graphs", 64, false, false, true}, Variant{"sharing + cascade", 64, true, true, true},
+                    Variant{"sharing, flat", 17, true, true, false}}) {
+    serve::CudaBackendOptions go;
+    go.num_pages = 200, go.max_tokens = 512, go.cuda_graphs = v.graphs;
+    serve::CudaBackend gpu(b, go);
+    serve::EngineOptions eo;
+    eo.token_budget = v.budget, eo.prefix_sharing = v.sharing, eo.cascade = v.cascade;
+    auto got = run(gpu, eo);
+    ASSERT_EQ(got.size(), want.size());
+    for (auto& [id, toks] : want) {
+      EXPECT_TRUE(same_or_near_tie(b, reqs[size_t(id)].prompt, toks, got[id])) << v.name << ", request " << id;
+    }
+    if (v.graphs && !v.sharing) {
+      EXPECT_GT(gpu.graphs_captured(), 0) << v.name;
+    }
+  }
+}

@@ -1,0 +1,117 @@
+// `chunkwise batch BUNDLE IN.jsonl OUT.jsonl`: an offline job through the inference engine. Each input line is
+// {"id": .., "prompt": "text"} or {"prompt_tokens": [..]}, optionally with max_new_tokens, temperature, top_k,
+// top_p, seed. Output lines come in input order: {"id", "text", "tokens", "finish_reason", "prompt_tokens"}.
+// Progress on stderr, one throughput line at the end; OUT appears only when complete (temp name + rename).
+#include <chrono>
+#include <fstream>
+#include <iostream>
+#include <map>
+
+#include "common/files.h"
+#include "common/json.h"
+#include "data/tokenizer.h"
+#include "tools/cli/commands.h"
+#include "tools/cli/serve_setup.h"
+
+namespace cw::cli {
+
+int batch_main(const Args& args) {
+  po::options_description desc("batch options");
+  std::string bundle, in_path, out_path;
+  int32_t max_new;
+  kern::SampleParams defaults;
+  uint64_t seed;
+  EngineFlags flags;
+  desc.add_options()("bundle", po::value(&bundle)->required(), "bundle folder")(
+      "in", po::value(&in_path)->required(), "requests, one JSON object per line")(
+      "out", po::value(&out_path)->required(), "results, one JSON object per line")(
+      "max-new-tokens", po::value(&max_new)->default_value(64), "default tokens to generate")(
+      "temperature", po::value(&defaults.temperature)->default_value(0.f, "0"), "default temperature (0 = greedy)")(
+      "top-k", po::value(&defaults.top_k)->default_value(0), "default top-k (0 = off)")(
+      "top-p", po::value(&defaults.top_p)->default_value(1.f, "1"), "default top-p (1 = off)")(
+      "seed", po::value(&seed)->default_value(1), "default sampling seed");
+  flags.add_to(desc);
+  po::positional_options_description pos;
+  pos.add("bundle", 1).add("in", 1).add("out", 1);
+  po::variables_map vm;
+  if (!parse_args(args, desc, pos, vm, "chunkwise batch BUNDLE IN.jsonl OUT.jsonl [--device auto|cpu|cuda] [--prefix-sharing on]"))
+    return 0;
+  flags.finish();
+  defaults.seed = seed;
+  fs::path dir = expand_user(bundle);
+  Tokenizer tok = Tokenizer::load(dir / "tokenizer.model");
+  serve::Bundle b = serve::load_bundle(dir);
+  check(tok.identity().vocab_size <= b.config.vocab_size, dir.string(), ": tokenizer.model has more pieces than the model");
+
+  std::ifstream in(expand_user(in_path));
+  check(bool(in), in_path, ": cannot open");
+  std::vector<serve::GenRequest> reqs;
+  std::vector<json> ids;
+  std::string line;
+  int64_t line_no = 0, prompt_tokens = 0;
+  while (std::getline(in, line)) {
+    ++line_no;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string where = in_path + ":" + std::to_string(line_no);
+    json j = parse_json_checked(line, where, 8);
+    check(j.is_object(), where, ": each line must be a JSON object");
+    serve::GenRequest r;
+    r.id = int64_t(reqs.size());
+    try {
+      if (j.contains("prompt_tokens")) r.prompt = j.at("prompt_tokens").get<std::vector<int32_t>>();
+      else {
+        check(j.contains("prompt") && j["prompt"].is_string(), where, ": needs \"prompt\" (text) or \"prompt_tokens\"");
+        auto t = tok.encode(j["prompt"].get<std::string>());
+        r.prompt.assign(t.begin(), t.end());
+      }
+      r.max_new_tokens = j.value("max_new_tokens", max_new);
+      r.sampling = defaults;
+      r.sampling.temperature = j.value("temperature", defaults.temperature);
+      r.sampling.top_k = j.value("top_k", defaults.top_k);
+      r.sampling.top_p = j.value("top_p", defaults.top_p);
+      r.sampling.seed = j.value("seed", defaults.seed);
+    } catch (const json::exception& e) {
+      fail(where, ": ", e.what());
+    }
+    r.eos_id = tok.identity().eos_id;
+    prompt_tokens += int64_t(r.prompt.size());
+    ids.push_back(j.contains("id") ? j["id"] : json(line_no));
+    reqs.push_back(std::move(r));
+  }
+  check(!reqs.empty(), in_path, ": no requests");
+  const size_t n = reqs.size();
+
+  auto backend = make_backend(b, flags);
+  serve::Engine engine(*backend, flags.engine);
+  const auto t0 = std::chrono::steady_clock::now();
+  engine.submit_batch(std::move(reqs));
+  std::map<int64_t, serve::GenResult> done;
+  int64_t new_tokens = 0;
+  while (!engine.idle()) {
+    engine.step();
+    for (auto& r : engine.take_finished()) new_tokens += int64_t(r.tokens.size()), done[r.id] = std::move(r);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const int bar = int(30 * done.size() / n);
+    std::cerr << "\r[" << std::string(size_t(bar), '#') << std::string(size_t(30 - bar), '.') << "] " << done.size() << "/" << n
+              << " requests, " << int64_t(double(new_tokens) / std::max(s, 1e-9)) << " new tok/s" << std::flush;
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::cerr << "\n";
+  std::string out;
+  for (size_t i = 0; i < n; ++i) {
+    const auto& r = done.at(int64_t(i));
+    std::vector<int> t(r.tokens.begin(), r.tokens.end());
+    json o = {{"id", ids[i]}, {"text", tok.decode(t)}, {"tokens", r.tokens}, {"finish_reason", r.finish_reason},
+              {"prompt_tokens", r.prompt_tokens}};
+    out += o.dump() + "\n";
+  }
+  write_file_atomic(expand_user(out_path), out);
+  std::cout << "batch: " << n << " requests on " << backend->name() << ", " << prompt_tokens << " prompt + " << new_tokens
+            << " new tokens in " << secs << " s: " << int64_t(double(new_tokens) / secs) << " new tok/s, "
+            << int64_t(double(prompt_tokens + new_tokens) / secs) << " tok/s in all";
+  if (engine.prefix_tokens_shared() > 0) std::cout << " (prefix sharing skipped " << engine.prefix_tokens_shared() << " prompt tokens)";
+  std::cout << "\n";
+  return 0;
+}
+
+}  // namespace cw::cli

@@ -1,0 +1,209 @@
+// `chunkwise bench serve`: the inference engine on a TinyLlama-shaped model with random bf16 weights
+// (../shared/specs/serving.md §4), in the four scenarios of the engine issue: batch-1 decode against the
+// card's copy bandwidth, batch 64, 256 requests sharing a 1,024-token prefix with sharing on and off, and
+// long prompts arriving while 32 sequences decode (chunked prefill vs prefill-first vs decode only).
+// Prints one JSON line per measurement; run beside torch_baselines.py infer for HF's figures.
+#include <algorithm>
+#include <chrono>
+#include <iostream>
+#include <map>
+#include <random>
+
+#include "serve/random_bundle.h"
+#include "tools/cli/commands.h"
+#include "tools/cli/serve_setup.h"
+#ifdef CHUNKWISE_SERVE_CUDA
+#include "serve/cuda_backend.h"
+#endif
+
+namespace cw::cli {
+
+namespace {
+
+struct Sizes {  // the issue's sizes, or --quick ones for a CPU smoke run
+  int prompt = 128, new_tokens = 256, batch = 64, prefix_reqs = 256, prefix_len = 1024, suffix = 64, prefix_new = 64;
+  int decoders = 32, decoder_new = 512, long_prompts = 8, long_len = 1536, long_new = 16, arrival_every = 40;
+};
+
+std::vector<serve::GenRequest> requests(int n, int prompt, int new_tokens, int vocab, uint64_t seed,
+                                        const std::vector<int32_t>& prefix = {}) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> u(0, vocab - 1);
+  std::vector<serve::GenRequest> out;
+  for (int i = 0; i < n; ++i) {
+    serve::GenRequest r;
+    r.id = i, r.prompt = prefix, r.max_new_tokens = new_tokens;
+    for (int t = 0; t < prompt; ++t) r.prompt.push_back(u(rng));
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+struct RunResult {
+  double seconds = 0;
+  int64_t prompt_tokens = 0, new_tokens = 0;
+  std::vector<serve::GenResult> results;
+};
+
+RunResult run_batch(serve::Backend& be, serve::EngineOptions eo, std::vector<serve::GenRequest> reqs) {
+  RunResult r;
+  for (auto& q : reqs) r.prompt_tokens += int64_t(q.prompt.size());
+  serve::Engine engine(be, eo);
+  const auto t0 = std::chrono::steady_clock::now();
+  engine.submit_batch(std::move(reqs));
+  r.results = engine.run();
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  for (auto& x : r.results) r.new_tokens += int64_t(x.tokens.size());
+  return r;
+}
+
+double percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, size_t(p * double(v.size() - 1) + 0.5))];
+}
+
+// Decoders plus long prompts arriving every few iterations; inter-token gaps of the decoders.
+struct MixedResult {
+  double seconds = 0, p50_tbt = 0, p99_tbt = 0, max_tbt = 0, tok_s = 0;
+  int iterations = 0;
+};
+MixedResult run_mixed(serve::Backend& be, serve::EngineOptions eo, const Sizes& z, bool with_long, int vocab) {
+  serve::Engine engine(be, eo);
+  auto decoders = requests(z.decoders, z.prompt, z.decoder_new, vocab, 5);
+  auto longs = requests(z.long_prompts, z.long_len, z.long_new, vocab, 6);
+  for (auto& r : longs) r.id += 1000;
+  int64_t tokens = 0;
+  for (auto& r : decoders) tokens += int64_t(r.prompt.size());
+  const auto t0 = std::chrono::steady_clock::now();
+  for (auto& r : decoders) engine.submit(r);
+  size_t next_long = 0;
+  std::vector<serve::GenResult> done;
+  MixedResult m;
+  while (!engine.idle() || (with_long && next_long < longs.size())) {
+    if (with_long && next_long < longs.size() && m.iterations == int(20 + next_long * size_t(z.arrival_every))) {
+      tokens += int64_t(longs[next_long].prompt.size());
+      engine.submit(longs[next_long++]);
+    }
+    engine.step();
+    ++m.iterations;
+    for (auto& r : engine.take_finished()) done.push_back(std::move(r));
+  }
+  m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::vector<double> gaps;
+  for (auto& r : done) {
+    tokens += int64_t(r.tokens.size());
+    if (r.id >= 1000) continue;
+    for (size_t i = 1; i < r.token_times.size(); ++i) gaps.push_back(r.token_times[i] - r.token_times[i - 1]);
+  }
+  m.p50_tbt = percentile(gaps, 0.5), m.p99_tbt = percentile(gaps, 0.99);
+  m.max_tbt = gaps.empty() ? 0 : *std::max_element(gaps.begin(), gaps.end());
+  m.tok_s = double(tokens) / m.seconds;
+  return m;
+}
+
+}  // namespace
+
+int bench_serve_main(const Args& args) {
+  po::options_description desc("bench serve options");
+  std::string scenario, config;
+  bool quick = false;
+  int mixed_budget;
+  EngineFlags flags;
+  desc.add_options()("scenario", po::value(&scenario)->default_value("all"), "all | batch1 | batch64 | prefix | mixed")(
+      "config", po::value(&config)->default_value("tinyllama"), "tinyllama | tiny (d 256, 2 layers: smoke runs)")(
+      "quick", po::bool_switch(&quick), "small request counts and lengths (CPU smoke run)")(
+      "mixed-budget", po::value(&mixed_budget)->default_value(128), "token budget of the chunked-prefill run in `mixed`");
+  flags.add_to(desc);
+  po::positional_options_description pos;
+  po::variables_map vm;
+  if (!parse_args(args, desc, pos, vm, "chunkwise bench serve [--scenario all] [--device cuda] [--quick]")) return 0;
+  flags.finish();
+  check(config == "tinyllama" || config == "tiny", "--config ", config, ": use tinyllama or tiny");
+  ModelConfig c = serve::tinyllama_config();
+  if (config == "tiny") c.d_model = 256, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.d_ff = 512, c.vocab_size = 2048;
+  Sizes z;
+  if (quick) {
+    z.prompt = 16, z.new_tokens = 16, z.batch = 8, z.prefix_reqs = 16, z.prefix_len = 128, z.suffix = 8, z.prefix_new = 8;
+    z.decoders = 4, z.decoder_new = 48, z.long_prompts = 2, z.long_len = 200, z.long_new = 4, z.arrival_every = 10;
+  }
+  auto t_build = std::chrono::steady_clock::now();
+  serve::Bundle bundle = serve::random_bundle(c, 1);
+  auto backend = make_backend(bundle, flags);
+  bundle.weights.clear();
+  const int V = int(c.vocab_size);
+  std::string card = backend->name();
+  double copy_bw = 0, weight_bytes = 0;
+#ifdef CHUNKWISE_SERVE_CUDA
+  if (auto* cb = dynamic_cast<serve::CudaBackend*>(backend.get())) {
+    card = cb->device_name();
+    copy_bw = serve::CudaBackend::copy_bandwidth(size_t(1) << 30);
+    weight_bytes = cb->weight_bytes();
+  }
+#endif
+  std::cerr << "bench serve: " << config << " on " << card << ", " << backend->num_pages() << " KV pages, built in "
+            << std::chrono::duration<double>(std::chrono::steady_clock::now() - t_build).count() << " s\n";
+  std::cout << "{\"bench\": \"serve-setup\", \"card\": \"" << card << "\", \"config\": \"" << config
+            << "\", \"weight_bytes\": " << weight_bytes << ", \"copy_bandwidth_gbs\": " << copy_bw / 1e9 << "}\n";
+  auto want = [&](const char* s) { return scenario == "all" || scenario == s; };
+  serve::EngineOptions base = flags.engine;
+
+  for (int B : {1, z.batch}) {
+    if (!want(B == 1 ? "batch1" : "batch64")) continue;
+    run_batch(*backend, base, requests(B, z.prompt, 8, V, 2));  // warm-up (captures the decode graphs)
+    RunResult r = run_batch(*backend, base, requests(B, z.prompt, z.new_tokens, V, 3));
+    double decode_tok_s = 0;
+    if (B == 1 && r.results[0].token_times.size() > 1) {
+      auto& tt = r.results[0].token_times;
+      decode_tok_s = double(tt.size() - 1) / (tt.back() - tt.front());
+    }
+    std::cout << "{\"bench\": \"serve-batch\", \"card\": \"" << card << "\", \"batch\": " << B << ", \"prompt\": " << z.prompt
+              << ", \"new\": " << z.new_tokens << ", \"seconds\": " << r.seconds
+              << ", \"new_tok_s\": " << double(r.new_tokens) / r.seconds;
+    if (B == 1) {
+      std::cout << ", \"decode_tok_s\": " << decode_tok_s;
+      if (copy_bw > 0) std::cout << ", \"weight_bandwidth_fraction\": " << decode_tok_s * weight_bytes / copy_bw;
+    }
+    std::cout << "}\n" << std::flush;
+  }
+  if (want("prefix")) {
+    std::mt19937_64 rng(4);
+    std::vector<int32_t> prefix(static_cast<size_t>(z.prefix_len));
+    for (auto& t : prefix) t = int32_t(rng() % uint64_t(V));
+    std::map<std::string, double> tok_s;
+    for (std::string mode : {"off", "on"}) {
+      serve::EngineOptions eo = base;
+      eo.prefix_sharing = mode == "on", eo.cascade = true;
+      run_batch(*backend, eo, requests(8, z.suffix, 4, V, 7, prefix));  // warm-up
+      RunResult r = run_batch(*backend, eo, requests(z.prefix_reqs, z.suffix, z.prefix_new, V, 8, prefix));
+      tok_s[mode] = double(r.new_tokens) / r.seconds;
+      std::cout << "{\"bench\": \"serve-prefix\", \"card\": \"" << card << "\", \"sharing\": \"" << mode
+                << "\", \"requests\": " << z.prefix_reqs << ", \"prefix\": " << z.prefix_len << ", \"suffix\": " << z.suffix
+                << ", \"new\": " << z.prefix_new << ", \"seconds\": " << r.seconds << ", \"new_tok_s\": " << tok_s[mode]
+                << ", \"requests_s\": " << double(z.prefix_reqs) / r.seconds << "}\n" << std::flush;
+    }
+    std::cout << "{\"bench\": \"serve-prefix-ratio\", \"card\": \"" << card << "\", \"speedup\": " << tok_s["on"] / tok_s["off"] << "}\n";
+  }
+  if (want("mixed")) {
+    serve::EngineOptions decode_only = base, chunked = base, prefill_first = base;
+    chunked.token_budget = mixed_budget, chunked.chunked_prefill = true;
+    prefill_first.chunked_prefill = false, prefill_first.token_budget = backend->max_tokens();
+    run_mixed(*backend, chunked, z, true, V);  // warm-up
+    MixedResult d = run_mixed(*backend, decode_only, z, false, V);
+    MixedResult ch = run_mixed(*backend, chunked, z, true, V);
+    MixedResult pf = run_mixed(*backend, prefill_first, z, true, V);
+    for (auto [name, m] : std::vector<std::pair<std::string, MixedResult>>{{"decode-only", d}, {"chunked", ch}, {"prefill-first", pf}})
+      std::cout << "{\"bench\": \"serve-mixed\", \"card\": \"" << card << "\", \"mode\": \"" << name << "\", \"decoders\": "
+                << z.decoders << ", \"long_prompts\": " << (name == "decode-only" ? 0 : z.long_prompts) << ", \"long_len\": "
+                << z.long_len << ", \"budget\": " << (name == "chunked" ? mixed_budget : name == "decode-only" ? base.token_budget : backend->max_tokens())
+                << ", \"seconds\": " << m.seconds << ", \"iterations\": " << m.iterations << ", \"p50_tbt_ms\": "
+                << m.p50_tbt * 1e3 << ", \"p99_tbt_ms\": " << m.p99_tbt * 1e3 << ", \"max_tbt_ms\": " << m.max_tbt * 1e3
+                << ", \"tok_s\": " << m.tok_s << "}\n";
+    std::cout << "{\"bench\": \"serve-mixed-ratio\", \"card\": \"" << card << "\", \"p99_chunked_over_decode_only\": "
+              << ch.p99_tbt / d.p99_tbt << ", \"p99_prefill_first_over_decode_only\": " << pf.p99_tbt / d.p99_tbt
+              << ", \"throughput_chunked_over_prefill_first\": " << ch.tok_s / pf.tok_s << "}\n";
+  }
+  return 0;
+}
+
+}  // namespace cw::cli
