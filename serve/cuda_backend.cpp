@@ -74,6 +74,14 @@ struct CudaBackend::Impl {
   std::vector<DenseItem> dense[2];
   void* prefill_ws = nullptr;
   int prefill_row_block = 0;
+  std::vector<std::pair<const char*, cudaEvent_t>>* marks = nullptr;  // set while profiling
+  void mark(const char* what) {
+    if (!marks) return;
+    cudaEvent_t e;
+    cudaEventCreate(&e);
+    cudaEventRecord(e, stream);
+    marks->push_back({what, e});
+  }
 
   template <typename T>
   T* alloc(size_t n, const char* what) {
@@ -116,11 +124,16 @@ struct CudaBackend::Impl {
     const int32_t* pos = d_meta + m_pos;
     int slots = 0;
     for (int li = 0; li < levels; ++li) slots += splits[li];
+    mark("start");
     kern::cuda::embedding(embed, d_meta + m_tokens, T, d, x, stream);
+    mark("embedding");
     for (auto& L : layers) {
       kern::cuda::rmsnorm(x, nullptr, T, d, L.ln1, eps, xn, stream);
+      mark("rmsnorm");
       linear(xn, T, L.qkv, nqkv, d, 0, qkv);
+      mark("qkv product");
       kern::cuda::rope_append(qkv, pos, d_meta + m_slots, T, H, Hkv, hd, float(c.rope_theta), L.k, L.v, stream);
+      mark("rope + KV append");
       int slot0 = 0;
       for (int li = 0; li < levels; ++li) {
         kern::cuda::paged_attention(qkv, pos, level_view(li, items[li]), d_meta + lv[li].tile_item,
@@ -133,17 +146,33 @@ struct CudaBackend::Impl {
                                       splits[li], slot0, o_part, lse_part, prefill_ws, stream);
         slot0 += splits[li];
       }
+      mark("attention");
       kern::cuda::merge_states(o_part, lse_part, slots, T, H, hd, att, nullptr, nullptr, stream);
+      mark("merge states");
       linear(att, T, L.o, d, H * hd, 1, x);
+      mark("o product");
       kern::cuda::rmsnorm(x, nullptr, T, d, L.ln2, eps, xn, stream);
+      mark("rmsnorm");
       linear(xn, T, L.gate_up, 2 * ff, d, 0, gu);
+      mark("gate/up product");
       kern::cuda::swiglu(gu, T, ff, h, stream);
+      mark("swiglu");
       linear(h, T, L.down, d, ff, 1, x);
+      mark("down product");
     }
     kern::cuda::rmsnorm(x, d_meta + m_sample, R, d, norm, eps, xn, stream);
     linear(xn, R, lm_head, V, d, 0, logits);
+    mark("lm head");
     kern::cuda::sample(logits, R, V, d_params, d_out, stream);
+    mark("sampling");
   }
+
+  struct Staged {
+    bool graph = false;
+    int B = 0, T = 0, R = 0, levels = 1, items[2] = {0, 0}, tiles[2] = {0, 0}, splits[2] = {1, 1};
+  };
+  Staged stage(const StepPlan& plan, bool allow_graph);  // fills and copies the step's metadata
+  void execute(const Staged& st);                        // the graph replay or the launches
 
   int splits_for(int blocks, int max_kv) const {
     int s = std::max(1, (2 * sms + blocks - 1) / std::max(1, blocks));
@@ -265,15 +294,16 @@ std::string CudaBackend::device_name() const { return impl_->device; }
 double CudaBackend::weight_bytes() const { return impl_->weight_bytes; }
 int CudaBackend::graphs_captured() const { return int(impl_->graphs.size()); }
 
-std::vector<int32_t> CudaBackend::forward(const StepPlan& plan, std::vector<float>* logits_out) {
-  Impl& m = *impl_;
+CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool allow_graph) {
+  Impl& m = *this;
+  Staged st;
   plan.validate(m.opt.page_size, m.opt.num_pages);
   const int T = plan.rows(), R = int(plan.sample_rows.size()), levels = int(plan.levels.size());
   check(T <= m.opt.max_tokens, "cuda backend: a step of ", T, " rows exceeds max_tokens ", m.opt.max_tokens);
   check(R <= std::min(m.opt.max_sample_rows, m.opt.max_tokens), "cuda backend: ", R, " sample rows exceed the maximum");
   check(levels <= 2, "cuda backend: at most two attention levels");
   for (int32_t t : plan.tokens) check(t >= 0 && t < m.c.vocab_size, "token id ", t, " is outside the vocabulary");
-  const bool graph = m.opt.cuda_graphs && plan.decode_only() && !logits_out;
+  const bool graph = allow_graph && m.opt.cuda_graphs && plan.decode_only();
   int B = T;
   if (graph) {
     B = 1;
@@ -340,22 +370,36 @@ std::vector<int32_t> CudaBackend::forward(const StepPlan& plan, std::vector<floa
   for (int li = 0; li < levels; ++li) copy_in(m.lv[li].kv_pages, pages_used[li]);
   check_cuda(cudaMemcpyAsync(m.d_params, m.h_params, size_t(rows_sampled) * sizeof(kern::SampleParams),
                              cudaMemcpyHostToDevice, m.stream), "copying sampling parameters");
-  if (graph) {
-    auto it = m.graphs.find(B);
+  st.graph = graph, st.B = B, st.T = T, st.R = R, st.levels = levels;
+  for (int li = 0; li < 2; ++li) st.items[li] = items[li], st.tiles[li] = tiles[li], st.splits[li] = splits[li];
+  return st;
+}
+
+void CudaBackend::Impl::execute(const Staged& st) {
+  Impl& m = *this;
+  if (st.graph) {
+    auto it = m.graphs.find(st.B);
     if (it == m.graphs.end()) {
       cudaGraph_t g;
       check_cuda(cudaStreamBeginCapture(m.stream, cudaStreamCaptureModeThreadLocal), "capturing a decode graph");
-      m.launch_all(B, B, 1, items, tiles, splits);
+      m.launch_all(st.B, st.B, 1, st.items, st.tiles, st.splits);
       check_cuda(cudaStreamEndCapture(m.stream, &g), "capturing a decode graph");
       cudaGraphExec_t exec;
       check_cuda(cudaGraphInstantiate(&exec, g, 0), "instantiating a decode graph");
       cudaGraphDestroy(g);
-      it = m.graphs.emplace(B, exec).first;
+      it = m.graphs.emplace(st.B, exec).first;
     }
     check_cuda(cudaGraphLaunch(it->second, m.stream), "replaying a decode graph");
   } else {
-    m.launch_all(T, R, levels, items, tiles, splits);
+    m.launch_all(st.T, st.R, st.levels, st.items, st.tiles, st.splits);
   }
+}
+
+std::vector<int32_t> CudaBackend::forward(const StepPlan& plan, std::vector<float>* logits_out) {
+  Impl& m = *impl_;
+  const Impl::Staged st = m.stage(plan, !logits_out);
+  m.execute(st);
+  const int R = st.R;
   check_cuda(cudaMemcpyAsync(m.h_out, m.d_out, size_t(R) * 4, cudaMemcpyDeviceToHost, m.stream), "copying sampled tokens");
   if (logits_out) {
     logits_out->resize(size_t(R) * size_t(m.c.vocab_size));
@@ -364,6 +408,48 @@ std::vector<int32_t> CudaBackend::forward(const StepPlan& plan, std::vector<floa
   }
   check_cuda(cudaStreamSynchronize(m.stream), "running a step");
   return std::vector<int32_t>(m.h_out, m.h_out + R);
+}
+
+CudaBackend::StepProfile CudaBackend::profile(const StepPlan& plan, int reps) {
+  Impl& m = *impl_;
+  StepProfile p;
+  forward(plan, nullptr);  // warm-up (and graph capture)
+  auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < reps; ++i) forward(plan, nullptr);
+  p.forward_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0), cudaEventCreate(&e1);
+  Impl::Staged st = m.stage(plan, true);
+  if (st.graph) {
+    m.execute(st);
+    cudaEventRecord(e0, m.stream);
+    for (int i = 0; i < reps; ++i) m.execute(st);
+    cudaEventRecord(e1, m.stream);
+    check_cuda(cudaEventSynchronize(e1), "profiling");
+    float ms = 0;
+    cudaEventElapsedTime(&ms, e0, e1);
+    p.graph_ms = ms / reps;
+  }
+  cudaEventDestroy(e0), cudaEventDestroy(e1);
+  st = m.stage(plan, false);
+  std::map<std::string, double> sum;
+  std::vector<std::string> order;
+  for (int i = 0; i < reps; ++i) {
+    std::vector<std::pair<const char*, cudaEvent_t>> marks;
+    m.marks = &marks;
+    m.execute(st);
+    m.marks = nullptr;
+    check_cuda(cudaStreamSynchronize(m.stream), "profiling");
+    for (size_t k = 1; k < marks.size(); ++k) {
+      float ms = 0;
+      cudaEventElapsedTime(&ms, marks[k - 1].second, marks[k].second);
+      if (!sum.count(marks[k].first)) order.push_back(marks[k].first);
+      sum[marks[k].first] += ms / reps;
+    }
+    for (auto& [n, e] : marks) cudaEventDestroy(e);
+  }
+  for (auto& n : order) p.ops.push_back({n, sum[n]}), p.ops_total_ms += sum[n];
+  return p;
 }
 
 std::vector<float> CudaBackend::cached(bool key, int layer, int slot) const {

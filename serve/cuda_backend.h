@@ -37,6 +37,13 @@ class CudaBackend : public Backend {
   double weight_bytes() const;  // bytes read per decode step for the weights
   int graphs_captured() const;
   std::vector<float> cached(bool key, int layer, int slot) const;  // for tests
+  // Where one step's time goes: the whole forward() (host work included), the graph replay alone (decode-only
+  // plans), and the GPU time of each operation summed over layers (events between launches, no graph).
+  struct StepProfile {
+    double forward_ms = 0, graph_ms = 0, ops_total_ms = 0;
+    std::vector<std::pair<std::string, double>> ops;
+  };
+  StepProfile profile(const StepPlan& plan, int reps);
   // Device-to-device copy bandwidth (read + write bytes per second) over buffers of BYTES.
   static double copy_bandwidth(size_t bytes);
 

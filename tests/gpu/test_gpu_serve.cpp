@@ -56,6 +56,12 @@ std::vector<float> from_bf16(const std::vector<uint16_t>& v) {
   return o;
 }
 std::vector<float> round_bf16(const std::vector<float>& v) { return from_bf16(to_bf16(v)); }
+// A random model whose weights are exactly representable in bf16, so CPU (fp32) and CUDA (bf16) hold the same.
+serve::Bundle bf16_bundle(const ModelConfig& c, uint64_t seed) {
+  serve::Bundle b = serve::random_bundle(c, seed, 0.1f);
+  for (auto& [name, w] : b.weights) w.data = round_bf16(w.data);
+  return b;
+}
 
 }  // namespace
 
@@ -317,7 +323,7 @@ serve::StepPlan prefill_plan(const std::vector<std::vector<int32_t>>& prompts, i
 }  // namespace
 
 TEST(GpuEngine, CudaLogitsMatchTheCpuBackendAtEveryPosition) {
-  serve::Bundle b = serve::random_bundle(small_serve_config(4, 2, 64), 31, 0.1f);
+  serve::Bundle b = bf16_bundle(small_serve_config(4, 2, 64), 31);
   std::mt19937_64 rng(25);
   std::vector<std::vector<int32_t>> prompts = {random_prompt(37, 512, rng), random_prompt(5, 512, rng), random_prompt(70, 512, rng)};
   serve::CpuBackendOptions co;
@@ -337,7 +343,7 @@ TEST(GpuEngine, CudaLogitsMatchTheCpuBackendAtEveryPosition) {
 }
 
 TEST(GpuEngine, GreedyAgreesAcrossBudgetsGraphsSharingAndWithTheCpu) {
-  serve::Bundle b = serve::random_bundle(small_serve_config(8, 2, 64), 32, 0.1f);
+  serve::Bundle b = bf16_bundle(small_serve_config(8, 2, 64), 32);
   std::mt19937_64 rng(26);
   const auto prefix = random_prompt(48, 512, rng);
   std::vector<serve::GenRequest> reqs;

@@ -102,6 +102,30 @@ MixedResult run_mixed(serve::Backend& be, serve::EngineOptions eo, const Sizes& 
   return m;
 }
 
+// A step of B decode rows at context L, plus (optionally) one prefill chunk of C rows ending at context P.
+serve::StepPlan synthetic_plan(int B, int L, int C, int P, int page, int vocab) {
+  serve::StepPlan plan;
+  int next_page = 1;
+  auto item = [&](int rows, int kv_len, bool sample_last) {
+    serve::AttnItem it;
+    it.q_begin = plan.rows();
+    for (int p = 0; p < (kv_len + page - 1) / page; ++p) it.pages.push_back(next_page++);
+    for (int r = 0; r < rows; ++r) {
+      const int pos = kv_len - rows + r;
+      plan.tokens.push_back((pos * 7919 + r) % vocab);
+      plan.positions.push_back(pos);
+      plan.slots.push_back(it.pages[size_t(pos / page)] * page + pos % page);
+    }
+    it.q_end = plan.rows(), it.kv_len = kv_len;
+    if (sample_last) plan.sample_rows.push_back(plan.rows() - 1), plan.sample_params.push_back({});
+    plan.levels[0].push_back(it);
+  };
+  plan.levels.resize(1);
+  for (int b = 0; b < B; ++b) item(1, L, true);
+  if (C > 0) item(C, P, false);
+  return plan;
+}
+
 }  // namespace
 
 int bench_serve_main(const Args& args) {
@@ -110,7 +134,7 @@ int bench_serve_main(const Args& args) {
   bool quick = false;
   int mixed_budget;
   EngineFlags flags;
-  desc.add_options()("scenario", po::value(&scenario)->default_value("all"), "all | batch1 | batch64 | prefix | mixed")(
+  desc.add_options()("scenario", po::value(&scenario)->default_value("all"), "all | batch1 | batch64 | prefix | mixed | profile (CUDA: time per operation)")(
       "config", po::value(&config)->default_value("tinyllama"), "tinyllama | tiny (d 256, 2 layers: smoke runs)")(
       "quick", po::bool_switch(&quick), "small request counts and lengths (CPU smoke run)")(
       "mixed-budget", po::value(&mixed_budget)->default_value(128), "token budget of the chunked-prefill run in `mixed`");
@@ -166,6 +190,22 @@ int bench_serve_main(const Args& args) {
     }
     std::cout << "}\n" << std::flush;
   }
+#ifdef CHUNKWISE_SERVE_CUDA
+  if (scenario == "profile")
+    if (auto* cb = dynamic_cast<serve::CudaBackend*>(backend.get())) {
+      struct Case { const char* name; int B, L, C, P; };
+      for (Case k : {Case{"decode-b1-ctx256", 1, 256, 0, 0}, Case{"decode-b64-ctx256", 64, 256, 0, 0},
+                     Case{"decode-b32-ctx512", 32, 512, 0, 0}, Case{"mixed-b32-chunk96-ctx1024", 32, 512, 96, 1024},
+                     Case{"prefill-chunk2048", 0, 0, 2048, 2048}}) {
+        auto p = cb->profile(synthetic_plan(k.B, k.L, k.C, k.P, flags.page_size, V), 20);
+        std::cout << "{\"bench\": \"serve-profile\", \"card\": \"" << card << "\", \"step\": \"" << k.name
+                  << "\", \"forward_ms\": " << p.forward_ms << ", \"graph_ms\": " << p.graph_ms
+                  << ", \"ops_total_ms\": " << p.ops_total_ms << ", \"ops_ms\": {";
+        for (size_t i = 0; i < p.ops.size(); ++i) std::cout << (i ? ", " : "") << "\"" << p.ops[i].first << "\": " << p.ops[i].second;
+        std::cout << "}}\n" << std::flush;
+      }
+    }
+#endif
   if (want("prefix")) {
     std::mt19937_64 rng(4);
     std::vector<int32_t> prefix(static_cast<size_t>(z.prefix_len));
