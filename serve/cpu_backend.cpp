@@ -43,6 +43,9 @@ std::vector<float> CpuBackend::cached(bool key, int layer, int slot) const {
 }
 
 namespace {
+void round_bf16(float* x, size_t n) {
+  for (size_t i = 0; i < n; ++i) x[i] = kern::bf16_to_float(kern::float_to_bf16(x[i]));
+}
 // The CSR arrays of one attention level.
 struct LevelArrays {
   std::vector<int32_t> q_indptr{0}, kv_indptr{0}, kv_pages, kv_len, kv_pos0;
@@ -83,25 +86,39 @@ std::vector<int32_t> CpuBackend::forward(const StepPlan& plan, std::vector<float
   std::vector<float> x(size_t(T) * d), xn(size_t(T) * d), qkv(size_t(T) * nqkv), att(size_t(T) * H * hd),
       o_part(size_t(slots) * T * H * hd), lse_part(size_t(slots) * T * H), gu(size_t(T) * 2 * ff), h(size_t(T) * ff);
   for (int32_t t : plan.tokens) check(t >= 0 && t < V, "token id ", t, " is outside the vocabulary");
+  const bool r16 = opt_.round_like_cuda;
+  auto rnd = [&](std::vector<float>& v) {
+    if (r16) round_bf16(v.data(), v.size());
+  };
   kern::ref::embedding(embed_.data(), plan.tokens.data(), T, d, x.data());
   for (auto& L : layers_) {
     kern::ref::rmsnorm(x.data(), nullptr, T, d, L.ln1.data(), eps, xn.data());
+    rnd(xn);
     kern::ref::matmul(xn.data(), T, d, L.qkv.data(), nqkv, 0, qkv.data());
     kern::ref::rope_append(qkv.data(), plan.positions.data(), plan.slots.data(), T, H, Hkv, hd, float(c_.rope_theta),
                            L.k_cache.data(), L.v_cache.data());
+    if (r16)
+      for (int32_t slot : plan.slots) {
+        round_bf16(L.k_cache.data() + size_t(slot) * Hkv * hd, size_t(Hkv) * hd);
+        round_bf16(L.v_cache.data() + size_t(slot) * Hkv * hd, size_t(Hkv) * hd);
+      }
     for (size_t li = 0; li < levels.size(); ++li)
       kern::ref::paged_attention(qkv.data(), plan.positions.data(), levels[li].view(), shape, L.k_cache.data(),
                                  L.v_cache.data(), opt_.splits, int(li) * opt_.splits, o_part.data(), lse_part.data());
     kern::ref::merge_states(o_part.data(), lse_part.data(), slots, T, H, hd, att.data(), nullptr);
+    rnd(att);
     kern::ref::matmul(att.data(), T, H * hd, L.o.data(), d, 1, x.data());
     kern::ref::rmsnorm(x.data(), nullptr, T, d, L.ln2.data(), eps, xn.data());
+    rnd(xn);
     kern::ref::matmul(xn.data(), T, d, L.gate_up.data(), 2 * ff, 0, gu.data());
     kern::ref::swiglu(gu.data(), T, ff, h.data());
+    rnd(h);
     kern::ref::matmul(h.data(), T, ff, L.down.data(), d, 1, x.data());
   }
   const int R = int(plan.sample_rows.size());
   std::vector<float> xs(size_t(R) * d), logits(size_t(R) * V);
   kern::ref::rmsnorm(x.data(), plan.sample_rows.data(), R, d, norm_.data(), eps, xs.data());
+  rnd(xs);
   kern::ref::matmul(xs.data(), R, d, lm_head_.data(), V, 0, logits.data());
   std::vector<int32_t> out(static_cast<size_t>(R));
   kern::ref::sample(logits.data(), R, V, plan.sample_params.data(), out.data());

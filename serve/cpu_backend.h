@@ -15,6 +15,7 @@ struct CpuBackendOptions {
   int num_pages = 256;
   int max_tokens = 2048;
   int splits = 1;  // KV parts per item (split-KV); results must not depend on it beyond rounding
+  bool round_like_cuda = false;  // round the CUDA backend's bf16 tensors (matmul inputs, KV) to bf16 too
 };
 
 class CpuBackend : public Backend {

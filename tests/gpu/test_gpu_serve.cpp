@@ -327,7 +327,7 @@ TEST(GpuEngine, CudaLogitsMatchTheCpuBackendAtEveryPosition) {
   std::mt19937_64 rng(25);
   std::vector<std::vector<int32_t>> prompts = {random_prompt(37, 512, rng), random_prompt(5, 512, rng), random_prompt(70, 512, rng)};
   serve::CpuBackendOptions co;
-  co.num_pages = 40;
+  co.num_pages = 40, co.round_like_cuda = true;  // the same bf16 roundings as the GPU, in fp32 arithmetic
   serve::CudaBackendOptions go;
   go.num_pages = 40, go.max_tokens = 256;
   serve::CpuBackend cpu(b, co);
