@@ -22,11 +22,21 @@ void rope_append(float* qkv, const int32_t* pos, const int32_t* slot, int T, int
                  uint16_t* k_cache, uint16_t* v_cache, cudaStream_t s);
 void swiglu(const float* gate_up, int T, int ff, uint16_t* out, cudaStream_t s);
 // Work list of an attention launch: block b handles rows [tile_row0[b], +rows_per_tile) of item tile_item[b].
+// rows_per_tile is 1 when every item has one row (decode) and attention_rows_per_tile() otherwise.
 void attention_tiles(const std::vector<int32_t>& q_indptr, int rows_per_tile, std::vector<int32_t>& tile_item,
                      std::vector<int32_t>& tile_row0);
+// Optional fused merge: the last block of each (tile, KV head) combines all `slots` partial states of its rows
+// into out (bf16 [rows][H*hd]); counters (tiles * kv_heads ints, zero) count finished splits and end at zero.
+// Valid when every row of the step is covered by this launch's tiles (no tensor-core items).
+struct AttnMerge {
+  int slots = 0;
+  uint16_t* out = nullptr;
+  int32_t* counters = nullptr;
+};
 void paged_attention(const float* q, const int32_t* q_pos, const AttnLevel& level, const int32_t* tile_item,
-                     const int32_t* tile_row0, int num_tiles, const AttnShape& shape, const uint16_t* k_cache,
-                     const uint16_t* v_cache, int splits, int slot0, float* o_part, float* lse_part, cudaStream_t s);
+                     const int32_t* tile_row0, int num_tiles, int rows_per_tile, const AttnShape& shape,
+                     const uint16_t* k_cache, const uint16_t* v_cache, int splits, int slot0, float* o_part,
+                     float* lse_part, const AttnMerge& merge, cudaStream_t s);
 // One item with many query rows (rows row_begin.. of the launch, its page list PAGES on the device) on tensor
 // cores: the same partial state as paged_attention, into slot0, and -inf into slots slot0+1..slot0+splits-1.
 size_t paged_prefill_workspace(int rows, int kv_len, const AttnShape& shape);
@@ -39,6 +49,11 @@ void merge_states(const float* o_part, const float* lse_part, int slots, int row
                   float* o_f32, float* lse, cudaStream_t s);
 // y[T][out] = beta * y + x[T][in] W^T for T in 1..4 (bandwidth-bound decode); in must be a multiple of 8.
 void gemv(const uint16_t* W, int out, int in, const uint16_t* x, int T, float beta, float* y, cudaStream_t s);
+// The same product with its input built by each block: RMSNorm(x) * norm_w (x fp32 [T][in]), or
+// silu(gate) * up from gate_up fp32 [T][2*in]; equal to rmsnorm / swiglu followed by gemv.
+void gemv_rmsnorm(const uint16_t* W, int out, int in, const float* x, const uint16_t* norm_w, float eps, int T,
+                  float beta, float* y, cudaStream_t s);
+void gemv_swiglu(const uint16_t* W, int out, int in, const float* gate_up, int T, float beta, float* y, cudaStream_t s);
 void sample(const float* logits, int rows, int V, const SampleParams* params, int32_t* out, cudaStream_t s);
 
 }  // namespace cw::kern::cuda

@@ -66,6 +66,13 @@ struct CudaBackend::Impl {
   size_t m_tokens = 0, m_pos = 0, m_slots = 0, m_sample = 0, small_end = 0, meta_total = 0, max_pages_listed = 0;
   LevelMeta lv[2];
   std::map<int, cudaGraphExec_t> graphs;
+  struct Staged {
+    bool graph = false;
+    int B = 0, T = 0, R = 0, levels = 1, items[2] = {0, 0}, tiles[2] = {0, 0}, splits[2] = {1, 1}, rpt[2] = {1, 1};
+    bool fused_merge = false;  // no tensor-core items: the last attention launch merges
+  };
+  Staged stage(const StepPlan& plan, bool allow_graph);  // fills and copies the step's metadata
+  void execute(const Staged& st);                        // the graph replay or the launches
   // Items with many query rows go to the tensor-core path (kernels/paged_attention/paged_prefill.cu).
   struct DenseItem {
     int row_begin, rows, kv_len, kv_pos0;
@@ -73,6 +80,7 @@ struct CudaBackend::Impl {
   };
   std::vector<DenseItem> dense[2];
   void* prefill_ws = nullptr;
+  int32_t* merge_counters = nullptr;  // fused merge: finished splits per (tile, KV head)
   int prefill_row_block = 0;
   std::vector<std::pair<const char*, cudaEvent_t>>* marks = nullptr;  // set while profiling
   void mark(const char* what) {
@@ -114,7 +122,9 @@ struct CudaBackend::Impl {
   }
 
   // The whole forward for T rows and R sample rows, reading metadata from d_meta.
-  void launch_all(int T, int R, int levels, const int* items, const int* tiles, const int* splits) {
+  void launch_all(const Staged& st) {
+    const int T = st.graph ? st.B : st.T, R = st.graph ? st.B : st.R, levels = st.levels;
+    const int *items = st.items, *tiles = st.tiles, *splits = st.splits;
     const int d = int(c.d_model), H = int(c.n_heads), Hkv = int(c.n_kv_heads), hd = int(c.head_dim());
     const int ff = int(c.d_ff), V = int(c.vocab_size), nqkv = (H + 2 * Hkv) * hd;
     const float eps = float(c.norm_eps);
@@ -127,18 +137,25 @@ struct CudaBackend::Impl {
     mark("start");
     kern::cuda::embedding(embed, d_meta + m_tokens, T, d, x, stream);
     mark("embedding");
+    const bool fuse = T <= 4;  // decode: norms and SwiGLU run inside the matrix-vector products
     for (auto& L : layers) {
-      kern::cuda::rmsnorm(x, nullptr, T, d, L.ln1, eps, xn, stream);
-      mark("rmsnorm");
-      linear(xn, T, L.qkv, nqkv, d, 0, qkv);
+      if (fuse) {
+        kern::cuda::gemv_rmsnorm(L.qkv, nqkv, d, x, L.ln1, eps, T, 0, qkv, stream);
+      } else {
+        kern::cuda::rmsnorm(x, nullptr, T, d, L.ln1, eps, xn, stream);
+        mark("rmsnorm");
+        linear(xn, T, L.qkv, nqkv, d, 0, qkv);
+      }
       mark("qkv product");
       kern::cuda::rope_append(qkv, pos, d_meta + m_slots, T, H, Hkv, hd, float(c.rope_theta), L.k, L.v, stream);
       mark("rope + KV append");
       int slot0 = 0;
       for (int li = 0; li < levels; ++li) {
+        kern::cuda::AttnMerge merge;
+        if (st.fused_merge && li == levels - 1) merge.slots = slots, merge.out = att, merge.counters = merge_counters;
         kern::cuda::paged_attention(qkv, pos, level_view(li, items[li]), d_meta + lv[li].tile_item,
-                                    d_meta + lv[li].tile_row0, tiles[li], shape, L.k, L.v, splits[li], slot0, o_part,
-                                    lse_part, stream);
+                                    d_meta + lv[li].tile_row0, tiles[li], st.rpt[li], shape, L.k, L.v, splits[li],
+                                    slot0, o_part, lse_part, merge, stream);
         for (const DenseItem& it : dense[li])
           for (int r0 = 0; r0 < it.rows; r0 += prefill_row_block)
             kern::cuda::paged_prefill(blas, qkv, pos, it.row_begin + r0, std::min(prefill_row_block, it.rows - r0),
@@ -147,10 +164,19 @@ struct CudaBackend::Impl {
         slot0 += splits[li];
       }
       mark("attention");
-      kern::cuda::merge_states(o_part, lse_part, slots, T, H, hd, att, nullptr, nullptr, stream);
-      mark("merge states");
+      if (!st.fused_merge) {
+        kern::cuda::merge_states(o_part, lse_part, slots, T, H, hd, att, nullptr, nullptr, stream);
+        mark("merge states");
+      }
       linear(att, T, L.o, d, H * hd, 1, x);
       mark("o product");
+      if (fuse) {
+        kern::cuda::gemv_rmsnorm(L.gate_up, 2 * ff, d, x, L.ln2, eps, T, 0, gu, stream);
+        mark("gate/up product");
+        kern::cuda::gemv_swiglu(L.down, d, ff, gu, T, 1, x, stream);
+        mark("down product");
+        continue;
+      }
       kern::cuda::rmsnorm(x, nullptr, T, d, L.ln2, eps, xn, stream);
       mark("rmsnorm");
       linear(xn, T, L.gate_up, 2 * ff, d, 0, gu);
@@ -167,15 +193,9 @@ struct CudaBackend::Impl {
     mark("sampling");
   }
 
-  struct Staged {
-    bool graph = false;
-    int B = 0, T = 0, R = 0, levels = 1, items[2] = {0, 0}, tiles[2] = {0, 0}, splits[2] = {1, 1};
-  };
-  Staged stage(const StepPlan& plan, bool allow_graph);  // fills and copies the step's metadata
-  void execute(const Staged& st);                        // the graph replay or the launches
 
   int splits_for(int blocks, int max_kv) const {
-    int s = std::max(1, (2 * sms + blocks - 1) / std::max(1, blocks));
+    int s = std::max(1, (8 * sms + blocks - 1) / std::max(1, blocks));
     if (max_kv >= 0) s = std::min(s, std::max(1, (max_kv + 63) / 64));
     return std::min(s, opt.max_splits);
   }
@@ -231,6 +251,8 @@ CudaBackend::CudaBackend(const Bundle& b, CudaBackendOptions opt) : impl_(std::m
   m.o_part = m.alloc<float>(slots * T * H * hd, "attention partial states");
   m.lse_part = m.alloc<float>(slots * T * H, "attention partial states");
   m.logits = m.alloc<float>(R * size_t(c.vocab_size), "logits");
+  m.merge_counters = m.alloc<int32_t>(T * Hkv, "attention counters");
+  check_cuda(cudaMemset(m.merge_counters, 0, T * Hkv * 4), "attention counters");
   {
     kern::AttnShape shape;
     shape.heads = int(H), shape.kv_heads = int(Hkv), shape.head_dim = int(hd), shape.page_size = opt.page_size;
@@ -322,7 +344,12 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
     hm[m.m_sample + i] = i < R ? plan.sample_rows[size_t(i)] : i;
     m.h_params[i] = i < R ? plan.sample_params[size_t(i)] : kern::SampleParams{};
   }
-  const int rpt = kern::attention_rows_per_tile(int(m.c.n_heads), int(m.c.n_kv_heads));
+  const int rpt_multi = kern::attention_rows_per_tile(int(m.c.n_heads), int(m.c.n_kv_heads));
+  int rpts[2] = {1, 1};
+  auto dense_item = [](const AttnItem& it) { return it.q_end - it.q_begin >= 16 && it.kv_len >= 1; };
+  for (int li = 0; li < levels; ++li)
+    for (const auto& it : plan.levels[size_t(li)])
+      if (!dense_item(it) && it.q_end - it.q_begin > 1) rpts[li] = rpt_multi;
   int items[2] = {0, 0}, tiles[2] = {0, 0}, splits[2] = {1, 1};
   size_t pages_used[2] = {0, 0};
   std::vector<int32_t> q_indptr, tile_item, tile_row0;
@@ -330,6 +357,7 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
   for (int li = 0; li < levels; ++li) {
     const auto& lvl = plan.levels[size_t(li)];
     const auto& L = m.lv[li];
+    const int rpt = rpts[li];
     q_indptr.assign(1, 0);
     tile_item.clear(), tile_row0.clear();
     size_t np = 0;
@@ -342,14 +370,14 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
         const auto& it = lvl[size_t(i)];
         check(np + it.pages.size() <= m.max_pages_listed, "cuda backend: the step lists too many KV pages");
         const int rows_i = it.q_end - it.q_begin;
-        if (rows_i >= 16 && it.kv_len >= 1) m.dense[li].push_back({it.q_begin, rows_i, it.kv_len, it.kv_pos0, np});
+        if (dense_item(it)) m.dense[li].push_back({it.q_begin, rows_i, it.kv_len, it.kv_pos0, np});
         else
           for (int r = it.q_begin; r < it.q_end; r += rpt) tile_item.push_back(i), tile_row0.push_back(r);
         std::copy(it.pages.begin(), it.pages.end(), hm + L.kv_pages + np);
         np += it.pages.size();
         hm[L.kv_len + i] = it.kv_len, hm[L.kv_pos0 + i] = it.kv_pos0;
         q_indptr.push_back(it.q_end);
-        if (rows_i < 16 || it.kv_len < 1) max_kv = std::max(max_kv, it.kv_len);
+        if (!dense_item(it)) max_kv = std::max(max_kv, it.kv_len);
       } else {
         hm[L.kv_len + i] = 0, hm[L.kv_pos0 + i] = 0;
         q_indptr.push_back(i + 1);
@@ -371,7 +399,9 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
   check_cuda(cudaMemcpyAsync(m.d_params, m.h_params, size_t(rows_sampled) * sizeof(kern::SampleParams),
                              cudaMemcpyHostToDevice, m.stream), "copying sampling parameters");
   st.graph = graph, st.B = B, st.T = T, st.R = R, st.levels = levels;
-  for (int li = 0; li < 2; ++li) st.items[li] = items[li], st.tiles[li] = tiles[li], st.splits[li] = splits[li];
+  for (int li = 0; li < 2; ++li)
+    st.items[li] = items[li], st.tiles[li] = tiles[li], st.splits[li] = splits[li], st.rpt[li] = rpts[li];
+  st.fused_merge = m.dense[0].empty() && m.dense[1].empty();
   return st;
 }
 
@@ -382,7 +412,7 @@ void CudaBackend::Impl::execute(const Staged& st) {
     if (it == m.graphs.end()) {
       cudaGraph_t g;
       check_cuda(cudaStreamBeginCapture(m.stream, cudaStreamCaptureModeThreadLocal), "capturing a decode graph");
-      m.launch_all(st.B, st.B, 1, st.items, st.tiles, st.splits);
+      m.launch_all(st);
       check_cuda(cudaStreamEndCapture(m.stream, &g), "capturing a decode graph");
       cudaGraphExec_t exec;
       check_cuda(cudaGraphInstantiate(&exec, g, 0), "instantiating a decode graph");
@@ -391,7 +421,7 @@ void CudaBackend::Impl::execute(const Staged& st) {
     }
     check_cuda(cudaGraphLaunch(it->second, m.stream), "replaying a decode graph");
   } else {
-    m.launch_all(st.T, st.R, st.levels, st.items, st.tiles, st.splits);
+    m.launch_all(st);
   }
 }
 

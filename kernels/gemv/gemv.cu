@@ -20,13 +20,13 @@ __device__ __forceinline__ uint4 load_streaming(const uint4* p) {
   return v;
 }
 
+// One warp per output row: y[t][row] = beta * y + W[row] . x[t], x given as 16-byte pieces (global or shared).
 template <int T>
-__global__ void __launch_bounds__(256) gemv_kernel(const uint16_t* W, int out, int in, const uint16_t* x, float beta, float* y) {
+__device__ __forceinline__ void gemv_rows(const uint16_t* W, int out, int in, const uint4* xv, float beta, float* y) {
   const int row = blockIdx.x * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (row >= out) return;
   const int nvec = in / 8;
   const uint4* w = reinterpret_cast<const uint4*>(W + int64_t(row) * in);
-  const uint4* xv = reinterpret_cast<const uint4*>(x);
   float acc[T];
 #pragma unroll
   for (int t = 0; t < T; ++t) acc[t] = 0;
@@ -52,6 +52,62 @@ __global__ void __launch_bounds__(256) gemv_kernel(const uint16_t* W, int out, i
       dst = beta == 0.f ? s : s + beta * dst;
     }
   }
+}
+
+template <int T>
+__global__ void __launch_bounds__(256) gemv_kernel(const uint16_t* W, int out, int in, const uint16_t* x, float beta, float* y) {
+  gemv_rows<T>(W, out, in, reinterpret_cast<const uint4*>(x), beta, y);
+}
+
+// The input built per block in shared memory: kNorm = RMSNorm(x) * w, kSwiglu = silu(gate) * up (both as the
+// standalone rmsnorm / swiglu kernels compute them, rounded to bf16), then the same product.
+enum Prologue { kNorm, kSwiglu };
+template <int T, Prologue P>
+__global__ void __launch_bounds__(256) gemv_prologue_kernel(const uint16_t* W, int out, int in, const float* x,
+                                                            const uint16_t* nw, float eps, float beta, float* y) {
+  extern __shared__ uint4 xs4[];
+  uint16_t* xs = reinterpret_cast<uint16_t*>(xs4);
+  for (int t = 0; t < T; ++t) {
+    if (P == kNorm) {
+      const float* xr = x + int64_t(t) * in;
+      float ss = 0;
+      for (int i = threadIdx.x; i < in; i += blockDim.x) ss += xr[i] * xr[i];
+      ss = dev::block_sum(ss);
+      const float inv = rsqrtf(ss / in + eps);
+      for (int i = threadIdx.x; i < in; i += blockDim.x) xs[t * in + i] = dev::float_to_bf(dev::bf_to_float(nw[i]) * (xr[i] * inv));
+    } else {
+      const float* g = x + int64_t(t) * 2 * in;
+      for (int i = threadIdx.x; i < in; i += blockDim.x) xs[t * in + i] = dev::float_to_bf(g[i] / (1.f + expf(-g[i])) * g[in + i]);
+    }
+  }
+  __syncthreads();
+  gemv_rows<T>(W, out, in, xs4, beta, y);
+}
+
+template <Prologue P>
+static void launch_prologue(const uint16_t* W, int out, int in, const float* x, const uint16_t* nw, float eps, int T,
+                            float beta, float* y, cudaStream_t s) {
+  check(in % 8 == 0, "gemv: the inner dimension (", in, ") must be a multiple of 8");
+  const int blocks = (out + 7) / 8;
+  const size_t smem = size_t(T) * in * 2;
+  check(smem <= 48 * 1024, "gemv: ", T, " rows of ", in, " do not fit in shared memory");
+  switch (T) {
+    case 1: gemv_prologue_kernel<1, P><<<blocks, 256, smem, s>>>(W, out, in, x, nw, eps, beta, y); break;
+    case 2: gemv_prologue_kernel<2, P><<<blocks, 256, smem, s>>>(W, out, in, x, nw, eps, beta, y); break;
+    case 3: gemv_prologue_kernel<3, P><<<blocks, 256, smem, s>>>(W, out, in, x, nw, eps, beta, y); break;
+    case 4: gemv_prologue_kernel<4, P><<<blocks, 256, smem, s>>>(W, out, in, x, nw, eps, beta, y); break;
+    default: fail("gemv: ", T, " rows; 1 to 4 are built (use cuBLAS above)");
+  }
+  check_cuda(cudaGetLastError(), "gemv kernel");
+}
+
+void gemv_rmsnorm(const uint16_t* W, int out, int in, const float* x, const uint16_t* norm_w, float eps, int T,
+                  float beta, float* y, cudaStream_t s) {
+  launch_prologue<kNorm>(W, out, in, x, norm_w, eps, T, beta, y, s);
+}
+
+void gemv_swiglu(const uint16_t* W, int out, int in, const float* gate_up, int T, float beta, float* y, cudaStream_t s) {
+  launch_prologue<kSwiglu>(W, out, in, gate_up, nullptr, 0.f, T, beta, y, s);
 }
 
 void gemv(const uint16_t* W, int out, int in, const uint16_t* x, int T, float beta, float* y, cudaStream_t s) {

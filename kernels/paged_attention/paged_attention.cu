@@ -18,11 +18,12 @@ constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 template <int HD>
 __global__ void __launch_bounds__(512)
     paged_attention_kernel(const float* q, const int32_t* q_pos, AttnLevel L, const int32_t* tile_item,
-                           const int32_t* tile_row0, AttnShape S, const uint16_t* k_cache, const uint16_t* v_cache,
-                           int splits, int slot0, float* o_part, float* lse_part) {
-  constexpr int PER = HD / 32;
+                           const int32_t* tile_row0, int rpt, AttnShape S, const uint16_t* k_cache,
+                           const uint16_t* v_cache, int splits, int slot0, float* o_part, float* lse_part,
+                           AttnMerge merge) {
+  constexpr int PER = HD / 32, KS = HD + 4;  // padded K rows: lane j reads row j in 16-byte pieces without conflicts
   extern __shared__ float smem[];
-  const int group = S.heads / S.kv_heads, rpt = attention_rows_per_tile(S.heads, S.kv_heads);
+  const int group = S.heads / S.kv_heads;
   const int item = tile_item[blockIdx.x], row0 = tile_row0[blockIdx.x], kvh = blockIdx.y, split = blockIdx.z;
   const int row_end = min(row0 + rpt, L.q_indptr[item + 1]);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -34,7 +35,6 @@ __global__ void __launch_bounds__(512)
   int block_end = begin;
   for (int rr = row0; rr < row_end; ++rr) block_end = max(block_end, min(end, q_pos[rr] - pos0 + 1));
 
-  constexpr int KS = HD + 4;                // padded row: lane j reads row j in 16-byte pieces without conflicts
   float* Ks = smem;                          // [kTile][KS]
   float* Vs = Ks + kTile * KS;               // [kTile][HD]
   float* Qs = Vs + kTile * HD + warp * HD;   // this warp's query, pre-scaled to base 2
@@ -47,16 +47,20 @@ __global__ void __launch_bounds__(512)
 
   for (int t0 = begin; t0 < block_end; t0 += kTile) {
     __syncthreads();
-    for (int e = threadIdx.x; e < kTile * (HD / 2); e += blockDim.x) {
-      const int j = e / (HD / 2), d = (e % (HD / 2)) * 2, t = t0 + j;
-      float2 kf = make_float2(0.f, 0.f), vf = kf;
+    for (int e = threadIdx.x; e < kTile * (HD / 8); e += blockDim.x) {  // 16-byte pieces of K and V
+      const int j = e / (HD / 8), d = (e % (HD / 8)) * 8, t = t0 + j;
+      uint4 kb = make_uint4(0, 0, 0, 0), vb = kb;
       if (t < block_end) {
         const int64_t off = ((int64_t(pages[t / S.page_size]) * S.page_size + t % S.page_size) * S.kv_heads + kvh) * HD + d;
-        kf = dev::bf2_to_float2(*reinterpret_cast<const uint32_t*>(k_cache + off));
-        vf = dev::bf2_to_float2(*reinterpret_cast<const uint32_t*>(v_cache + off));
+        kb = *reinterpret_cast<const uint4*>(k_cache + off);
+        vb = *reinterpret_cast<const uint4*>(v_cache + off);
       }
-      *reinterpret_cast<float2*>(Ks + j * KS + d) = kf;
-      *reinterpret_cast<float2*>(Vs + j * HD + d) = vf;
+      float4* kd = reinterpret_cast<float4*>(Ks + j * KS + d);
+      float4* vd = reinterpret_cast<float4*>(Vs + j * HD + d);
+      float2 a = dev::bf2_to_float2(kb.x), b = dev::bf2_to_float2(kb.y), c = dev::bf2_to_float2(kb.z), e2 = dev::bf2_to_float2(kb.w);
+      kd[0] = make_float4(a.x, a.y, b.x, b.y), kd[1] = make_float4(c.x, c.y, e2.x, e2.y);
+      a = dev::bf2_to_float2(vb.x), b = dev::bf2_to_float2(vb.y), c = dev::bf2_to_float2(vb.z), e2 = dev::bf2_to_float2(vb.w);
+      vd[0] = make_float4(a.x, a.y, b.x, b.y), vd[1] = make_float4(c.x, c.y, e2.x, e2.y);
     }
     __syncthreads();
     if (!active) continue;
@@ -88,11 +92,42 @@ __global__ void __launch_bounds__(512)
     }
     m = m_new;
   }
-  if (!active) return;
-  const int64_t idx = (int64_t(slot0 + split) * S.rows + r) * S.heads + h;
+  if (active) {
+    const int64_t idx = (int64_t(slot0 + split) * S.rows + r) * S.heads + h;
 #pragma unroll
-  for (int i = 0; i < PER; ++i) o_part[idx * HD + lane + 32 * i] = l > 0 ? acc[i] / l : 0.f;
-  if (lane == 0) lse_part[idx] = l > 0 ? (m + log2f(l)) * kLn2 : -INFINITY;
+    for (int i = 0; i < PER; ++i) o_part[idx * HD + lane + 32 * i] = l > 0 ? acc[i] / l : 0.f;
+    if (lane == 0) lse_part[idx] = l > 0 ? (m + log2f(l)) * kLn2 : -INFINITY;
+  }
+  if (!merge.out) return;
+  // Fused merge: the last block to finish for this (tile, kv head) combines every slot of its rows.
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int32_t* counter = merge.counters + int64_t(blockIdx.x) * gridDim.y + kvh;
+    last = atomicAdd(counter, 1) == splits - 1;
+    if (last) *counter = 0;  // ready for the next launch (graph replays)
+  }
+  __syncthreads();
+  if (!last || !active) return;
+  __threadfence();
+  float mx = -INFINITY;
+  for (int sl = 0; sl < merge.slots; ++sl) mx = fmaxf(mx, __ldcg(lse_part + (int64_t(sl) * S.rows + r) * S.heads + h));
+  float z = 0, out[PER];
+#pragma unroll
+  for (int i = 0; i < PER; ++i) out[i] = 0;
+  if (mx != -INFINITY)
+    for (int sl = 0; sl < merge.slots; ++sl) {
+      const int64_t idx = (int64_t(sl) * S.rows + r) * S.heads + h;
+      const float w = expf(__ldcg(lse_part + idx) - mx);
+      if (w == 0) continue;
+      z += w;
+#pragma unroll
+      for (int i = 0; i < PER; ++i) out[i] += w * __ldcg(o_part + idx * HD + lane + 32 * i);
+    }
+#pragma unroll
+  for (int i = 0; i < PER; ++i)
+    merge.out[(int64_t(r) * S.heads + h) * HD + lane + 32 * i] = dev::float_to_bf(z > 0 ? out[i] / z : 0.f);
 }
 
 void attention_tiles(const std::vector<int32_t>& q_indptr, int rows_per_tile, std::vector<int32_t>& tile_item,
@@ -107,25 +142,28 @@ void attention_tiles(const std::vector<int32_t>& q_indptr, int rows_per_tile, st
 
 template <int HD>
 static void launch(const float* q, const int32_t* q_pos, const AttnLevel& L, const int32_t* tile_item,
-                   const int32_t* tile_row0, int num_tiles, const AttnShape& S, const uint16_t* kc,
-                   const uint16_t* vc, int splits, int slot0, float* o_part, float* lse_part, cudaStream_t s) {
-  const int group = S.heads / S.kv_heads, warps = attention_rows_per_tile(S.heads, S.kv_heads) * group;
+                   const int32_t* tile_row0, int num_tiles, int rpt, const AttnShape& S, const uint16_t* kc,
+                   const uint16_t* vc, int splits, int slot0, float* o_part, float* lse_part, const AttnMerge& merge,
+                   cudaStream_t s) {
+  const int warps = rpt * (S.heads / S.kv_heads);
   const size_t smem = sizeof(float) * (kTile * (HD + 4) + kTile * HD + warps * HD);
   dim3 grid(num_tiles, S.kv_heads, splits);
-  paged_attention_kernel<HD><<<grid, warps * 32, smem, s>>>(q, q_pos, L, tile_item, tile_row0, S, kc, vc, splits,
-                                                             slot0, o_part, lse_part);
+  paged_attention_kernel<HD><<<grid, warps * 32, smem, s>>>(q, q_pos, L, tile_item, tile_row0, rpt, S, kc, vc, splits,
+                                                             slot0, o_part, lse_part, merge);
 }
 
 void paged_attention(const float* q, const int32_t* q_pos, const AttnLevel& level, const int32_t* tile_item,
-                     const int32_t* tile_row0, int num_tiles, const AttnShape& shape, const uint16_t* k_cache,
-                     const uint16_t* v_cache, int splits, int slot0, float* o_part, float* lse_part, cudaStream_t s) {
+                     const int32_t* tile_row0, int num_tiles, int rows_per_tile, const AttnShape& shape,
+                     const uint16_t* k_cache, const uint16_t* v_cache, int splits, int slot0, float* o_part,
+                     float* lse_part, const AttnMerge& merge, cudaStream_t s) {
   if (num_tiles == 0) return;
-  check(shape.heads % shape.kv_heads == 0 && shape.heads / shape.kv_heads <= 16,
-        "paged attention: heads per KV head must divide evenly and be at most 16");
+  const int group = shape.heads / shape.kv_heads;
+  check(shape.heads % shape.kv_heads == 0 && rows_per_tile >= 1 && rows_per_tile * group <= 16,
+        "paged attention: heads per KV head times rows per tile must be at most 16");
   switch (shape.head_dim) {
-    case 32: launch<32>(q, q_pos, level, tile_item, tile_row0, num_tiles, shape, k_cache, v_cache, splits, slot0, o_part, lse_part, s); break;
-    case 64: launch<64>(q, q_pos, level, tile_item, tile_row0, num_tiles, shape, k_cache, v_cache, splits, slot0, o_part, lse_part, s); break;
-    case 128: launch<128>(q, q_pos, level, tile_item, tile_row0, num_tiles, shape, k_cache, v_cache, splits, slot0, o_part, lse_part, s); break;
+    case 32: launch<32>(q, q_pos, level, tile_item, tile_row0, num_tiles, rows_per_tile, shape, k_cache, v_cache, splits, slot0, o_part, lse_part, merge, s); break;
+    case 64: launch<64>(q, q_pos, level, tile_item, tile_row0, num_tiles, rows_per_tile, shape, k_cache, v_cache, splits, slot0, o_part, lse_part, merge, s); break;
+    case 128: launch<128>(q, q_pos, level, tile_item, tile_row0, num_tiles, rows_per_tile, shape, k_cache, v_cache, splits, slot0, o_part, lse_part, merge, s); break;
     default: fail("paged attention: head dimension ", shape.head_dim, " is not built (32, 64 or 128)");
   }
   check_cuda(cudaGetLastError(), "paged_attention kernel");

@@ -112,6 +112,32 @@ TEST(GpuKernels, ElementwiseKernelsAndGemvMatchTheirReferences) {
     }
 }
 
+TEST(GpuKernels, GemvWithNormOrSwigluPrologueEqualsTheComposition) {
+  std::mt19937_64 rng(29);
+  const int d = 264, out = 300;
+  for (int T = 1; T <= 4; ++T) {
+    auto x = random_vec(size_t(T) * d, rng, 2.f);
+    auto nw = round_bf16(random_vec(size_t(d), rng));
+    auto W = round_bf16(random_vec(size_t(out) * d, rng));
+    auto gu = random_vec(size_t(T) * 2 * d, rng, 2.f);
+    auto y0 = random_vec(size_t(T) * out, rng);
+    // References: rmsnorm / swiglu, rounded to bf16 as the GPU stores them, then the product.
+    std::vector<float> xn(size_t(T) * d), h(size_t(T) * d), want_norm(size_t(T) * out), want_sw = y0;
+    kern::ref::rmsnorm(x.data(), nullptr, T, d, nw.data(), 1e-5f, xn.data());
+    xn = round_bf16(xn);
+    kern::ref::matmul(xn.data(), T, d, W.data(), out, 0, want_norm.data());
+    kern::ref::swiglu(gu.data(), T, d, h.data());
+    h = round_bf16(h);
+    kern::ref::matmul(h.data(), T, d, W.data(), out, 1, want_sw.data());
+    Dev<uint16_t> dW(to_bf16(W)), dnw(to_bf16(nw));
+    Dev<float> dx(x), dgu(gu), yn(size_t(T) * out), ys(y0);
+    kc::gemv_rmsnorm(dW.p, out, d, dx.p, dnw.p, 1e-5f, T, 0, yn.p, nullptr);
+    kc::gemv_swiglu(dW.p, out, d, dgu.p, T, 1, ys.p, nullptr);
+    EXPECT_LE(rel_err(yn.get(), want_norm), 1e-3) << "norm prologue, rows " << T;
+    EXPECT_LE(rel_err(ys.get(), want_sw), 1e-3) << "swiglu prologue, rows " << T;
+  }
+}
+
 TEST(GpuKernels, RopeAppendMatchesReference) {
   std::mt19937_64 rng(22);
   const int T = 6, H = 8, Hkv = 2, hd = 64, page = 16, pages = 8;
@@ -191,17 +217,70 @@ TEST(GpuKernels, PagedAttentionAndCascadeMergeMatchReference) {
               L.num_items = items, L.q_indptr = qi.p, L.kv_indptr = ki.p, L.kv_pages = pg.p, L.kv_len = kl.p, L.kv_pos0 = kp.p;
               return L;
             };
-            kc::paged_attention(dq.p, dpos.p, dev_level(1, a0, b0, c0, e0, f0), dti0.p, dtr0.p, int(ti0.size()), S, dk.p,
-                                dv.p, splits, 0, dop.p, dlp.p, nullptr);
-            kc::paged_attention(dq.p, dpos.p, dev_level(2, a1, b1, c1, e1, f1), dti1.p, dtr1.p, int(ti1.size()), S, dk.p,
-                                dv.p, splits, splits, dop.p, dlp.p, nullptr);
+            // Level 1 also merges in its last blocks (fused); merge_states afterwards gives fp32 and the lse.
+            Dev<int32_t> counters(std::vector<int32_t>(ti1.size() * size_t(Hkv), 0));
+            Dev<uint16_t> fused(want.size());
+            kc::AttnMerge merge;
+            merge.slots = slots, merge.out = fused.p, merge.counters = counters.p;
+            kc::paged_attention(dq.p, dpos.p, dev_level(1, a0, b0, c0, e0, f0), dti0.p, dtr0.p, int(ti0.size()), rpt, S, dk.p,
+                                dv.p, splits, 0, dop.p, dlp.p, kc::AttnMerge{}, nullptr);
+            kc::paged_attention(dq.p, dpos.p, dev_level(2, a1, b1, c1, e1, f1), dti1.p, dtr1.p, int(ti1.size()), rpt, S, dk.p,
+                                dv.p, splits, splits, dop.p, dlp.p, merge, nullptr);
             kc::merge_states(dop.p, dlp.p, slots, rows, H, hd, nullptr, dout.p, dlse.p, nullptr);
+            ASSERT_LE(rel_err(from_bf16(fused.get()), want), 1e-2) << "fused merge";
+            for (int32_t c : counters.get()) ASSERT_EQ(c, 0) << "counters are left at zero";
             const std::string where = "H " + std::to_string(H) + "/" + std::to_string(Hkv) + " hd " + std::to_string(hd) +
                                       " page " + std::to_string(page) + " len " + std::to_string(len) + " splits " + std::to_string(splits);
             ASSERT_LE(rel_err(dout.get(), want), 1e-5) << where;
             ASSERT_LE(rel_err(dlse.get(), want_lse), 1e-5) << where;
           }
         }
+}
+
+TEST(GpuKernels, DecodeAttentionWithFusedMergeMatchesReference) {
+  std::mt19937_64 rng(28);
+  const int H = 32, Hkv = 4, hd = 64, page = 16;
+  const std::vector<int> lens = {1, 15, 16, 17, 300};
+  const int rows = int(lens.size());
+  std::vector<int32_t> q_ind = {0}, kv_ind = {0}, pages, kv_len, kv_pos0, pos;
+  int n_pages = 0;
+  for (int L : lens) n_pages += (L + page - 1) / page;
+  std::vector<int32_t> perm(static_cast<size_t>(n_pages + 1));
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), rng);
+  for (int L : lens) {
+    for (int p = 0; p < (L + page - 1) / page; ++p) pages.push_back(perm[pages.size()]);
+    q_ind.push_back(q_ind.back() + 1), kv_ind.push_back(int32_t(pages.size())), kv_len.push_back(L), kv_pos0.push_back(0);
+    pos.push_back(L - 1);
+  }
+  auto k = round_bf16(random_vec(size_t(n_pages + 1) * page * Hkv * hd, rng));
+  auto v = round_bf16(random_vec(size_t(n_pages + 1) * page * Hkv * hd, rng));
+  auto q = random_vec(size_t(rows) * H * hd, rng);
+  kern::AttnShape S;
+  S.rows = rows, S.heads = H, S.kv_heads = Hkv, S.head_dim = hd, S.page_size = page, S.q_stride = H * hd;
+  S.scale = 0.125f;
+  kern::AttnLevel L;
+  L.num_items = rows, L.q_indptr = q_ind.data(), L.kv_indptr = kv_ind.data(), L.kv_pages = pages.data();
+  L.kv_len = kv_len.data(), L.kv_pos0 = kv_pos0.data();
+  for (int splits : {1, 2, 7, 16}) {
+    std::vector<float> o_part(size_t(splits) * rows * H * hd), lse_part(size_t(splits) * rows * H);
+    kern::ref::paged_attention(q.data(), pos.data(), L, S, k.data(), v.data(), splits, 0, o_part.data(), lse_part.data());
+    std::vector<float> want(size_t(rows) * H * hd);
+    kern::ref::merge_states(o_part.data(), lse_part.data(), splits, rows, H, hd, want.data(), nullptr);
+    Dev<float> dq(q), dop(o_part.size()), dlp(lse_part.size());
+    Dev<uint16_t> dk(to_bf16(k)), dv(to_bf16(v)), out(want.size());
+    Dev<int32_t> dpos(pos), a(q_ind), b(kv_ind), c(pages), e(kv_len), f(kv_pos0), counters(std::vector<int32_t>(size_t(rows * Hkv), 0));
+    std::vector<int32_t> ti, tr;
+    kc::attention_tiles(q_ind, 1, ti, tr);
+    Dev<int32_t> dti(ti), dtr(tr);
+    kern::AttnLevel DL;
+    DL.num_items = rows, DL.q_indptr = a.p, DL.kv_indptr = b.p, DL.kv_pages = c.p, DL.kv_len = e.p, DL.kv_pos0 = f.p;
+    kc::AttnMerge merge;
+    merge.slots = splits, merge.out = out.p, merge.counters = counters.p;
+    for (int rep = 0; rep < 2; ++rep)  // the second launch relies on the counters the first left at zero
+      kc::paged_attention(dq.p, dpos.p, DL, dti.p, dtr.p, int(ti.size()), 1, S, dk.p, dv.p, splits, 0, dop.p, dlp.p, merge, nullptr);
+    EXPECT_LE(rel_err(from_bf16(out.get()), want), 1e-2) << "splits " << splits;
+  }
 }
 
 TEST(GpuKernels, TensorCorePrefillAttentionMatchesReference) {
@@ -241,7 +320,7 @@ TEST(GpuKernels, TensorCorePrefillAttentionMatchesReference) {
         Dev<int32_t> dpos(pos), dqi(q_ind), dki(kv_ind), dpg(pages), dkl(kv_len), dkp(kv_pos), dti(std::vector<int32_t>{0}), dtr(std::vector<int32_t>{0});
         kern::AttnLevel DL;
         DL.num_items = 2, DL.q_indptr = dqi.p, DL.kv_indptr = dki.p, DL.kv_pages = dpg.p, DL.kv_len = dkl.p, DL.kv_pos0 = dkp.p;
-        kc::paged_attention(dq.p, dpos.p, DL, dti.p, dtr.p, 1, S, dk.p, dv.p, splits, 0, dop.p, dlp.p, nullptr);
+        kc::paged_attention(dq.p, dpos.p, DL, dti.p, dtr.p, 1, 1, S, dk.p, dv.p, splits, 0, dop.p, dlp.p, kc::AttnMerge{}, nullptr);
         Dev<char> ws(kc::paged_prefill_workspace(rows, len, S));
         kc::paged_prefill(handle, dq.p, dpos.p, 1, rows, dpg.p, len, 0, S, dk.p, dv.p, splits, 0, dop.p, dlp.p, ws.p, nullptr);
         kc::merge_states(dop.p, dlp.p, splits, total, H, hd, nullptr, dout.p, dlse.p, nullptr);
