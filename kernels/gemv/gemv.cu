@@ -2,6 +2,7 @@
 // the bf16 weight row once in 16-byte loads, fp32 accumulation, optional fused residual (beta = 1).
 // Reference: matmul_ref.cpp.
 #include "kernels/common/device.cuh"
+#include "kernels/common/launch.cuh"
 #include "common/error.h"
 #include "kernels/cuda.h"
 
@@ -21,6 +22,14 @@ __device__ __forceinline__ uint4 load_streaming(const uint4* p) {
 }
 
 // One warp per output row: y[t][row] = beta * y + W[row] . x[t], x given as 16-byte pieces (global or shared).
+// Before the predecessor finishes (programmatic dependent launch): pull this warp's weight row into L2.
+__device__ __forceinline__ void prefetch_row(const uint16_t* W, int out, int in) {
+  const int row = blockIdx.x * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (row >= out) return;
+  const char* p = reinterpret_cast<const char*>(W + int64_t(row) * in);
+  for (int off = lane * 128; off < in * 2; off += 32 * 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(p + off));
+}
+
 template <int T>
 __device__ __forceinline__ void gemv_rows(const uint16_t* W, int out, int in, const uint4* xv, float beta, float* y) {
   const int row = blockIdx.x * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -55,7 +64,10 @@ __device__ __forceinline__ void gemv_rows(const uint16_t* W, int out, int in, co
 }
 
 template <int T>
-__global__ void __launch_bounds__(256) gemv_kernel(const uint16_t* W, int out, int in, const uint16_t* x, float beta, float* y) {
+__global__ void __launch_bounds__(256, 4) gemv_kernel(const uint16_t* W, int out, int in, const uint16_t* x, float beta, float* y) {
+  dev::pdl_trigger();
+  prefetch_row(W, out, in);
+  dev::pdl_wait();
   gemv_rows<T>(W, out, in, reinterpret_cast<const uint4*>(x), beta, y);
 }
 
@@ -63,8 +75,11 @@ __global__ void __launch_bounds__(256) gemv_kernel(const uint16_t* W, int out, i
 // standalone rmsnorm / swiglu kernels compute them, rounded to bf16), then the same product.
 enum Prologue { kNorm, kSwiglu };
 template <int T, Prologue P>
-__global__ void __launch_bounds__(256) gemv_prologue_kernel(const uint16_t* W, int out, int in, const float* x,
+__global__ void __launch_bounds__(256, 4) gemv_prologue_kernel(const uint16_t* W, int out, int in, const float* x,
                                                             const uint16_t* nw, float eps, float beta, float* y) {
+  dev::pdl_trigger();
+  prefetch_row(W, out, in);
+  dev::pdl_wait();
   extern __shared__ uint4 xs4[];
   uint16_t* xs = reinterpret_cast<uint16_t*>(xs4);
   for (int t = 0; t < T; ++t) {
@@ -92,10 +107,10 @@ static void launch_prologue(const uint16_t* W, int out, int in, const float* x, 
   const size_t smem = size_t(T) * in * 2;
   check(smem <= 48 * 1024, "gemv: ", T, " rows of ", in, " do not fit in shared memory");
   switch (T) {
-    case 1: gemv_prologue_kernel<1, P><<<blocks, 256, smem, s>>>(W, out, in, x, nw, eps, beta, y); break;
-    case 2: gemv_prologue_kernel<2, P><<<blocks, 256, smem, s>>>(W, out, in, x, nw, eps, beta, y); break;
-    case 3: gemv_prologue_kernel<3, P><<<blocks, 256, smem, s>>>(W, out, in, x, nw, eps, beta, y); break;
-    case 4: gemv_prologue_kernel<4, P><<<blocks, 256, smem, s>>>(W, out, in, x, nw, eps, beta, y); break;
+    case 1: dev::launch_pdl(gemv_prologue_kernel<1, P>, blocks, 256, smem, s, "gemv kernel", W, out, in, x, nw, eps, beta, y); break;
+    case 2: dev::launch_pdl(gemv_prologue_kernel<2, P>, blocks, 256, smem, s, "gemv kernel", W, out, in, x, nw, eps, beta, y); break;
+    case 3: dev::launch_pdl(gemv_prologue_kernel<3, P>, blocks, 256, smem, s, "gemv kernel", W, out, in, x, nw, eps, beta, y); break;
+    case 4: dev::launch_pdl(gemv_prologue_kernel<4, P>, blocks, 256, smem, s, "gemv kernel", W, out, in, x, nw, eps, beta, y); break;
     default: fail("gemv: ", T, " rows; 1 to 4 are built (use cuBLAS above)");
   }
   check_cuda(cudaGetLastError(), "gemv kernel");
@@ -114,10 +129,10 @@ void gemv(const uint16_t* W, int out, int in, const uint16_t* x, int T, float be
   check(in % 8 == 0, "gemv: the inner dimension (", in, ") must be a multiple of 8");
   const int blocks = (out + 7) / 8;
   switch (T) {
-    case 1: gemv_kernel<1><<<blocks, 256, 0, s>>>(W, out, in, x, beta, y); break;
-    case 2: gemv_kernel<2><<<blocks, 256, 0, s>>>(W, out, in, x, beta, y); break;
-    case 3: gemv_kernel<3><<<blocks, 256, 0, s>>>(W, out, in, x, beta, y); break;
-    case 4: gemv_kernel<4><<<blocks, 256, 0, s>>>(W, out, in, x, beta, y); break;
+    case 1: dev::launch_pdl(gemv_kernel<1>, blocks, 256, 0, s, "gemv kernel", W, out, in, x, beta, y); break;
+    case 2: dev::launch_pdl(gemv_kernel<2>, blocks, 256, 0, s, "gemv kernel", W, out, in, x, beta, y); break;
+    case 3: dev::launch_pdl(gemv_kernel<3>, blocks, 256, 0, s, "gemv kernel", W, out, in, x, beta, y); break;
+    case 4: dev::launch_pdl(gemv_kernel<4>, blocks, 256, 0, s, "gemv kernel", W, out, in, x, beta, y); break;
     default: fail("gemv: ", T, " rows; 1 to 4 are built (use cuBLAS above)");
   }
   check_cuda(cudaGetLastError(), "gemv kernel");

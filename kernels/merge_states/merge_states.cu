@@ -1,12 +1,15 @@
 // Log-sum-exp merge of partial attention states (split-KV parts and cascade levels): one warp per
 // (row, head). An empty part (lse -inf) adds nothing; all empty gives 0 and -inf. Reference: merge_states_ref.cpp.
 #include "kernels/common/device.cuh"
+#include "kernels/common/launch.cuh"
 #include "kernels/cuda.h"
 
 namespace cw::kern::cuda {
 
 __global__ void merge_states_kernel(const float* o_part, const float* lse_part, int slots, int rows, int H, int hd,
                                     uint16_t* o_bf16, float* o_f32, float* lse) {
+  dev::pdl_trigger();
+  dev::pdl_wait();
   const int w = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (w >= rows * H) return;
   const int r = w / H, h = w % H;
@@ -37,8 +40,8 @@ void merge_states(const float* o_part, const float* lse_part, int slots, int row
                   float* o_f32, float* lse, cudaStream_t s) {
   if (rows == 0) return;
   const int warps = rows * H, blocks = (warps + 7) / 8;
-  merge_states_kernel<<<blocks, 256, 0, s>>>(o_part, lse_part, slots, rows, H, hd, o_bf16, o_f32, lse);
-  check_cuda(cudaGetLastError(), "merge_states kernel");
+  dev::launch_pdl(merge_states_kernel, blocks, 256, 0, s, "merge_states kernel", o_part, lse_part, slots, rows, H, hd,
+                  o_bf16, o_f32, lse);
 }
 
 }  // namespace cw::kern::cuda

@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "kernels/common/device.cuh"
+#include "kernels/common/launch.cuh"
 #include "common/error.h"
 #include "kernels/cuda.h"
 
@@ -23,6 +24,7 @@ __global__ void __launch_bounds__(512)
                            AttnMerge merge) {
   constexpr int PER = HD / 32, KS = HD + 4;  // padded K rows: lane j reads row j in 16-byte pieces without conflicts
   extern __shared__ float smem[];
+  dev::pdl_trigger();  // step metadata and page tables come from the host: read them before waiting
   const int group = S.heads / S.kv_heads;
   const int item = tile_item[blockIdx.x], row0 = tile_row0[blockIdx.x], kvh = blockIdx.y, split = blockIdx.z;
   const int row_end = min(row0 + rpt, L.q_indptr[item + 1]);
@@ -38,9 +40,17 @@ __global__ void __launch_bounds__(512)
   float* Ks = smem;                          // [kTile][KS]
   float* Vs = Ks + kTile * KS;               // [kTile][HD]
   float* Qs = Vs + kTile * HD + warp * HD;   // this warp's query, pre-scaled to base 2
+  const int32_t* pages = L.kv_pages + L.kv_indptr[item];
+  for (int e = threadIdx.x; e < kTile && begin + e < block_end; e += blockDim.x) {  // first tile's lines into L2
+    const int t = begin + e;
+    const uint16_t* kp = k_cache + ((int64_t(pages[t / S.page_size]) * S.page_size + t % S.page_size) * S.kv_heads + kvh) * HD;
+    const uint16_t* vp = v_cache + (kp - k_cache);
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(kp));
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(vp));
+  }
+  dev::pdl_wait();  // q and this step's K/V come from the previous kernels
   if (active)
     for (int i = lane; i < HD; i += 32) Qs[i] = q[int64_t(r) * S.q_stride + h * HD + i] * (S.scale * kLog2e);
-  const int32_t* pages = L.kv_pages + L.kv_indptr[item];
   float m = -INFINITY, l = 0, acc[PER];
 #pragma unroll
   for (int i = 0; i < PER; ++i) acc[i] = 0;
@@ -148,8 +158,8 @@ static void launch(const float* q, const int32_t* q_pos, const AttnLevel& L, con
   const int warps = rpt * (S.heads / S.kv_heads);
   const size_t smem = sizeof(float) * (kTile * (HD + 4) + kTile * HD + warps * HD);
   dim3 grid(num_tiles, S.kv_heads, splits);
-  paged_attention_kernel<HD><<<grid, warps * 32, smem, s>>>(q, q_pos, L, tile_item, tile_row0, rpt, S, kc, vc, splits,
-                                                             slot0, o_part, lse_part, merge);
+  dev::launch_pdl(paged_attention_kernel<HD>, grid, warps * 32, smem, s, "paged_attention kernel", q, q_pos, L, tile_item,
+                  tile_row0, rpt, S, kc, vc, splits, slot0, o_part, lse_part, merge);
 }
 
 void paged_attention(const float* q, const int32_t* q_pos, const AttnLevel& level, const int32_t* tile_item,

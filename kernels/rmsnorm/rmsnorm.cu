@@ -1,13 +1,16 @@
 // RMSNorm on the GPU: one block per row, fp32 input, bf16 output for the next matrix product.
 // Reference: rmsnorm_ref.cpp.
 #include "kernels/common/device.cuh"
+#include "kernels/common/launch.cuh"
 #include "kernels/cuda.h"
 
 namespace cw::kern::cuda {
 
 __global__ void rmsnorm_kernel(const float* x, const int32_t* row_map, int d, const uint16_t* w, float eps,
                                uint16_t* y) {
+  dev::pdl_trigger();
   const int r = blockIdx.x;
+  dev::pdl_wait();
   const float* xr = x + int64_t(row_map ? row_map[r] : r) * d;
   float ss = 0;
   for (int i = threadIdx.x; i < d; i += blockDim.x) ss += xr[i] * xr[i];
@@ -20,8 +23,7 @@ __global__ void rmsnorm_kernel(const float* x, const int32_t* row_map, int d, co
 void rmsnorm(const float* x, const int32_t* row_map, int rows, int d, const uint16_t* w, float eps, uint16_t* y,
              cudaStream_t s) {
   if (rows == 0) return;
-  rmsnorm_kernel<<<rows, 256, 0, s>>>(x, row_map, d, w, eps, y);
-  check_cuda(cudaGetLastError(), "rmsnorm kernel");
+  dev::launch_pdl(rmsnorm_kernel, rows, 256, 0, s, "rmsnorm kernel", x, row_map, d, w, eps, y);
 }
 
 }  // namespace cw::kern::cuda

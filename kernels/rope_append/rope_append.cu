@@ -1,16 +1,19 @@
 // RoPE (rotate-half) on q in place and on k, then k and v appended to the paged KV cache in bf16.
 // One block per token, one thread per rotated pair. Reference: rope_append_ref.cpp.
 #include "kernels/common/device.cuh"
+#include "kernels/common/launch.cuh"
 #include "kernels/cuda.h"
 
 namespace cw::kern::cuda {
 
 __global__ void rope_append_kernel(float* qkv, const int32_t* pos, const int32_t* slot, int H, int Hkv, int hd,
                                    float theta, uint16_t* k_cache, uint16_t* v_cache) {
+  dev::pdl_trigger();
   const int t = blockIdx.x, half = hd / 2;
   float* row = qkv + int64_t(t) * (H + 2 * Hkv) * hd;
   const float p = float(pos[t]);
   const int64_t base = int64_t(slot[t]) * Hkv * hd;
+  dev::pdl_wait();
   for (int e = threadIdx.x; e < (H + Hkv) * half; e += blockDim.x) {
     const int h = e / half, i = e % half;
     const float inv_freq = powf(theta, -float(2 * i) / float(hd));
@@ -34,8 +37,8 @@ __global__ void rope_append_kernel(float* qkv, const int32_t* pos, const int32_t
 void rope_append(float* qkv, const int32_t* pos, const int32_t* slot, int T, int H, int Hkv, int hd, float theta,
                  uint16_t* k_cache, uint16_t* v_cache, cudaStream_t s) {
   if (T == 0) return;
-  rope_append_kernel<<<T, 256, 0, s>>>(qkv, pos, slot, H, Hkv, hd, theta, k_cache, v_cache);
-  check_cuda(cudaGetLastError(), "rope_append kernel");
+  dev::launch_pdl(rope_append_kernel, T, 256, 0, s, "rope_append kernel", qkv, pos, slot, H, Hkv, hd, theta, k_cache,
+                  v_cache);
 }
 
 }  // namespace cw::kern::cuda

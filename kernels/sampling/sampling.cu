@@ -2,6 +2,7 @@
 // top-p thresholds found by radix selection over order-preserving float keys (counts for top-k, probability
 // mass for top-p), then a Gumbel-max draw over the kept tokens with the counter-based uniform01().
 #include "kernels/common/device.cuh"
+#include "kernels/common/launch.cuh"
 #include "kernels/cuda.h"
 
 namespace cw::kern::cuda {
@@ -51,8 +52,10 @@ __device__ uint32_t radix_select(const float* x, int V, float inv_t, uint32_t fl
 }
 
 __global__ void __launch_bounds__(kThreads) sample_kernel(const float* logits, int V, const SampleParams* params, int32_t* out) {
+  dev::pdl_trigger();
   const float* x = logits + int64_t(blockIdx.x) * V;
   const SampleParams p = params[blockIdx.x];
+  dev::pdl_wait();
   float best = -INFINITY;
   int arg = 0x7fffffff;
   if (p.temperature <= 0) {
@@ -89,8 +92,7 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const float* logits, i
 
 void sample(const float* logits, int rows, int V, const SampleParams* params, int32_t* out, cudaStream_t s) {
   if (rows == 0) return;
-  sample_kernel<<<rows, kThreads, 0, s>>>(logits, V, params, out);
-  check_cuda(cudaGetLastError(), "sampling kernel");
+  dev::launch_pdl(sample_kernel, rows, kThreads, 0, s, "sampling kernel", logits, V, params, out);
 }
 
 }  // namespace cw::kern::cuda
