@@ -22,12 +22,12 @@ __device__ __forceinline__ uint4 load_streaming(const uint4* p) {
 }
 
 // One warp per output row: y[t][row] = beta * y + W[row] . x[t], x given as 16-byte pieces (global or shared).
-// Before the predecessor finishes (programmatic dependent launch): pull this warp's weight row into L2.
+// Before the predecessor finishes (programmatic dependent launch): pull the part of this warp's weight row
+// that its first four loads per lane read (2 KiB) into L2.
 __device__ __forceinline__ void prefetch_row(const uint16_t* W, int out, int in) {
   const int row = blockIdx.x * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (row >= out) return;
-  const char* p = reinterpret_cast<const char*>(W + int64_t(row) * in);
-  for (int off = lane * 128; off < in * 2; off += 32 * 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(p + off));
+  if (row >= out || lane * 128 >= min(in * 2, 2048)) return;
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char*>(W + int64_t(row) * in) + lane * 128));
 }
 
 template <int T>
