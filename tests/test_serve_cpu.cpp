@@ -7,6 +7,8 @@
 #include "checkpoints/tensor_io.h"
 #include "common/files.h"
 #include "common/error.h"
+#include "common/json.h"
+#include "data/tokenizer.h"
 #include "models/generate.h"
 #include "models/llama.h"
 #include "serve/cpu_model.h"
@@ -97,4 +99,65 @@ TEST(ServeCpu, BundleWithWrongShapesIsRejected) {
   std::string cfg = read_file(dir / "bundle" / "config.json");
   write_text(dir / "bundle" / "config.json", cfg.replace(cfg.find("\"intermediate_size\": 96"), 23, "\"intermediate_size\": 80"));
   EXPECT_NE(user_error_of([&] { serve::load_bundle(dir / "bundle"); }).find("wrong shape"), std::string::npos);
+}
+
+static std::vector<std::string> split_lines(const std::string& text) {
+  std::vector<std::string> out;
+  std::istringstream in(text);
+  for (std::string l; std::getline(in, l);)
+    if (!l.empty()) out.push_back(l);
+  return out;
+}
+
+// `chunkwise batch` end to end on the CPU: results in input order, greedy tokens equal to the reference model
+// (up to an end-of-sequence token), and a malformed line refused with its line number and no output written.
+TEST(ServeCpu, BatchCommandWritesResultsInInputOrder) {
+  auto dir = scratch_dir("serve-batch");
+  random_model(dir / "bundle", false);
+  serve::Bundle b = serve::load_bundle(dir / "bundle");
+  const int64_t eos = Tokenizer::load(dir / "bundle" / "tokenizer.model").identity().eos_id;
+  const std::vector<std::vector<int32_t>> prompts = {{5, 17, 99}, {250, 3, 3, 8, 1, 77, 12, 40, 41}, {9}};
+  std::string in;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    in += "{\"id\": \"r" + std::to_string(i) + "\", \"prompt_tokens\": [";
+    for (size_t j = 0; j < prompts[i].size(); ++j) in += (j ? "," : "") + std::to_string(prompts[i][j]);
+    in += "]}\n";
+  }
+  in += "{\"prompt\": \"text prompts are tokenized\", \"max_new_tokens\": 3}\n";
+  write_text(dir / "in.jsonl", in);
+  std::string out;
+  ASSERT_EQ(run_command(chunkwise_bin() + " batch " + (dir / "bundle").string() + " " + (dir / "in.jsonl").string() + " " +
+                            (dir / "out.jsonl").string() + " --device cpu --max-new-tokens 6 --token-budget 5",
+                        &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("batch: 4 requests on cpu"), std::string::npos) << out;
+  std::vector<json> lines;
+  for (auto& l : split_lines(read_file(dir / "out.jsonl"))) lines.push_back(json::parse(l));
+  ASSERT_EQ(lines.size(), 4u);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    EXPECT_EQ(lines[i]["id"], "r" + std::to_string(i));
+    serve::CpuModel m(b);
+    auto cache = m.new_cache();
+    std::vector<float> logits;
+    for (int32_t t : prompts[i]) logits = m.step(t, cache);
+    std::vector<int32_t> want;
+    for (int k = 0; k < 6; ++k) {
+      int32_t next = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+      if (next == eos) break;
+      want.push_back(next);
+      logits = m.step(next, cache);
+    }
+    EXPECT_EQ(lines[i]["tokens"].get<std::vector<int32_t>>(), want) << "request " << i;
+  }
+  EXPECT_EQ(lines[3]["id"], 4);  // no id: the line number
+  EXPECT_LE(lines[3]["tokens"].size(), 3u);
+
+  write_text(dir / "bad.jsonl", "{\"prompt_tokens\": [1, 2]}\n{\"prompt_tokens\": \"oops\"}\n");
+  EXPECT_EQ(run_command(chunkwise_bin() + " batch " + (dir / "bundle").string() + " " + (dir / "bad.jsonl").string() + " " +
+                            (dir / "bad-out.jsonl").string() + " --device cpu",
+                        &out),
+            2);
+  EXPECT_NE(out.find("bad.jsonl:2"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(dir / "bad-out.jsonl"));
 }

@@ -50,6 +50,27 @@ cw_build() {
   cmake --build "$CW_BUILD" -j "$jobs"
 }
 
+# The CUDA configuration (kernels, the CUDA engine, GPU tests, LibTorch with CUDA) compiled where the CUDA
+# toolkit is installed, so CUDA code is checked by CI even though nothing here can run it. CHUNKWISE_CUDA_BUILD=0 skips.
+cw_build_cuda() {
+  local nvcc
+  nvcc="$(command -v nvcc || true)"
+  [ -z "$nvcc" ] && [ -x /usr/local/cuda/bin/nvcc ] && nvcc=/usr/local/cuda/bin/nvcc
+  if [ "${CHUNKWISE_CUDA_BUILD:-1}" = 0 ] || [ -z "$nvcc" ]; then
+    cw_log "no CUDA toolkit (or CHUNKWISE_CUDA_BUILD=0): the CUDA build is not compiled"
+    return 0
+  fi
+  local dir="${CHUNKWISE_BUILD_CUDA:-$CW_ROOT/build-cuda}"
+  cw_log "compiling the CUDA build in $dir (sm_90a; it runs on the GPU machine, not here)"
+  mkdir -p "$dir"
+  if ! (CW_BUILD="$dir" cw_build -DCHUNKWISE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a -DCMAKE_CUDA_COMPILER="$nvcc") \
+      > "$dir/build.log" 2>&1; then
+    grep -B2 -A20 -m3 -E "error|FAILED" "$dir/build.log" >&2 || tail -40 "$dir/build.log" >&2
+    cw_log "the CUDA build failed (full log: $dir/build.log)"
+    return 1
+  fi
+}
+
 cw_setup() {
   cw_install_system
   cw_install_python
