@@ -37,13 +37,6 @@ void paged_attention(const float* q, const int32_t* q_pos, const AttnLevel& leve
                      const int32_t* tile_row0, int num_tiles, int rows_per_tile, const AttnShape& shape,
                      const uint16_t* k_cache, const uint16_t* v_cache, int splits, int slot0, float* o_part,
                      float* lse_part, const AttnMerge& merge, cudaStream_t s);
-// The same for launches whose tiles each hold one decode row, on tensor cores (paged_decode_mma.cu); returns
-// false when not built for the shape (head dim 64 or 128, at most 16 heads per KV head) or switched off by
-// CHUNKWISE_ATTENTION_SIMT, and paged_attention then runs its own kernel.
-bool paged_decode_mma(const float* q, const int32_t* q_pos, const AttnLevel& level, const int32_t* tile_item,
-                      const int32_t* tile_row0, int num_tiles, const AttnShape& shape, const uint16_t* k_cache,
-                      const uint16_t* v_cache, int splits, int slot0, float* o_part, float* lse_part,
-                      const AttnMerge& merge, cudaStream_t s);
 // One item with many query rows (rows row_begin.. of the launch, its page list PAGES on the device) on tensor
 // cores: the same partial state as paged_attention, into slot0, and -inf into slots slot0+1..slot0+splits-1.
 size_t paged_prefill_workspace(int rows, int kv_len, const AttnShape& shape);

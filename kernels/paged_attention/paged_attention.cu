@@ -167,11 +167,6 @@ void paged_attention(const float* q, const int32_t* q_pos, const AttnLevel& leve
                      const uint16_t* k_cache, const uint16_t* v_cache, int splits, int slot0, float* o_part,
                      float* lse_part, const AttnMerge& merge, cudaStream_t s) {
   if (num_tiles == 0) return;
-  // One row per tile (decode): the tensor-core kernel when built for this shape (CHUNKWISE_ATTENTION_SIMT=1 forces
-  // this one).
-  if (rows_per_tile == 1 && paged_decode_mma(q, q_pos, level, tile_item, tile_row0, num_tiles, shape, k_cache, v_cache,
-                                             splits, slot0, o_part, lse_part, merge, s))
-    return;
   const int group = shape.heads / shape.kv_heads;
   check(shape.heads % shape.kv_heads == 0 && rows_per_tile >= 1 && rows_per_tile * group <= 16,
         "paged attention: heads per KV head times rows per tile must be at most 16");
