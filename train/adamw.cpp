@@ -29,10 +29,12 @@ void AdamW::fused_step(double lr) {
   step_tensor_.fill_(double(steps_));
   for (bool decay : {true, false}) {
     std::vector<torch::Tensor> p, g, m, v, steps;
-    for (auto& s : slots_)
-      if (s.decay == decay && s.param.grad().defined())
+    for (size_t i = 0; i < slots_.size(); ++i) {
+      auto& s = slots_[i];
+      if (s.decay == decay && s.param.grad().defined() && updates(i))
         p.push_back(s.param), g.push_back(s.param.grad()), m.push_back(s.exp_avg), v.push_back(s.exp_avg_sq),
             steps.push_back(step_tensor_);
+    }
     if (p.empty()) continue;
     at::_fused_adamw_(p, g, m, v, {}, steps, lr, opt_.beta1, opt_.beta2, decay ? opt_.weight_decay : 0.0, opt_.eps,
                       /*amsgrad=*/false, /*maximize=*/false);
@@ -45,9 +47,10 @@ void AdamW::step(double lr) {
   if (opt_.fused) return fused_step(lr);
   const double bc1 = 1.0 - std::pow(opt_.beta1, double(steps_));
   const double bc2 = 1.0 - std::pow(opt_.beta2, double(steps_));
-  for (auto& s : slots_) {
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    auto& s = slots_[i];
     const auto& g = s.param.grad();
-    if (!g.defined()) continue;
+    if (!g.defined() || !updates(i)) continue;
     if (s.decay && opt_.weight_decay != 0) s.param.mul_(1.0 - lr * opt_.weight_decay);
     s.exp_avg.mul_(opt_.beta1).add_(g, 1.0 - opt_.beta1);
     s.exp_avg_sq.mul_(opt_.beta2).addcmul_(g, g, 1.0 - opt_.beta2);
@@ -75,6 +78,7 @@ void AdamW::load_state(const std::map<std::string, torch::Tensor>& tensors, int6
       std::string key = (pair == &s.exp_avg ? "exp_avg." : "exp_avg_sq.") + s.name;
       auto it = tensors.find(key);
       check(it != tensors.end(), what, ": optimizer state '", key, "' is missing");
+      if (!pair->defined()) *pair = torch::zeros_like(s.param, torch::MemoryFormat::Preserve);
       check(it->second.sizes() == pair->sizes(), what, ": optimizer state '", key, "' has shape ",
             it->second.sizes(), " but the parameter has ", pair->sizes());
       pair->copy_(it->second);
@@ -83,6 +87,25 @@ void AdamW::load_state(const std::map<std::string, torch::Tensor>& tensors, int6
   check(tensors.size() == 2 * slots_.size(), what, ": optimizer state has ", tensors.size(),
         " tensors, expected ", 2 * slots_.size(), " (different model?)");
   steps_ = steps;
+  release_unowned();
+}
+
+void AdamW::set_owned(const std::vector<bool>& owned) {
+  check(owned.size() == slots_.size(), "optimizer sharding: ", owned.size(), " flags for ", slots_.size(), " parameters");
+  owned_ = owned;
+  release_unowned();
+}
+
+void AdamW::materialize_state() {
+  for (auto& s : slots_)
+    if (!s.exp_avg.defined())
+      s.exp_avg = torch::zeros_like(s.param, torch::MemoryFormat::Preserve),
+      s.exp_avg_sq = torch::zeros_like(s.param, torch::MemoryFormat::Preserve);
+}
+
+void AdamW::release_unowned() {
+  for (size_t i = 0; i < slots_.size(); ++i)
+    if (!updates(i)) slots_[i].exp_avg = torch::Tensor(), slots_[i].exp_avg_sq = torch::Tensor();
 }
 
 }  // namespace cw

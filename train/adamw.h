@@ -33,11 +33,18 @@ class AdamW {
   // "exp_avg.NAME" / "exp_avg_sq.NAME" tensors, and the step count.
   std::vector<std::pair<std::string, torch::Tensor>> state_tensors() const;
   void load_state(const std::map<std::string, torch::Tensor>& tensors, int64_t steps, const std::string& what);
+  // ZeRO-1: only OWNED[i] parameters are updated and keep moments; the others' moments are freed.
+  void set_owned(const std::vector<bool>& owned);
+  const std::vector<bool>& owned() const { return owned_; }
+  void materialize_state();  // zero moments for every slot that has none (before gathering them)
+  void release_unowned();    // free them again
 
  private:
   void fused_step(double lr);
   std::vector<Slot> slots_;
+  bool updates(size_t i) const { return owned_.empty() || owned_[i]; }
   AdamWOptions opt_;
+  std::vector<bool> owned_;  // empty: every slot
   int64_t steps_ = 0;
   torch::Tensor step_tensor_;  // the step count as the fused kernel reads it
 };

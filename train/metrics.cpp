@@ -10,6 +10,7 @@
 namespace cw {
 
 MetricsLog::MetricsLog(const std::filesystem::path& path, int64_t keep_up_to) {
+  if (path.empty()) return;  // disabled (ranks other than 0)
   std::string kept;
   if (keep_up_to >= 0 && fs::exists(path)) {
     std::istringstream in(read_file(path));
@@ -28,6 +29,7 @@ MetricsLog::MetricsLog(const std::filesystem::path& path, int64_t keep_up_to) {
 }
 
 void MetricsLog::write(const json& record) {
+  if (!out_.is_open()) return;
   out_ << record.dump() << '\n';
   out_.flush();
 }

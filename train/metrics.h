@@ -13,7 +13,8 @@ namespace cw {
 
 class MetricsLog {
  public:
-  // KEEP_UP_TO < 0: start a new file; otherwise keep existing lines whose "step" <= KEEP_UP_TO.
+  // KEEP_UP_TO < 0: start a new file; otherwise keep existing lines whose "step" <= KEEP_UP_TO. An empty PATH
+  // disables the log (writes do nothing).
   MetricsLog(const std::filesystem::path& path, int64_t keep_up_to);
   void write(const json& record);
 

@@ -74,6 +74,9 @@ const std::vector<KeySpec>& recipe_keys() {
       {"train.loss_chunk", K::Int, "0", "compute the loss in chunks of this many tokens without holding all logits "
        "(0 = all at once)"},
       {"train.max_bad_steps", K::Int, "5", "stop after this many non-finite steps in a row"},
+      {"dist.zero", K::Int, "0", "data-parallel runs (torchrun): 1 = shard AdamW moments over ranks (ZeRO-1)",
+       {"0", "1"}},
+      {"dist.bucket_mb", K::Int, "25", "data-parallel runs: gradient all-reduce bucket size (MiB)"},
       {"init.from", K::String, "", "start from these weights: a run, a checkpoint, or a folder with model.safetensors"},
       {"init.optimizer", K::String, "fresh", "with init.from: new AdamW state, or the checkpoint's moments",
        {"fresh", "checkpoint"}},

@@ -61,6 +61,7 @@ void SparsityMasks::apply_to_optimizer(const AdamW& opt) const {
   for (auto& e : entries_) {
     while (j < opt.slots().size() && opt.slots()[j].name != e.name) ++j;
     if (j == opt.slots().size()) throw std::logic_error("mask for a parameter the optimizer does not hold");
+    if (!opt.slots()[j].exp_avg.defined()) continue;  // another rank's shard (ZeRO-1)
     opt.slots()[j].exp_avg.mul_(e.mask);
     opt.slots()[j].exp_avg_sq.mul_(e.mask);
   }

@@ -5,13 +5,15 @@
 
 namespace cw {
 
-StepResult StandardStep::run(CausalLM& model, const std::vector<Batch>& micro) {
+StepResult StandardStep::run(CausalLM& model, const std::vector<Batch>& micro, const StepContext& ctx) {
   StepResult r;
   for (auto& b : micro) r.target_tokens += b.n_target_tokens, r.tokens += b.tokens.numel();
-  check(r.target_tokens > 0, "a training step has no target tokens");
+  const int64_t normaliser = ctx.target_tokens > 0 ? ctx.target_tokens : r.target_tokens;
+  check(normaliser > 0, "a training step has no target tokens");
   double loss_sum = 0;
-  for (auto& b : micro) {
-    auto loss = model.loss_sum(b) / double(r.target_tokens);
+  for (size_t i = 0; i < micro.size(); ++i) {
+    auto loss = model.loss_sum(micro[i]) / double(normaliser);
+    if (i + 1 == micro.size() && ctx.before_last_backward) ctx.before_last_backward();
     loss.backward();
     loss_sum += loss.item<double>();
   }

@@ -4,6 +4,7 @@
 // so accumulation gives the same gradient as one big batch.
 // Must not: step the optimizer, clip, or skip steps (the trainer owns that).
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -19,15 +20,23 @@ struct StepResult {
   int64_t target_tokens = 0;
 };
 
+// What a data-parallel run adds to a step: the loss is normalised by the whole global batch's target tokens
+// (so summing gradients over ranks gives the global mean), and the gradient sync is armed before the last
+// micro-batch's backward pass.
+struct StepContext {
+  int64_t target_tokens = 0;                 // 0: the micro-batches' own count
+  std::function<void()> before_last_backward;  // may be empty
+};
+
 class StepStrategy {
  public:
   virtual ~StepStrategy() = default;
-  virtual StepResult run(CausalLM& model, const std::vector<Batch>& micro_batches) = 0;
+  virtual StepResult run(CausalLM& model, const std::vector<Batch>& micro_batches, const StepContext& ctx = {}) = 0;
 };
 
 class StandardStep : public StepStrategy {
  public:
-  StepResult run(CausalLM& model, const std::vector<Batch>& micro_batches) override;
+  StepResult run(CausalLM& model, const std::vector<Batch>& micro_batches, const StepContext& ctx = {}) override;
 };
 
 std::unique_ptr<StepStrategy> make_step_strategy(const std::string& name);

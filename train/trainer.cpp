@@ -13,6 +13,8 @@
 #include "common/json.h"
 #include "data/window_sampler.h"
 #include "train/adamw.h"
+#include "train/collectives.h"
+#include "train/data_parallel.h"
 #include "train/data_setup.h"
 #include "train/metrics.h"
 #include "train/model_setup.h"
@@ -117,12 +119,17 @@ void require_compatible(const Recipe& now, const Recipe& saved, const std::strin
 }  // namespace
 
 TrainResult train(const Recipe& r, const TrainOptions& opt) {
-  std::ostream& out = *opt.out;
+  // 0. Data parallel when started by torchrun (WORLD_SIZE > 1): rank 0 prints, logs and writes checkpoints.
+  const DistEnv denv = DistEnv::from_environment();
+  const bool is_main = denv.rank == 0;
+  std::ostream null_out(nullptr);
+  std::ostream& out = is_main ? *opt.out : null_out;
   TrainResult result;
   const fs::path run_dir = expand_user(r.s("run.out_dir")) / r.s("run.name");
   result.run_dir = run_dir;
   if (r.i("run.threads") > 0) torch::set_num_threads(int(r.i("run.threads")));
-  const torch::Device device = resolve_device(r.s("run.device"));
+  torch::Device device = resolve_device(r.s("run.device"));
+  if (denv.active() && device.is_cuda()) device = torch::Device(torch::kCUDA, int8_t(denv.local_rank));
   const std::string precision = resolve_precision(r.s("run.precision"), device);
   configure_device_math(device);
 
@@ -135,6 +142,7 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
   const int64_t total_steps = r.i("train.steps");
   check(T > 0 && B > 0 && accum > 0 && total_steps > 0, "[data] seq_len, batch_size, [train] grad_accum and steps "
         "must be positive");
+  check(B % denv.world == 0, "[data] batch_size = ", B, " does not divide over WORLD_SIZE = ", denv.world, " ranks");
 
   // 2. Model (fresh init, or weights from [init] from), optimizer, sparsity masks, schedule, step strategy.
   torch::manual_seed(uint64_t(r.i("run.seed")));
@@ -166,6 +174,14 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
   model->to(device);
   model->train();
   params = named_parameters_of(*model);  // the same tensors, now on the device
+  std::unique_ptr<DataParallel> dp;
+  if (denv.active()) {
+    DataParallelOptions dpo;
+    dpo.bucket_bytes = r.i("dist.bucket_mb") << 20;
+    dpo.zero1 = r.i("dist.zero") == 1;
+    dp = std::make_unique<DataParallel>(make_collectives(denv, device), params, dpo);
+    dp->broadcast_parameters();
+  }
   AdamW optimizer(params, decay, {r.f("optim.beta1"), r.f("optim.beta2"), r.f("optim.eps"), r.f("optim.weight_decay"),
                                   /*fused=*/device.is_cuda()});
   if (!resuming && !r.s("init.from").empty() && r.s("init.optimizer") == "checkpoint") {
@@ -209,8 +225,9 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
   } else if (opt.resume) {
     out << "no complete checkpoint in " << run_dir.string() << ": starting at step 0\n";
   }
-  write_file_atomic(run_dir / "recipe.ini", r.resolved_ini());
-  MetricsLog metrics(run_dir / "metrics.jsonl", step > 0 ? step : -1);
+  if (dp && r.i("dist.zero") == 1) dp->shard_optimizer(optimizer);
+  if (is_main) write_file_atomic(run_dir / "recipe.ini", r.resolved_ini());
+  MetricsLog metrics(is_main ? run_dir / "metrics.jsonl" : fs::path(), step > 0 ? step : -1);
 
   const int64_t tokens_per_step = B * T * accum;
   const double flops_per_token = mc.train_flops_per_token(T);
@@ -237,9 +254,15 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
                {"skipped_steps", skipped}, {"tokens_seen", tokens_seen}, {"tokenizer_hash", tok.identity().hash},
                {"init_from", r.s("init.from")}, {"sparsity", level},
                {"model_config", json::parse(mc.to_json())}};
-    CheckpointContents c{named_parameters_of(*model), optimizer.state_tensors(), rng_state(device), masks.tensors(),
-                         st.dump(2), r.resolved_ini()};
-    save_checkpoint(run_dir, at_step, c, r.i("train.keep"));
+    auto save = [&] {
+      if (!is_main) return;
+      CheckpointContents c{named_parameters_of(*model), optimizer.state_tensors(), rng_state(device), masks.tensors(),
+                           st.dump(2), r.resolved_ini()};
+      save_checkpoint(run_dir, at_step, c, r.i("train.keep"));
+    };
+    if (!dp) return save();
+    dp->with_full_optimizer_state(optimizer, save);  // ZeRO-1: every rank's moments, unsharded
+    dp->barrier();
   };
   auto run_eval = [&](int64_t at_step) {
     if (data.eval_sets.empty()) return;
@@ -267,13 +290,25 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
     ++step;
     const double lr = schedule->lr(step);
     std::vector<Batch> micro;
-    for (int64_t a = 0; a < accum; ++a) micro.push_back(sampler.next().to(device));
+    StepContext ctx;
+    int64_t step_tokens = 0;
+    for (int64_t a = 0; a < accum; ++a) {
+      Batch global = sampler.next();  // every rank draws the same global batch and keeps its rows
+      ctx.target_tokens += global.n_target_tokens, step_tokens += global.tokens.numel();
+      micro.push_back((dp ? dp->shard(global) : global).to(device));
+    }
+    if (dp) ctx.before_last_backward = [&] { dp->arm(); };
     optimizer.zero_grad();
     StepResult sr;
     {
       AutocastScope autocast(device, precision);
-      sr = strategy->run(*model, micro);
+      sr = strategy->run(*model, micro, ctx);
     }
+    if (dp) {  // gradients summed over ranks (each normalised by the global token count); the global loss
+      dp->finish();
+      sr.loss = dp->sum(sr.loss);
+    }
+    sr.tokens = step_tokens;
     if (inject_nan.count(step)) {  // test hook: poison this step
       sr.loss = NAN;
       params.front().second.mutable_grad().fill_(NAN);
@@ -303,6 +338,7 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
     }
     bad_in_row = 0;
     optimizer.step(lr);
+    if (dp && r.i("dist.zero") == 1) dp->broadcast_updated_parameters();
     masks.apply_to_weights();
     masks.apply_to_optimizer(optimizer);
     result.losses.push_back(sr.loss);

@@ -1,0 +1,91 @@
+// Data-parallel training on the CPU (two processes started the torchrun way, TCPStore exchange): the loss of
+// every step equals a one-process run with the same global batch, with and without ZeRO-1, and checkpoints
+// move between world sizes in both directions.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "common/files.h"
+#include "common/json.h"
+#include "tests/test_util.h"
+
+using namespace cw;
+using namespace cw::test;
+
+namespace {
+
+std::vector<double> losses(const fs::path& run) {
+  std::vector<double> out;
+  std::istringstream in(read_file(run / "metrics.jsonl"));
+  for (std::string line; std::getline(in, line);) {
+    json j = json::parse(line);
+    if (j.contains("loss") && j["loss"].is_number()) out.push_back(j["loss"].get<double>());
+  }
+  return out;
+}
+
+fs::path write_recipe(const fs::path& dir, const std::string& name, int64_t steps) {
+  fs::path ini = dir / (name + ".ini");
+  write_text(ini, tiny_recipe(dir, name, steps).resolved_ini());
+  return ini;
+}
+
+// Runs `chunkwise train INI ARGS` on WORLD ranks (WORLD = 1: plain), returns rank 0's exit code.
+int train_ranks(int world, const fs::path& ini, const std::string& args, std::string* log) {
+  static int port = 20000 + int(::getpid() % 20000);
+  ++port;
+  const std::string bin = chunkwise_bin() + " train " + ini.string() + " " + args;
+  if (world == 1) return run_command(bin, log);
+  std::string cmd;
+  for (int r = world - 1; r >= 1; --r)
+    cmd += "WORLD_SIZE=" + std::to_string(world) + " RANK=" + std::to_string(r) + " LOCAL_RANK=" + std::to_string(r) +
+           " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " " + bin + " > " + ini.string() + ".rank" +
+           std::to_string(r) + ".log 2>&1 & ";
+  cmd += "WORLD_SIZE=" + std::to_string(world) + " RANK=0 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=" +
+         std::to_string(port) + " " + bin + "; rc=$?; wait; exit $rc";
+  return run_command("bash -c '" + cmd + "'", log);
+}
+
+void expect_close(const std::vector<double>& a, const std::vector<double>& b, size_t from, const std::string& what) {
+  ASSERT_GE(a.size(), from);
+  ASSERT_EQ(a.size(), b.size()) << what;
+  for (size_t i = from; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-4 * std::abs(b[i])) << what << ", step " << i + 1;
+}
+
+}  // namespace
+
+TEST(DataParallel, TwoRanksMatchOneProcessWithAndWithoutZero1) {
+  auto dir = scratch_dir("dp-match");
+  std::string log;
+  ASSERT_EQ(train_ranks(1, write_recipe(dir, "one", 8), "", &log), 0) << log;
+  const auto want = losses(dir / "one");
+  ASSERT_EQ(want.size(), 8u);
+  ASSERT_EQ(train_ranks(2, write_recipe(dir, "two", 8), "", &log), 0) << log;
+  expect_close(losses(dir / "two"), want, 0, "2 ranks");
+  ASSERT_EQ(train_ranks(2, write_recipe(dir, "zero", 8), "--dist.zero=1 --dist.bucket_mb=0", &log), 0) << log;
+  expect_close(losses(dir / "zero"), want, 0, "2 ranks, ZeRO-1, one bucket per parameter");
+  // Rank 1 printed nothing and wrote no files of its own.
+  EXPECT_EQ(read_file(dir / "two.ini.rank1.log").find("step 1"), std::string::npos);
+  // A batch that does not divide over the ranks is refused.
+  EXPECT_NE(train_ranks(2, write_recipe(dir, "odd", 2), "--data.batch_size=3", &log), 0);
+  EXPECT_NE(log.find("does not divide"), std::string::npos) << log;
+}
+
+TEST(DataParallel, CheckpointsMoveBetweenWorldSizes) {
+  auto dir = scratch_dir("dp-resume");
+  std::string log;
+  ASSERT_EQ(train_ranks(1, write_recipe(dir, "ref", 9), "", &log), 0) << log;
+  const auto want = losses(dir / "ref");
+  // Two ranks with ZeRO-1 stop after step 6 (its checkpoint), then one process resumes to step 9.
+  auto ini = write_recipe(dir, "a", 9);
+  ASSERT_EQ(train_ranks(2, ini, "--dist.zero=1 --stop-at=6", &log), 0) << log;
+  ASSERT_EQ(train_ranks(1, ini, "--resume", &log), 0) << log;
+  expect_close(losses(dir / "a"), want, 0, "2 ranks then 1");
+  // One process stops after step 6, then two ranks resume to step 9.
+  ini = write_recipe(dir, "b", 9);
+  ASSERT_EQ(train_ranks(1, ini, "--stop-at=6", &log), 0) << log;
+  ASSERT_EQ(train_ranks(2, ini, "--resume --dist.zero=1", &log), 0) << log;
+  expect_close(losses(dir / "b"), want, 0, "1 then 2 ranks");
+}
