@@ -67,27 +67,29 @@ Bundle load_bundle(const fs::path& dir) {
   b.config = read_hf_config(dir);
   for (auto& f : bundle_weight_files(dir)) add_file(b, f);
   // Shapes the engine relies on.
-  const ModelConfig& c = b.config;
-  const int64_t hd = c.head_dim();
-  auto expect = [&](const std::string& name, std::vector<int64_t> shape) {
+  for (auto& [name, shape] : llama_tensor_shapes(b.config))
     check(b.at(name).shape == shape, dir.string(), ": tensor '", name, "' has the wrong shape for config.json");
-  };
-  expect("model.embed_tokens.weight", {c.vocab_size, c.d_model});
-  expect("model.norm.weight", {c.d_model});
-  if (!c.tie_embeddings) expect("lm_head.weight", {c.vocab_size, c.d_model});
-  for (int64_t l = 0; l < c.n_layers; ++l) {
-    std::string p = "model.layers." + std::to_string(l) + ".";
-    expect(p + "self_attn.q_proj.weight", {c.n_heads * hd, c.d_model});
-    expect(p + "self_attn.k_proj.weight", {c.n_kv_heads * hd, c.d_model});
-    expect(p + "self_attn.v_proj.weight", {c.n_kv_heads * hd, c.d_model});
-    expect(p + "self_attn.o_proj.weight", {c.d_model, c.n_heads * hd});
-    expect(p + "mlp.gate_proj.weight", {c.d_ff, c.d_model});
-    expect(p + "mlp.up_proj.weight", {c.d_ff, c.d_model});
-    expect(p + "mlp.down_proj.weight", {c.d_model, c.d_ff});
-    expect(p + "input_layernorm.weight", {c.d_model});
-    expect(p + "post_attention_layernorm.weight", {c.d_model});
-  }
   return b;
+}
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> llama_tensor_shapes(const ModelConfig& c) {
+  const int64_t hd = c.head_dim();
+  std::vector<std::pair<std::string, std::vector<int64_t>>> out = {{"model.embed_tokens.weight", {c.vocab_size, c.d_model}},
+                                                                   {"model.norm.weight", {c.d_model}}};
+  if (!c.tie_embeddings) out.push_back({"lm_head.weight", {c.vocab_size, c.d_model}});
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    out.push_back({p + "self_attn.q_proj.weight", {c.n_heads * hd, c.d_model}});
+    out.push_back({p + "self_attn.k_proj.weight", {c.n_kv_heads * hd, c.d_model}});
+    out.push_back({p + "self_attn.v_proj.weight", {c.n_kv_heads * hd, c.d_model}});
+    out.push_back({p + "self_attn.o_proj.weight", {c.d_model, c.n_heads * hd}});
+    out.push_back({p + "mlp.gate_proj.weight", {c.d_ff, c.d_model}});
+    out.push_back({p + "mlp.up_proj.weight", {c.d_ff, c.d_model}});
+    out.push_back({p + "mlp.down_proj.weight", {c.d_model, c.d_ff}});
+    out.push_back({p + "input_layernorm.weight", {c.d_model}});
+    out.push_back({p + "post_attention_layernorm.weight", {c.d_model}});
+  }
+  return out;
 }
 
 }  // namespace cw::serve

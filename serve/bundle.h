@@ -24,4 +24,7 @@ struct Bundle {
 
 Bundle load_bundle(const std::filesystem::path& dir);
 
+// Every tensor a Llama bundle of config C holds, with its shape (Hugging Face names; lm_head unless tied).
+std::vector<std::pair<std::string, std::vector<int64_t>>> llama_tensor_shapes(const ModelConfig& c);
+
 }  // namespace cw::serve

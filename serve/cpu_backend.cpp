@@ -46,28 +46,6 @@ namespace {
 void round_bf16(float* x, size_t n) {
   for (size_t i = 0; i < n; ++i) x[i] = kern::bf16_to_float(kern::float_to_bf16(x[i]));
 }
-// The CSR arrays of one attention level.
-struct LevelArrays {
-  std::vector<int32_t> q_indptr{0}, kv_indptr{0}, kv_pages, kv_len, kv_pos0;
-  kern::AttnLevel view() const {
-    kern::AttnLevel L;
-    L.num_items = int(kv_len.size());
-    L.q_indptr = q_indptr.data(), L.kv_indptr = kv_indptr.data(), L.kv_pages = kv_pages.data();
-    L.kv_len = kv_len.data(), L.kv_pos0 = kv_pos0.data();
-    return L;
-  }
-};
-LevelArrays level_arrays(const std::vector<AttnItem>& items) {
-  LevelArrays a;
-  for (const auto& it : items) {
-    a.q_indptr.push_back(it.q_end);
-    a.kv_pages.insert(a.kv_pages.end(), it.pages.begin(), it.pages.end());
-    a.kv_indptr.push_back(int32_t(a.kv_pages.size()));
-    a.kv_len.push_back(it.kv_len);
-    a.kv_pos0.push_back(it.kv_pos0);
-  }
-  return a;
-}
 }  // namespace
 
 std::vector<int32_t> CpuBackend::forward(const StepPlan& plan, std::vector<float>* logits_out) {
@@ -77,7 +55,7 @@ std::vector<int32_t> CpuBackend::forward(const StepPlan& plan, std::vector<float
   const int ff = int(c_.d_ff), V = int(c_.vocab_size), nqkv = (H + 2 * Hkv) * hd;
   const float eps = float(c_.norm_eps);
   std::vector<LevelArrays> levels;
-  for (const auto& items : plan.levels) levels.push_back(level_arrays(items));
+  for (const auto& items : plan.levels) levels.push_back(LevelArrays::from(items));
   const int slots = int(levels.size()) * opt_.splits;
   kern::AttnShape shape;
   shape.rows = T, shape.heads = H, shape.kv_heads = Hkv, shape.head_dim = hd, shape.page_size = opt_.page_size;

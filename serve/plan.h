@@ -34,6 +34,14 @@ struct StepPlan {
   void validate(int page_size, int num_pages) const;  // std::logic_error on a malformed plan (a scheduler bug)
 };
 
+// One level's items in the CSR form the kernels take (host memory; view() points into it).
+struct LevelArrays {
+  std::vector<int32_t> q_indptr{0}, kv_indptr{0}, kv_pages, kv_len, kv_pos0;
+  void add(int32_t rows, const std::vector<int32_t>& pages, int32_t kv_len, int32_t kv_pos0);
+  static LevelArrays from(const std::vector<AttnItem>& items);
+  kern::AttnLevel view() const;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;

@@ -37,31 +37,15 @@ Bundle random_bundle(const ModelConfig& c, uint64_t seed, float std) {
   Bundle b;
   b.config = c;
   uint64_t k = seed * 1000003;
-  auto add = [&](const std::string& name, std::vector<int64_t> shape, bool ones = false) {
+  for (auto& [name, shape] : llama_tensor_shapes(c)) {
     Weight w;
     w.shape = shape;
     int64_t n = 1;
-    for (auto s : shape) n *= s;
+    for (auto d : shape) n *= d;
     w.data.resize(size_t(n));
-    if (ones) std::fill(w.data.begin(), w.data.end(), 1.f);
+    if (shape.size() == 1) std::fill(w.data.begin(), w.data.end(), 1.f);  // norm gains
     else fill(w.data, ++k, std);
     b.weights[name] = std::move(w);
-  };
-  const int64_t hd = c.head_dim();
-  add("model.embed_tokens.weight", {c.vocab_size, c.d_model});
-  add("model.norm.weight", {c.d_model}, true);
-  if (!c.tie_embeddings) add("lm_head.weight", {c.vocab_size, c.d_model});
-  for (int64_t l = 0; l < c.n_layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    add(p + "self_attn.q_proj.weight", {c.n_heads * hd, c.d_model});
-    add(p + "self_attn.k_proj.weight", {c.n_kv_heads * hd, c.d_model});
-    add(p + "self_attn.v_proj.weight", {c.n_kv_heads * hd, c.d_model});
-    add(p + "self_attn.o_proj.weight", {c.d_model, c.n_heads * hd});
-    add(p + "mlp.gate_proj.weight", {c.d_ff, c.d_model});
-    add(p + "mlp.up_proj.weight", {c.d_ff, c.d_model});
-    add(p + "mlp.down_proj.weight", {c.d_model, c.d_ff});
-    add(p + "input_layernorm.weight", {c.d_model}, true);
-    add(p + "post_attention_layernorm.weight", {c.d_model}, true);
   }
   return b;
 }

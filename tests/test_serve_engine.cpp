@@ -40,22 +40,7 @@ struct PagedSeq {
   }
 };
 
-struct Level {
-  std::vector<int32_t> q_indptr{0}, kv_indptr{0}, kv_pages, kv_len, kv_pos0;
-  void add(int rows, const std::vector<int32_t>& pages, int len, int pos0) {
-    q_indptr.push_back(q_indptr.back() + rows);
-    kv_pages.insert(kv_pages.end(), pages.begin(), pages.end());
-    kv_indptr.push_back(int32_t(kv_pages.size()));
-    kv_len.push_back(len), kv_pos0.push_back(pos0);
-  }
-  kern::AttnLevel view() const {
-    kern::AttnLevel L;
-    L.num_items = int(kv_len.size());
-    L.q_indptr = q_indptr.data(), L.kv_indptr = kv_indptr.data(), L.kv_pages = kv_pages.data();
-    L.kv_len = kv_len.data(), L.kv_pos0 = kv_pos0.data();
-    return L;
-  }
-};
+using Level = serve::LevelArrays;
 
 std::vector<int32_t> oracle_greedy(const serve::Bundle& b, const std::vector<int32_t>& prompt, int n) {
   serve::CpuModel m(b);

@@ -18,18 +18,12 @@ namespace cw::cli {
 int batch_main(const Args& args) {
   po::options_description desc("batch options");
   std::string bundle, in_path, out_path;
-  int32_t max_new;
-  kern::SampleParams defaults;
-  uint64_t seed;
+  SamplingFlags sampling;  // defaults for lines that do not set their own
   EngineFlags flags;
   desc.add_options()("bundle", po::value(&bundle)->required(), "bundle folder")(
       "in", po::value(&in_path)->required(), "requests, one JSON object per line")(
-      "out", po::value(&out_path)->required(), "results, one JSON object per line")(
-      "max-new-tokens", po::value(&max_new)->default_value(64), "default tokens to generate")(
-      "temperature", po::value(&defaults.temperature)->default_value(0.f, "0"), "default temperature (0 = greedy)")(
-      "top-k", po::value(&defaults.top_k)->default_value(0), "default top-k (0 = off)")(
-      "top-p", po::value(&defaults.top_p)->default_value(1.f, "1"), "default top-p (1 = off)")(
-      "seed", po::value(&seed)->default_value(1), "default sampling seed");
+      "out", po::value(&out_path)->required(), "results, one JSON object per line");
+  sampling.add_to(desc);
   flags.add_to(desc);
   po::positional_options_description pos;
   pos.add("bundle", 1).add("in", 1).add("out", 1);
@@ -37,7 +31,9 @@ int batch_main(const Args& args) {
   if (!parse_args(args, desc, pos, vm, "chunkwise batch BUNDLE IN.jsonl OUT.jsonl [--device auto|cpu|cuda] [--prefix-sharing on]"))
     return 0;
   flags.finish();
-  defaults.seed = seed;
+  sampling.finish();
+  const kern::SampleParams& defaults = sampling.params;
+  const int32_t max_new = sampling.max_new;
   fs::path dir = expand_user(bundle);
   Tokenizer tok = Tokenizer::load(dir / "tokenizer.model");
   serve::Bundle b = serve::load_bundle(dir);

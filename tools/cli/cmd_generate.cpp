@@ -12,24 +12,18 @@ namespace cw::cli {
 int generate_main(const Args& args) {
   po::options_description desc("generate options");
   std::string bundle, prompt;
-  int32_t max_new;
-  uint64_t seed;
-  kern::SampleParams s;
+  SamplingFlags sampling;
   EngineFlags flags;
   desc.add_options()("bundle", po::value(&bundle)->required(), "bundle folder (config.json, safetensors, tokenizer.model)")(
-      "prompt", po::value(&prompt)->default_value("The"), "text to continue")(
-      "max-new-tokens", po::value(&max_new)->default_value(64), "tokens to generate")(
-      "temperature", po::value(&s.temperature)->default_value(0.f, "0"), "0 = greedy")(
-      "top-k", po::value(&s.top_k)->default_value(0), "0 = off")(
-      "top-p", po::value(&s.top_p)->default_value(1.f, "1"), "1 = off")(
-      "seed", po::value(&seed)->default_value(1), "sampling seed");
+      "prompt", po::value(&prompt)->default_value("The"), "text to continue");
+  sampling.add_to(desc);
   flags.add_to(desc);
   po::positional_options_description pos;
   pos.add("bundle", 1);
   po::variables_map vm;
   if (!parse_args(args, desc, pos, vm, "chunkwise generate BUNDLE [--prompt TEXT] [--device auto|cpu|cuda]")) return 0;
   flags.finish();
-  s.seed = seed;
+  sampling.finish();
   fs::path dir = expand_user(bundle);
   Tokenizer tok = Tokenizer::load(dir / "tokenizer.model");
   serve::Bundle b = serve::load_bundle(dir);
@@ -39,7 +33,7 @@ int generate_main(const Args& args) {
   serve::GenRequest r;
   std::vector<int> ids = tok.encode(prompt);
   r.prompt.assign(ids.begin(), ids.end());
-  r.max_new_tokens = max_new, r.sampling = s, r.eos_id = tok.identity().eos_id;
+  r.max_new_tokens = sampling.max_new, r.sampling = sampling.params, r.eos_id = tok.identity().eos_id;
   engine.submit(r);
   std::string shown = tok.decode(ids);
   std::cout << shown << std::flush;

@@ -31,6 +31,14 @@ void EngineFlags::add_to(po::options_description& desc) {
       "no-cuda-graphs", po::bool_switch(&no_graphs), "run decode steps without CUDA graphs");
 }
 
+void SamplingFlags::add_to(po::options_description& desc) {
+  desc.add_options()("max-new-tokens", po::value(&max_new)->default_value(64), "tokens to generate")(
+      "temperature", po::value(&params.temperature)->default_value(0.f, "0"), "0 = greedy")(
+      "top-k", po::value(&params.top_k)->default_value(0), "0 = off")(
+      "top-p", po::value(&params.top_p)->default_value(1.f, "1"), "1 = off")(
+      "seed", po::value(&seed)->default_value(1), "sampling seed");
+}
+
 void EngineFlags::finish() {
   check(chunked == "on" || chunked == "off", "--chunked-prefill ", chunked, ": use on or off");
   check(sharing == "on" || sharing == "off" || sharing == "flat", "--prefix-sharing ", sharing, ": use off, on or flat");

@@ -23,6 +23,15 @@ struct EngineFlags {
   void finish();  // reads chunked/sharing into engine; UserError on bad values
 };
 
+// --max-new-tokens, --temperature, --top-k, --top-p, --seed (call finish() after parsing).
+struct SamplingFlags {
+  int32_t max_new = 64;
+  uint64_t seed = 1;
+  kern::SampleParams params;
+  void add_to(po::options_description& desc);
+  void finish() { params.seed = seed; }
+};
+
 std::unique_ptr<serve::Backend> make_backend(const serve::Bundle& bundle, const EngineFlags& f);
 bool cuda_engine_built();
 
