@@ -89,3 +89,18 @@ TEST(DataParallel, CheckpointsMoveBetweenWorldSizes) {
   ASSERT_EQ(train_ranks(2, ini, "--resume --dist.zero=1", &log), 0) << log;
   expect_close(losses(dir / "b"), want, 0, "1 then 2 ranks");
 }
+
+// Started by torchrun itself (its agent serves the rendezvous store; the ranks only connect to it).
+TEST(DataParallel, TorchrunStartsTheRanks) {
+  auto dir = scratch_dir("dp-torchrun");
+  std::string log;
+  ASSERT_EQ(train_ranks(1, write_recipe(dir, "one", 4), "", &log), 0) << log;
+  static int port = 40000 + int(::getpid() % 20000);
+  const auto ini = write_recipe(dir, "tr", 4);
+  ASSERT_EQ(run_command(python() + " -m torch.distributed.run --nproc_per_node=2 --master_port=" + std::to_string(port) +
+                            " --no-python " + chunkwise_bin() + " train " + ini.string(),
+                        &log),
+            0)
+      << log;
+  expect_close(losses(dir / "tr"), losses(dir / "one"), 0, "torchrun, 2 ranks");
+}

@@ -37,6 +37,8 @@ DistEnv DistEnv::from_environment() {
   if (addr && *addr) e.master_addr = addr;
   e.master_port = env_int("MASTER_PORT", 29500, false);
   check(e.master_port > 0 && e.master_port < 65536, "MASTER_PORT=", e.master_port, " is not a port");
+  const char* agent = std::getenv("TORCHELASTIC_USE_AGENT_STORE");
+  e.agent_store = agent && (std::string(agent) == "True" || std::string(agent) == "1");
   return e;
 }
 
@@ -58,9 +60,9 @@ class StoreCollectives : public Collectives {
   StoreCollectives(const DistEnv& env) : env_(env) {
     c10d::TCPStoreOptions o;
     o.port = uint16_t(env.master_port);
-    o.isServer = env.rank == 0;
+    o.isServer = env.rank == 0 && !env.agent_store;
     o.numWorkers = size_t(env.world);
-    o.waitWorkers = true;
+    o.waitWorkers = !env.agent_store;
     o.timeout = std::chrono::seconds(300);
     store_ = c10::make_intrusive<c10d::TCPStore>(env.master_addr, o);
   }

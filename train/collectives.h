@@ -16,6 +16,7 @@ struct DistEnv {
   int rank = 0, world = 1, local_rank = 0;
   std::string master_addr = "127.0.0.1";
   int master_port = 29500;
+  bool agent_store = false;  // torchrun's agent already serves the store on MASTER_PORT: every rank is a client
   bool active() const { return world > 1; }
   static DistEnv from_environment();  // UserError naming the variable that is missing or malformed
 };

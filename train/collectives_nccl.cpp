@@ -24,8 +24,9 @@ class NcclCollectives : public Collectives {
   NcclCollectives(const DistEnv& env, const torch::Device& device) : env_(env) {
     c10d::TCPStoreOptions o;
     o.port = uint16_t(env.master_port);
-    o.isServer = env.rank == 0;
+    o.isServer = env.rank == 0 && !env.agent_store;
     o.numWorkers = size_t(env.world);
+    o.waitWorkers = !env.agent_store;
     o.timeout = std::chrono::seconds(300);
     auto store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, o);
     auto opts = c10d::ProcessGroupNCCL::Options::create();

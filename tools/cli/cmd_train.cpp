@@ -3,6 +3,7 @@
 
 #include "train/recipe.h"
 #include "train/schedule.h"
+#include "train/collectives.h"
 #include "train/trainer.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/options.h"
@@ -44,6 +45,7 @@ int train_main(const Args& args) {
   o.resume = vm.count("resume") > 0;
   o.stop_at = stop_at;
   TrainResult res = train(r, o);
+  if (DistEnv::from_environment().rank != 0) return 0;  // data-parallel: rank 0 reports
   std::cout << "done: step " << res.last_step << " in " << res.run_dir.string();
   if (!std::isnan(res.val_loss))
     std::cout << " | val loss " << res.val_loss << " vs unigram entropy " << res.unigram_entropy << " nats";
