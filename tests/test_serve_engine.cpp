@@ -323,3 +323,53 @@ TEST(ServeEngineCpu, BadRequestsAreRefusedWithAReason) {
   EXPECT_NE(user_error_of([&] { engine.submit(r); }).find("KV pages"), std::string::npos);
   EXPECT_TRUE(engine.idle());
 }
+
+// Several prompts prefilled in one step (varlen rows, no padding: prepacking) give each prompt the logits it
+// gets alone, and changing one prompt leaves the others' logits unchanged.
+TEST(ServeEngineCpu, PackedPrefillEqualsEachPromptAlone) {
+  serve::Bundle b = serve::random_bundle(small_serve_config(4, 2, 16), 10, 0.15f);
+  std::mt19937_64 rng(9);
+  std::vector<std::vector<int32_t>> prompts = {random_prompt(13, 512, rng), random_prompt(1, 512, rng), random_prompt(29, 512, rng)};
+  auto packed = [&](const std::vector<std::vector<int32_t>>& ps) {
+    serve::CpuBackendOptions o;
+    o.page_size = 4, o.num_pages = 32;
+    serve::CpuBackend be(b, o);
+    serve::StepPlan plan;
+    int32_t next_page = 1;
+    plan.levels.resize(1);
+    for (const auto& p : ps) {
+      serve::AttnItem it;
+      it.q_begin = plan.rows();
+      for (size_t k = 0; k < (p.size() + 3) / 4; ++k) it.pages.push_back(next_page++);
+      for (size_t t = 0; t < p.size(); ++t) {
+        plan.tokens.push_back(p[t]);
+        plan.positions.push_back(int32_t(t));
+        plan.slots.push_back(it.pages[t / 4] * 4 + int32_t(t % 4));
+      }
+      it.q_end = plan.rows(), it.kv_len = int32_t(p.size());
+      plan.levels[0].push_back(it);
+      plan.sample_rows.push_back(plan.rows() - 1);
+      plan.sample_params.push_back({});
+    }
+    std::vector<float> logits;
+    be.forward(plan, &logits);
+    return logits;
+  };
+  const auto together = packed(prompts);
+  const size_t V = 512;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    auto alone = packed({prompts[i]});
+    std::vector<float> row(together.begin() + i * V, together.begin() + (i + 1) * V);
+    EXPECT_LE(rel_err(row, alone), 1e-6) << "prompt " << i;
+  }
+  auto changed = prompts;
+  changed[1][0] = (changed[1][0] + 1) % 512;
+  const auto after = packed(changed);
+  for (size_t i : {size_t(0), size_t(2)})
+    EXPECT_LE(rel_err(std::vector<float>(after.begin() + i * V, after.begin() + (i + 1) * V),
+                      std::vector<float>(together.begin() + i * V, together.begin() + (i + 1) * V)),
+              1e-6);
+  EXPECT_GT(rel_err(std::vector<float>(after.begin() + V, after.begin() + 2 * V),
+                    std::vector<float>(together.begin() + V, together.begin() + 2 * V)),
+            1e-3);
+}
