@@ -161,3 +161,30 @@ TEST(ServeCpu, BatchCommandWritesResultsInInputOrder) {
   EXPECT_NE(out.find("bad.jsonl:2"), std::string::npos) << out;
   EXPECT_FALSE(fs::exists(dir / "bad-out.jsonl"));
 }
+
+// `chunkwise generate` streams the prompt and its greedy continuation, the reference model's tokens.
+TEST(ServeCpu, GenerateCommandStreamsTheGreedyContinuation) {
+  auto dir = scratch_dir("serve-generate");
+  random_model(dir / "bundle", false);
+  serve::Bundle b = serve::load_bundle(dir / "bundle");
+  Tokenizer tok = Tokenizer::load(dir / "bundle" / "tokenizer.model");
+  const std::string prompt = "the quick brown";
+  std::vector<int> ids = tok.encode(prompt);
+  serve::CpuModel m(b);
+  auto cache = m.new_cache();
+  std::vector<float> logits;
+  for (int t : ids) logits = m.step(t, cache);
+  for (int k = 0; k < 7; ++k) {
+    int32_t next = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    if (next == tok.identity().eos_id) break;
+    ids.push_back(next);
+    logits = m.step(next, cache);
+  }
+  std::string out;
+  ASSERT_EQ(run_command(chunkwise_bin() + " generate " + (dir / "bundle").string() + " --prompt '" + prompt +
+                            "' --max-new-tokens 7 --device cpu --token-budget 2",
+                        &out),
+            0)
+      << out;
+  EXPECT_EQ(out, tok.decode(ids) + "\n");
+}
