@@ -12,6 +12,7 @@
 #include "serve/cpu_backend.h"
 #include "serve/cpu_model.h"
 #include "serve/engine.h"
+#include "serve/prefix_groups.h"
 #include "tests/serve_test_util.h"
 #include "tests/test_util.h"
 
@@ -372,4 +373,39 @@ TEST(ServeEngineCpu, PackedPrefillEqualsEachPromptAlone) {
   EXPECT_GT(rel_err(std::vector<float>(after.begin() + V, after.begin() + 2 * V),
                     std::vector<float>(together.begin() + V, together.begin() + 2 * V)),
             1e-3);
+}
+
+TEST(ServeEngineCpu, PrefixGroupsShareWholePagesAndOrderByDecodeRatio) {
+  std::mt19937_64 rng(12);
+  const auto shared = random_prompt(37, 512, rng);
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<int32_t> max_new;
+  for (int i = 0; i < 4; ++i) {  // share 37 tokens -> 32 after page alignment (page 8)
+    auto p = shared;
+    auto tail = random_prompt(3 + i, 512, rng);
+    p.insert(p.end(), tail.begin(), tail.end());
+    prompts.push_back(p), max_new.push_back(10 * (i + 1));
+  }
+  prompts.push_back(random_prompt(20, 512, rng)), max_new.push_back(5);  // shares nothing
+  prompts.push_back(std::vector<int32_t>(shared.begin(), shared.begin() + 6)), max_new.push_back(5);  // shorter than a page
+  auto groups = serve::group_by_prefix(prompts, max_new, 8);
+  int grouped = 0;
+  std::vector<int> seen;
+  for (auto& g : groups) {
+    seen.insert(seen.end(), g.members.begin(), g.members.end());
+    if (g.shared_len == 0) {
+      EXPECT_EQ(g.members.size(), 1u);
+      continue;
+    }
+    ++grouped;
+    EXPECT_EQ(g.shared_len, 32);
+    ASSERT_EQ(g.members.size(), 4u);
+    for (size_t k = 1; k < g.members.size(); ++k) {  // larger decode/prompt ratio first
+      auto ratio = [&](int m) { return double(max_new[size_t(m)]) / double(prompts[size_t(m)].size()); };
+      EXPECT_GE(ratio(g.members[k - 1]), ratio(g.members[k]));
+    }
+  }
+  EXPECT_EQ(grouped, 1);
+  std::sort(seen.begin(), seen.end());
+  EXPECT_EQ(seen, (std::vector<int>{0, 1, 2, 3, 4, 5}));  // every request exactly once
 }
