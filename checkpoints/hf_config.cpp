@@ -31,6 +31,22 @@ ModelConfig parse_hf_config(const std::string& text, const std::string& what) {
           "' is missing or not a positive integer");
     return j[key];
   };
+  // Optional fields, type-checked (a number too large for an integer must not reach get<int64_t>()).
+  auto opt_int = [&](const char* key, int64_t fallback) -> int64_t {
+    if (!j.contains(key) || j[key].is_null()) return fallback;
+    check(j[key].is_number_integer() && j[key].get<int64_t>() > 0, what, ": '", key, "' must be a positive integer");
+    return j[key].get<int64_t>();
+  };
+  auto opt_float = [&](const char* key, double fallback) -> double {
+    if (!j.contains(key) || j[key].is_null()) return fallback;
+    check(j[key].is_number(), what, ": '", key, "' must be a number");
+    return j[key].get<double>();
+  };
+  auto opt_bool = [&](const char* key, bool fallback) -> bool {
+    if (!j.contains(key) || j[key].is_null()) return fallback;
+    check(j[key].is_boolean(), what, ": '", key, "' must be true or false");
+    return j[key].get<bool>();
+  };
   ModelConfig c;
   c.family = "llama";
   c.vocab_size = need("vocab_size").get<int64_t>();
@@ -39,15 +55,16 @@ ModelConfig parse_hf_config(const std::string& text, const std::string& what) {
   c.n_heads = need("num_attention_heads").get<int64_t>();
   c.n_kv_heads = j.contains("num_key_value_heads") ? need("num_key_value_heads").get<int64_t>() : c.n_heads;
   c.d_ff = need("intermediate_size").get<int64_t>();
-  c.max_seq_len = j.value("max_position_embeddings", int64_t(2048));
-  c.rope_theta = j.value("rope_theta", 10000.0);
-  c.norm_eps = j.value("rms_norm_eps", 1e-6);
-  c.tie_embeddings = j.value("tie_word_embeddings", false);
-  check(!j.contains("head_dim") || j["head_dim"].is_null() || j["head_dim"].get<int64_t>() == c.d_model / c.n_heads,
-        what, ": head_dim other than hidden_size / num_attention_heads is not supported");
+  c.max_seq_len = opt_int("max_position_embeddings", 2048);
+  c.rope_theta = opt_float("rope_theta", 10000.0);
+  c.norm_eps = opt_float("rms_norm_eps", 1e-6);
+  c.tie_embeddings = opt_bool("tie_word_embeddings", false);
+  check(opt_int("head_dim", c.d_model / c.n_heads) == c.d_model / c.n_heads, what,
+        ": head_dim other than hidden_size / num_attention_heads is not supported");
   check(!j.contains("rope_scaling") || j["rope_scaling"].is_null(), what, ": rope_scaling is not supported");
-  check(!j.value("attention_bias", false) && !j.value("mlp_bias", false), what, ": biases are not supported");
-  check(j.value("hidden_act", std::string("silu")) == "silu", what, ": hidden_act must be silu");
+  check(!opt_bool("attention_bias", false) && !opt_bool("mlp_bias", false), what, ": biases are not supported");
+  check(!j.contains("hidden_act") || (j["hidden_act"].is_string() && j["hidden_act"].get<std::string>() == "silu"), what,
+        ": hidden_act must be silu");
   c.validate();
   return c;
 }

@@ -110,4 +110,11 @@ TEST(HfBundle, ShardedExportReadsBackAndBadBundlesAreRejected) {
   EXPECT_NE(user_error_of([&] { read_hf_config(dir / "c"); }).find("not supported"), std::string::npos);
   write_text(dir / "d" / "config.json", R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 10, "hidden_size": -3})");
   EXPECT_NE(user_error_of([&] { read_hf_config(dir / "d"); }).find("hidden_size"), std::string::npos);
+  // Optional fields are type-checked: a number too large for an integer (found by the fuzzer), a string.
+  const std::string base = R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 100, "hidden_size": 64,
+    "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, )";
+  write_text(dir / "e" / "config.json", base + R"("max_position_embeddings": 1211111111111111111111111111118})");
+  EXPECT_NE(user_error_of([&] { read_hf_config(dir / "e"); }).find("max_position_embeddings"), std::string::npos);
+  write_text(dir / "e" / "config.json", base + R"("rope_theta": "big"})");
+  EXPECT_NE(user_error_of([&] { read_hf_config(dir / "e"); }).find("rope_theta"), std::string::npos);
 }
