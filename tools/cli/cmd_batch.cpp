@@ -3,6 +3,7 @@
 // top_p, seed. Output lines come in input order: {"id", "text", "tokens", "finish_reason", "prompt_tokens"}.
 // Progress on stderr, one throughput line at the end; OUT appears only when complete (temp name + rename).
 #include <chrono>
+#include <cstdint>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -53,22 +54,38 @@ int batch_main(const Args& args) {
     check(j.is_object(), where, ": each line must be a JSON object");
     serve::GenRequest r;
     r.id = int64_t(reqs.size());
-    try {
-      if (j.contains("prompt_tokens")) r.prompt = j.at("prompt_tokens").get<std::vector<int32_t>>();
-      else {
-        check(j.contains("prompt") && j["prompt"].is_string(), where, ": needs \"prompt\" (text) or \"prompt_tokens\"");
-        auto t = tok.encode(j["prompt"].get<std::string>());
-        r.prompt.assign(t.begin(), t.end());
+    // Every field type-checked before conversion (a number too large for its type is an error, not a cast).
+    auto int_field = [&](const char* key, int64_t fallback, int64_t lo, int64_t hi) -> int64_t {
+      if (!j.contains(key)) return fallback;
+      const json& v = j[key];
+      check(v.is_number_integer() && v.get<int64_t>() >= lo && v.get<int64_t>() <= hi, where, ": \"", key,
+            "\" must be an integer from ", lo, " to ", hi);
+      return v.get<int64_t>();
+    };
+    auto float_field = [&](const char* key, double fallback) -> double {
+      if (!j.contains(key)) return fallback;
+      check(j[key].is_number(), where, ": \"", key, "\" must be a number");
+      return j[key].get<double>();
+    };
+    if (j.contains("prompt_tokens")) {
+      const json& t = j["prompt_tokens"];
+      check(t.is_array(), where, ": \"prompt_tokens\" must be an array of token ids");
+      for (const json& x : t) {
+        check(x.is_number_integer() && x.get<int64_t>() >= 0 && x.get<int64_t>() < b.config.vocab_size, where,
+              ": \"prompt_tokens\" holds ", x.dump(), ", not a token id below ", b.config.vocab_size);
+        r.prompt.push_back(int32_t(x.get<int64_t>()));
       }
-      r.max_new_tokens = j.value("max_new_tokens", max_new);
-      r.sampling = defaults;
-      r.sampling.temperature = j.value("temperature", defaults.temperature);
-      r.sampling.top_k = j.value("top_k", defaults.top_k);
-      r.sampling.top_p = j.value("top_p", defaults.top_p);
-      r.sampling.seed = j.value("seed", defaults.seed);
-    } catch (const json::exception& e) {
-      fail(where, ": ", e.what());
+    } else {
+      check(j.contains("prompt") && j["prompt"].is_string(), where, ": needs \"prompt\" (text) or \"prompt_tokens\"");
+      auto t = tok.encode(j["prompt"].get<std::string>());
+      r.prompt.assign(t.begin(), t.end());
     }
+    r.max_new_tokens = int32_t(int_field("max_new_tokens", max_new, 1, 1 << 20));
+    r.sampling = defaults;
+    r.sampling.temperature = float(float_field("temperature", defaults.temperature));
+    r.sampling.top_k = int32_t(int_field("top_k", defaults.top_k, 0, 1 << 30));
+    r.sampling.top_p = float(float_field("top_p", defaults.top_p));
+    r.sampling.seed = uint64_t(int_field("seed", int64_t(defaults.seed), 0, INT64_MAX));
     r.eos_id = tok.identity().eos_id;
     prompt_tokens += int64_t(r.prompt.size());
     ids.push_back(j.contains("id") ? j["id"] : json(line_no));
