@@ -1,7 +1,10 @@
 // Data-parallel training on the CPU (two processes started the torchrun way, TCPStore exchange): the loss of
 // every step equals a one-process run with the same global batch, with and without ZeRO-1, and checkpoints
 // move between world sizes in both directions.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -32,11 +35,24 @@ fs::path write_recipe(const fs::path& dir, const std::string& name, int64_t step
   return ini;
 }
 
-// Runs `chunkwise train INI ARGS` on WORLD ranks (WORLD = 1: plain), returns rank 0's exit code.
+// A port the system just reported free (tests run in parallel: fixed ports would collide).
+int free_port() {
+  int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET, a.sin_addr.s_addr = htonl(INADDR_LOOPBACK), a.sin_port = 0;
+  socklen_t len = sizeof a;
+  if (s < 0 || ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len) != 0)
+    throw std::runtime_error("no free port");
+  ::close(s);
+  return ntohs(a.sin_port);
+}
+
+// Runs `chunkwise train INI ARGS` on WORLD ranks (WORLD = 1: plain), returns rank 0's exit code. If rank 0
+// fails the others are stopped; a short store timeout keeps a failed start from hanging the suite.
 int train_ranks(int world, const fs::path& ini, const std::string& args, std::string* log) {
-  static int port = 20000 + int(::getpid() % 20000);
-  ++port;
-  const std::string bin = chunkwise_bin() + " train " + ini.string() + " " + args;
+  const int port = free_port();
+  const std::string bin = "CHUNKWISE_DIST_TIMEOUT=60 " + chunkwise_bin() + " train " + ini.string() + " " + args;
   if (world == 1) return run_command(bin, log);
   std::string cmd;
   for (int r = world - 1; r >= 1; --r)
@@ -44,7 +60,7 @@ int train_ranks(int world, const fs::path& ini, const std::string& args, std::st
            " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " " + bin + " > " + ini.string() + ".rank" +
            std::to_string(r) + ".log 2>&1 & ";
   cmd += "WORLD_SIZE=" + std::to_string(world) + " RANK=0 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=" +
-         std::to_string(port) + " " + bin + "; rc=$?; wait; exit $rc";
+         std::to_string(port) + " " + bin + "; rc=$?; [ $rc -ne 0 ] && kill $(jobs -p) 2>/dev/null; wait; exit $rc";
   return run_command("bash -c '" + cmd + "'", log);
 }
 
@@ -95,9 +111,9 @@ TEST(DataParallel, TorchrunStartsTheRanks) {
   auto dir = scratch_dir("dp-torchrun");
   std::string log;
   ASSERT_EQ(train_ranks(1, write_recipe(dir, "one", 4), "", &log), 0) << log;
-  static int port = 40000 + int(::getpid() % 20000);
+  const int port = free_port();
   const auto ini = write_recipe(dir, "tr", 4);
-  ASSERT_EQ(run_command(python() + " -m torch.distributed.run --nproc_per_node=2 --master_port=" + std::to_string(port) +
+  ASSERT_EQ(run_command("CHUNKWISE_DIST_TIMEOUT=60 " + python() + " -m torch.distributed.run --nproc_per_node=2 --master_port=" + std::to_string(port) +
                             " --no-python " + chunkwise_bin() + " train " + ini.string(),
                         &log),
             0)

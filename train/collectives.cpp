@@ -39,6 +39,7 @@ DistEnv DistEnv::from_environment() {
   check(e.master_port > 0 && e.master_port < 65536, "MASTER_PORT=", e.master_port, " is not a port");
   const char* agent = std::getenv("TORCHELASTIC_USE_AGENT_STORE");
   e.agent_store = agent && (std::string(agent) == "True" || std::string(agent) == "1");
+  e.timeout_s = env_int("CHUNKWISE_DIST_TIMEOUT", 300, false);
   return e;
 }
 
@@ -63,7 +64,7 @@ class StoreCollectives : public Collectives {
     o.isServer = env.rank == 0 && !env.agent_store;
     o.numWorkers = size_t(env.world);
     o.waitWorkers = !env.agent_store;
-    o.timeout = std::chrono::seconds(300);
+    o.timeout = std::chrono::seconds(env.timeout_s);
     store_ = c10::make_intrusive<c10d::TCPStore>(env.master_addr, o);
   }
   int rank() const override { return env_.rank; }

@@ -17,6 +17,7 @@ struct DistEnv {
   std::string master_addr = "127.0.0.1";
   int master_port = 29500;
   bool agent_store = false;  // torchrun's agent already serves the store on MASTER_PORT: every rank is a client
+  int timeout_s = 300;       // rendezvous and store operations, seconds (CHUNKWISE_DIST_TIMEOUT)
   bool active() const { return world > 1; }
   static DistEnv from_environment();  // UserError naming the variable that is missing or malformed
 };

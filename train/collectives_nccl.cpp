@@ -27,7 +27,7 @@ class NcclCollectives : public Collectives {
     o.isServer = env.rank == 0 && !env.agent_store;
     o.numWorkers = size_t(env.world);
     o.waitWorkers = !env.agent_store;
-    o.timeout = std::chrono::seconds(300);
+    o.timeout = std::chrono::seconds(env.timeout_s);
     auto store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, o);
     auto opts = c10d::ProcessGroupNCCL::Options::create();
     pg_ = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, env.rank, env.world, opts);
