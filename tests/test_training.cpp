@@ -131,3 +131,17 @@ TEST(Cli, RecipeErrorsExitNonZeroWithTheKeyAndFile) {
   EXPECT_NE(out.find("[data] train is not set"), std::string::npos) << out;
   EXPECT_EQ(run_command(chunkwise_bin() + " frobnicate", &out), 2);
 }
+
+// `bench train --profile`: the step's time by operation and category (CPU here; GPU kernel time on CUDA).
+TEST(Training, BenchTrainProfileBreaksTheStepDown) {
+  std::string out;
+  ASSERT_EQ(run_command(chunkwise_bin() + " bench train --config tiny --device cpu --steps 1 --warmup 1 --profile 1 2>/dev/null", &out), 0)
+      << out;
+  const auto at = out.find("{\"bench\":\"train-profile\"");
+  ASSERT_NE(at, std::string::npos) << out;
+  json p = json::parse(out.substr(at, out.find('\n', at) - at));
+  EXPECT_GT(p["categories_ms"].value("matrix products", 0.0), 0.0);
+  EXPECT_GT(p["profiled_ms"].get<double>(), 0.0);
+  ASSERT_FALSE(p["top"].empty());
+  EXPECT_GE(p["top"][0]["calls"].get<int64_t>(), 1);
+}

@@ -9,11 +9,13 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
 
+#include "common/json.h"
 #include "data/icp_order.h"
 #include "checkpoints/tensor_io.h"
 #include "models/causal_lm.h"
 #include "train/adamw.h"
 #include "train/precision.h"
+#include "train/step_profile.h"
 #include "train/step_strategy.h"
 #include "train/model_setup.h"
 #include "tools/cli/commands.h"
@@ -62,13 +64,14 @@ static int bench_order(const Args& args) {
 static int bench_train(const Args& args) {
   po::options_description desc("bench train options");
   std::string config, device_name, precision_name;
-  int64_t steps, warmup, loss_chunk;
-  desc.add_options()("config", po::value(&config)->default_value("124m"), "124m (32 x 1024) | 350m (16 x 2048)")(
+  int64_t steps, warmup, loss_chunk, profile_runs;
+  desc.add_options()("config", po::value(&config)->default_value("124m"), "124m (32 x 1024) | 350m (16 x 2048) | tiny")(
       "steps", po::value(&steps)->default_value(20), "timed steps")(
       "warmup", po::value(&warmup)->default_value(5), "untimed steps first")(
       "device", po::value(&device_name)->default_value("auto"), "auto | cpu | cuda")(
       "precision", po::value(&precision_name)->default_value("auto"), "auto | fp32 | bf16")(
-      "loss-chunk", po::value(&loss_chunk)->default_value(0), "tokens per loss chunk (0 = all logits at once)");
+      "loss-chunk", po::value(&loss_chunk)->default_value(0), "tokens per loss chunk (0 = all logits at once)")(
+      "profile", po::value(&profile_runs)->default_value(0), "also profile this many steps: time per kernel and category");
   po::positional_options_description pos;
   po::variables_map vm;
   if (!parse_args(args, desc, pos, vm, "chunkwise bench train [--config 124m|350m]")) return 0;
@@ -77,7 +80,8 @@ static int bench_train(const Args& args) {
   c.vocab_size = 32000, c.tie_embeddings = false;
   if (config == "124m") c.d_model = 768, c.n_layers = 12, c.n_heads = 12, c.d_ff = 2048, B = 32, T = 1024;
   else if (config == "350m") c.d_model = 1024, c.n_layers = 24, c.n_heads = 16, c.d_ff = 2816, B = 16, T = 2048;
-  else fail("--config must be 124m or 350m");
+  else if (config == "tiny") c.d_model = 64, c.n_layers = 2, c.n_heads = 4, c.d_ff = 128, c.vocab_size = 512, B = 2, T = 64;
+  else fail("--config must be 124m, 350m or tiny (a smoke test)");
   c.n_kv_heads = c.n_heads, c.max_seq_len = T;
   const torch::Device device = resolve_device(device_name);
   const std::string precision = resolve_precision(precision_name, device);
@@ -128,6 +132,17 @@ static int bench_train(const Args& args) {
             << "\", \"precision\": \"" << precision << "\", \"loss_chunk\": " << loss_chunk << ", \"B\": " << B << ", \"T\": " << T << ", \"tok_s\": "
             << std::llround(tok_s) << ", \"tflops\": " << tok_s * flops / 1e12 << ", \"mfu_vs_989\": "
             << tok_s * flops / 989e12 << ", \"peak_gib\": " << peak_gib << "}\n";
+  if (profile_runs > 0) {  // where the step's time goes
+    StepProfile p = profile_step(one, int(profile_runs), device.is_cuda());
+    json cats = json::object(), top = json::array();
+    for (auto& c : p.categories) cats[c.name] = c.ms;
+    for (size_t i = 0; i < p.ops.size() && i < 25; ++i)
+      top.push_back({{"name", p.ops[i].name.substr(0, 120)}, {"ms", p.ops[i].ms}, {"calls", p.ops[i].calls}});
+    json line = {{"bench", "train-profile"}, {"config", config}, {"device", device.str()}, {"step_ms", dt * 1e3},
+                 {"time", p.device_time ? "GPU kernels" : "CPU ops (inclusive)"}, {"profiled_ms", p.total_ms},
+                 {"categories_ms", cats}, {"top", top}};
+    std::cout << line.dump() << "\n";
+  }
   return 0;
 }
 
