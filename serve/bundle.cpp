@@ -7,6 +7,7 @@
 #include "checkpoints/safetensors.h"
 #include "common/error.h"
 #include "common/files.h"
+#include "kernels/common/common.h"
 
 namespace cw::serve {
 
@@ -16,13 +17,7 @@ const Weight& Bundle::at(const std::string& name) const {
   return it->second;
 }
 
-static float half_bits_to_float(uint16_t h, bool bf16) {
-  if (bf16) {
-    uint32_t bits = uint32_t(h) << 16;
-    float f;
-    std::memcpy(&f, &bits, 4);
-    return f;
-  }
+static float f16_bits_to_float(uint16_t h) {
   uint32_t sign = uint32_t(h >> 15) << 31, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
   if (exp == 0) {
     if (mant == 0) bits = sign;
@@ -53,7 +48,7 @@ static void add_file(Bundle& b, const fs::path& file) {
         for (int64_t i = 0; i < n; ++i) {
           uint16_t h;
           std::memcpy(&h, p + 2 * i, 2);
-          w.data[size_t(i)] = half_bits_to_float(h, t.dtype == st::DType::BF16);
+          w.data[size_t(i)] = t.dtype == st::DType::BF16 ? kern::bf16_to_float(h) : f16_bits_to_float(h);
         }
         break;
       default: fail(file.string(), ": tensor '", name, "' has dtype ", st::dtype_name(t.dtype), "; weights must be F32, BF16 or F16");

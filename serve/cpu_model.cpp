@@ -3,9 +3,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <numeric>
 
 #include "common/error.h"
+#include "kernels/reference.h"
 
 namespace cw::serve {
 
@@ -107,27 +107,11 @@ std::vector<float> CpuModel::step(int32_t token, KVCache& cache) const {
 }
 
 int32_t sample_token(const std::vector<float>& logits, const SamplingOptions& opt, std::mt19937_64& rng) {
-  const int64_t V = int64_t(logits.size());
-  if (opt.temperature <= 0) return int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
-  std::vector<int32_t> idx(static_cast<size_t>(V));
-  std::iota(idx.begin(), idx.end(), 0);
-  std::sort(idx.begin(), idx.end(), [&](int32_t a, int32_t b) { return logits[size_t(a)] > logits[size_t(b)]; });
-  const int64_t k = opt.top_k > 0 ? std::min(opt.top_k, V) : V;
-  std::vector<double> p(static_cast<size_t>(k));
-  const double mx = logits[size_t(idx[0])];
-  double z = 0;
-  for (int64_t i = 0; i < k; ++i) z += (p[size_t(i)] = std::exp((logits[size_t(idx[size_t(i)])] - mx) / opt.temperature));
-  int64_t keep = k;
-  double mass = 0;
-  for (int64_t i = 0; i < k; ++i) {  // nucleus: the smallest prefix whose mass reaches top_p
-    mass += p[size_t(i)] / z;
-    if (mass >= opt.top_p) {
-      keep = i + 1;
-      break;
-    }
-  }
-  std::discrete_distribution<int64_t> pick(p.begin(), p.begin() + keep);
-  return idx[size_t(pick(rng))];
+  kern::SampleParams p;  // the engine's sampling rule (kernels/sampling), one draw of RNG as its seed
+  p.temperature = float(opt.temperature), p.top_k = int32_t(opt.top_k), p.top_p = float(opt.top_p), p.seed = rng();
+  int32_t out = 0;
+  kern::ref::sample(logits.data(), 1, int(logits.size()), &p, &out);
+  return out;
 }
 
 }  // namespace cw::serve

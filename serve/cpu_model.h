@@ -33,6 +33,7 @@ struct SamplingOptions {
   double top_p = 1.0;      // 1 = off
 };
 
+// One token by the engine's sampling rule (kern::ref::sample), seeded from RNG.
 int32_t sample_token(const std::vector<float>& logits, const SamplingOptions& opt, std::mt19937_64& rng);
 
 }  // namespace cw::serve

@@ -107,19 +107,18 @@ void Engine::submit_batch(std::vector<GenRequest> batch) {
   }
 }
 
-bool Engine::preempt_one(Seq* needing) {
+Engine::Seq* Engine::preempt_one() {
   Seq* victim = nullptr;
   for (auto& s : running_)
     if (!s->is_prefix && (!victim || s->order > victim->order)) victim = s.get();
-  if (!victim) return false;
+  if (!victim) return nullptr;
   pool_.release(victim->own_pages);
   victim->cached = victim->shared();
   ++victim->result.preemptions;
   auto it = std::find_if(running_.begin(), running_.end(), [&](auto& p) { return p.get() == victim; });
   waiting_.push_front(std::move(*it));
   running_.erase(it);
-  (void)needing;
-  return true;
+  return victim;
 }
 
 void Engine::finish(Seq& s, const std::string& reason) {
@@ -190,22 +189,18 @@ StepStats Engine::step(const TokenCallback& on_token) {
     for (auto& s : running_)
       if (s->decoding()) order.push_back(s.get());
     std::sort(order.begin(), order.end(), [](Seq* a, Seq* b) { return a->order < b->order; });
+    // Victims are always the latest admitted, so once S or a later sequence was pre-empted, the rest of ORDER
+    // (admitted later still) is gone too.
+    int64_t cutoff = INT64_MAX;
     for (Seq* s : order) {
-      if (budget == 0) break;
-      if (std::find_if(running_.begin(), running_.end(), [&](auto& p) { return p.get() == s; }) == running_.end()) continue;
-      bool preempted_self = false;
+      if (budget == 0 || s->order >= cutoff) break;
       while (int64_t(s->pages().size()) * page < int64_t(s->cached) + 1 && !pool_.allocate(1, s->own_pages)) {
-        const bool self_is_victim = std::none_of(running_.begin(), running_.end(), [&](auto& p) {
-          return !p->is_prefix && p->order > s->order;
-        });
-        if (!preempt_one(s)) break;
+        Seq* victim = preempt_one();
+        if (!victim) break;
         ++st.preemptions;
-        if (self_is_victim) {
-          preempted_self = true;
-          break;
-        }
+        cutoff = victim->order;
       }
-      if (preempted_self) continue;
+      if (s->order >= cutoff) break;
       decodes.push_back({s, s->cached, 1, true});
       --budget;
     }

@@ -68,7 +68,7 @@ class Engine {
  private:
   struct Chunk;
   void admit_checks(const GenRequest& r) const;
-  bool preempt_one(Seq* needing);
+  Seq* preempt_one();  // the latest admitted sequence back to the queue (recomputed later); null if none
   void finish(Seq& s, const std::string& reason);
   StepPlan build_plan(std::vector<Chunk>& chunks) const;
 

@@ -43,45 +43,44 @@ DistEnv DistEnv::from_environment() {
   return e;
 }
 
+c10::intrusive_ptr<c10d::TCPStore> connect_store(const DistEnv& env) {
+  c10d::TCPStoreOptions o;
+  o.port = uint16_t(env.master_port);
+  o.isServer = env.rank == 0 && !env.agent_store;
+  o.numWorkers = size_t(env.world);
+  o.waitWorkers = !env.agent_store;
+  o.timeout = std::chrono::seconds(env.timeout_s);
+  return c10::make_intrusive<c10d::TCPStore>(env.master_addr, o);
+}
+
 namespace {
 
 class StorePending : public Pending {
  public:
-  explicit StorePending(std::future<void> f) : f_(std::move(f)) {}
+  explicit StorePending(std::shared_future<void> f) : f_(std::move(f)) {}
   void wait() override { f_.get(); }
 
  private:
-  std::future<void> f_;
+  std::shared_future<void> f_;
 };
 
 // CPU exchange through the rendezvous store. Operation n: every rank writes its bytes under "op/n/rank",
 // reads all ranks' bytes, combines them in rank order, then counts itself done; the last reader deletes the keys.
 class StoreCollectives : public Collectives {
  public:
-  StoreCollectives(const DistEnv& env) : env_(env) {
-    c10d::TCPStoreOptions o;
-    o.port = uint16_t(env.master_port);
-    o.isServer = env.rank == 0 && !env.agent_store;
-    o.numWorkers = size_t(env.world);
-    o.waitWorkers = !env.agent_store;
-    o.timeout = std::chrono::seconds(env.timeout_s);
-    store_ = c10::make_intrusive<c10d::TCPStore>(env.master_addr, o);
-  }
+  explicit StoreCollectives(const DistEnv& env) : env_(env), store_(connect_store(env)) {}
   int rank() const override { return env_.rank; }
   int world() const override { return env_.world; }
 
   std::unique_ptr<Pending> allreduce_sum(torch::Tensor t) override {
     check(!t.is_cuda(), "the CPU exchange cannot reduce CUDA tensors");
     const int64_t op = next_op_++;
-    // The store's client is not shared between threads: operations run one after another on one worker.
-    auto prev = std::move(last_);
-    auto task = std::async(std::launch::async, [this, t, op, prev = std::move(prev)]() mutable {
-      if (prev.valid()) prev.get();
-      exchange(t, op, /*root=*/-1);
-    });
-    last_ = task.share();
-    std::shared_future<void> mine = last_;
-    return std::make_unique<StorePending>(std::async(std::launch::deferred, [mine] { mine.get(); }));
+    // The store's client is not shared between threads: each operation waits for the one before it.
+    last_ = std::async(std::launch::async, [this, t, op, prev = last_] {
+              if (prev.valid()) prev.get();
+              exchange(t, op, /*root=*/-1);
+            }).share();
+    return std::make_unique<StorePending>(last_);
   }
   void broadcast(torch::Tensor t, int root) override {
     drain();

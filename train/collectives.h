@@ -39,6 +39,17 @@ class Collectives {
   virtual void barrier() = 0;
 };
 
+}  // namespace cw
+
+namespace c10d {
+class TCPStore;
+}
+
+namespace cw {
+
+// The rendezvous store on MASTER_ADDR:MASTER_PORT: rank 0 serves it unless torchrun's agent already does.
+c10::intrusive_ptr<c10d::TCPStore> connect_store(const DistEnv& env);
+
 // NCCL for a CUDA device, the store exchange for the CPU.
 std::unique_ptr<Collectives> make_collectives(const DistEnv& env, const torch::Device& device);
 

@@ -22,13 +22,7 @@ class NcclPending : public Pending {
 class NcclCollectives : public Collectives {
  public:
   NcclCollectives(const DistEnv& env, const torch::Device& device) : env_(env) {
-    c10d::TCPStoreOptions o;
-    o.port = uint16_t(env.master_port);
-    o.isServer = env.rank == 0 && !env.agent_store;
-    o.numWorkers = size_t(env.world);
-    o.waitWorkers = !env.agent_store;
-    o.timeout = std::chrono::seconds(env.timeout_s);
-    auto store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, o);
+    auto store = connect_store(env);
     auto opts = c10d::ProcessGroupNCCL::Options::create();
     pg_ = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, env.rank, env.world, opts);
     (void)device;

@@ -265,7 +265,7 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
     dp->barrier();
   };
   auto run_eval = [&](int64_t at_step) {
-    if (data.eval_sets.empty()) return;
+    if (data.eval_sets.empty() || !is_main) return;  // data parallel: every rank holds the same weights
     json rec = {{"step", at_step}};
     std::ostringstream line;
     line << "eval step " << at_step;

@@ -30,26 +30,18 @@ __device__ __forceinline__ void warp_argmax(float& v, int& i) {
 }
 
 // Block-wide reductions for blockDim.x a multiple of 32 (<= 1024); every thread gets the result.
-__device__ __forceinline__ float block_sum(float v) {
+template <float (*WarpOp)(float)>
+__device__ __forceinline__ float block_reduce(float v, float identity) {
   __shared__ float buf[32];
   const int lane = threadIdx.x % 32, w = threadIdx.x / 32, n = blockDim.x / 32;
-  v = warp_sum(v);
+  v = WarpOp(v);
   __syncthreads();
   if (lane == 0) buf[w] = v;
   __syncthreads();
-  v = lane < n ? buf[lane] : 0.f;
-  return warp_sum(v);
+  return WarpOp(lane < n ? buf[lane] : identity);
 }
-__device__ __forceinline__ float block_max(float v) {
-  __shared__ float buf[32];
-  const int lane = threadIdx.x % 32, w = threadIdx.x / 32, n = blockDim.x / 32;
-  v = warp_max(v);
-  __syncthreads();
-  if (lane == 0) buf[w] = v;
-  __syncthreads();
-  v = lane < n ? buf[lane] : -INFINITY;
-  return warp_max(v);
-}
+__device__ __forceinline__ float block_sum(float v) { return block_reduce<warp_sum>(v, 0.f); }
+__device__ __forceinline__ float block_max(float v) { return block_reduce<warp_max>(v, -INFINITY); }
 __device__ __forceinline__ void block_argmax(float& v, int& i) {
   __shared__ float bv[32];
   __shared__ int bi[32];

@@ -304,7 +304,7 @@ TEST(GpuKernels, TensorCorePrefillAttentionMatchesReference) {
         std::vector<int32_t> pos = {len - 1};
         for (int i = 0; i < rows; ++i) pos.push_back(pos0 > 0 ? pos0 + len + i : len - rows + i);
         const int total = rows + 1, splits = 3;
-        std::vector<int32_t> q_ind = {0, 1, total}, kv_ind = {0, 0, int(pages.size())}, kv_len = {0, len}, kv_pos = {0, pos0 > 0 ? 0 : 0};
+        std::vector<int32_t> q_ind = {0, 1, total}, kv_ind = {0, 0, int(pages.size())}, kv_len = {0, len}, kv_pos = {0, 0};
         auto q = random_vec(size_t(total) * H * hd, rng);
         kern::AttnShape S;
         S.rows = total, S.heads = H, S.kv_heads = Hkv, S.head_dim = hd, S.page_size = page, S.q_stride = H * hd;
