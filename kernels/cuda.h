@@ -27,7 +27,8 @@ void attention_tiles(const std::vector<int32_t>& q_indptr, int rows_per_tile, st
                      std::vector<int32_t>& tile_row0);
 // Optional fused merge: the last block of each (tile, KV head) combines all `slots` partial states of its rows
 // into out (bf16 [rows][H*hd]); counters (tiles * kv_heads ints, zero) count finished splits and end at zero.
-// Valid when every row of the step is covered by this launch's tiles (no tensor-core items).
+// Valid when every slot of this launch's rows is written by this launch or an earlier one (launches that
+// share a level each merge their own rows, with their own counters).
 struct AttnMerge {
   int slots = 0;
   uint16_t* out = nullptr;
@@ -37,6 +38,15 @@ void paged_attention(const float* q, const int32_t* q_pos, const AttnLevel& leve
                      const int32_t* tile_row0, int num_tiles, int rows_per_tile, const AttnShape& shape,
                      const uint16_t* k_cache, const uint16_t* v_cache, int splits, int slot0, float* o_part,
                      float* lse_part, const AttnMerge& merge, cudaStream_t s);
+// The same work list and partial states on tensor cores (paged_attention_mma.cu), bf16 products with fp32
+// accumulation. narrow (wide = false): rows_per_tile * group <= 16, for decode rows; wide: rows_per_tile *
+// group <= 64, for prefill chunks. Built for head dimensions 64 and 128 and groups up to 16.
+bool attention_mma_supported(const AttnShape& shape);
+int attention_mma_rows_per_tile(int heads, int kv_heads, bool wide);  // the most rows a tile can hold
+void paged_attention_mma(const float* q, const int32_t* q_pos, const AttnLevel& level, const int32_t* tile_item,
+                         const int32_t* tile_row0, int num_tiles, int rows_per_tile, bool wide, const AttnShape& shape,
+                         const uint16_t* k_cache, const uint16_t* v_cache, int splits, int slot0, float* o_part,
+                         float* lse_part, const AttnMerge& merge, cudaStream_t s);
 // One item with many query rows (rows row_begin.. of the launch, its page list PAGES on the device) on tensor
 // cores: the same partial state as paged_attention, into slot0, and -inf into slots slot0+1..slot0+splits-1.
 size_t paged_prefill_workspace(int rows, int kv_len, const AttnShape& shape);

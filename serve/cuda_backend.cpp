@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <map>
 
 #include "common/error.h"
@@ -69,11 +70,16 @@ struct CudaBackend::Impl {
   struct Staged {
     bool graph = false;
     int B = 0, T = 0, R = 0, levels = 1, items[2] = {0, 0}, tiles[2] = {0, 0}, splits[2] = {1, 1}, rpt[2] = {1, 1};
-    bool fused_merge = false;  // no tensor-core items: the last attention launch merges
+    int wide_tiles[2] = {0, 0};  // tensor-core attention: chunk tiles, listed after the level's narrow tiles
+    bool fused_merge = false;    // no cuBLAS items: the last level's attention launches merge their rows
   };
   Staged stage(const StepPlan& plan, bool allow_graph);  // fills and copies the step's metadata
   void execute(const Staged& st);                        // the graph replay or the launches
-  // Items with many query rows go to the tensor-core path (kernels/paged_attention/paged_prefill.cu).
+  // Attention on tensor cores (paged_attention_mma.cu) where the shape is built, unless CHUNKWISE_ATTENTION_SIMT
+  // is set: decode rows in narrow tiles, chunks of at least wide_rpt rows in wide tiles. Otherwise the CUDA-core
+  // kernel, with items of many query rows on the cuBLAS path (paged_prefill.cu).
+  bool mma = false;
+  int wide_rpt = 0;
   struct DenseItem {
     int row_begin, rows, kv_len, kv_pos0;
     size_t pages_off;
@@ -155,9 +161,20 @@ struct CudaBackend::Impl {
       for (int li = 0; li < levels; ++li) {
         kern::cuda::AttnMerge merge;
         if (st.fused_merge && li == levels - 1) merge.slots = slots, merge.out = att, merge.counters = merge_counters;
-        kern::cuda::paged_attention(qkv, pos, level_view(li, items[li]), d_meta + lv[li].tile_item,
-                                    d_meta + lv[li].tile_row0, tiles[li], st.rpt[li], shape, L.k, L.v, splits[li],
-                                    slot0, o_part, lse_part, merge, stream);
+        if (mma) {
+          const int32_t *ti = d_meta + lv[li].tile_item, *tr = d_meta + lv[li].tile_row0;
+          kern::cuda::paged_attention_mma(qkv, pos, level_view(li, items[li]), ti, tr, tiles[li], st.rpt[li], false,
+                                          shape, L.k, L.v, splits[li], slot0, o_part, lse_part, merge, stream);
+          kern::cuda::AttnMerge wide_merge = merge;  // its own counters, after the narrow tiles'
+          if (wide_merge.counters) wide_merge.counters += size_t(tiles[li]) * size_t(Hkv);
+          kern::cuda::paged_attention_mma(qkv, pos, level_view(li, items[li]), ti + tiles[li], tr + tiles[li],
+                                          st.wide_tiles[li], wide_rpt, true, shape, L.k, L.v, splits[li], slot0,
+                                          o_part, lse_part, wide_merge, stream);
+        } else {
+          kern::cuda::paged_attention(qkv, pos, level_view(li, items[li]), d_meta + lv[li].tile_item,
+                                      d_meta + lv[li].tile_row0, tiles[li], st.rpt[li], shape, L.k, L.v, splits[li],
+                                      slot0, o_part, lse_part, merge, stream);
+        }
         for (const DenseItem& it : dense[li])
           for (int r0 = 0; r0 < it.rows; r0 += prefill_row_block)
             kern::cuda::paged_prefill(blas, qkv, pos, it.row_begin + r0, std::min(prefill_row_block, it.rows - r0),
@@ -194,7 +211,9 @@ struct CudaBackend::Impl {
 
 
   int splits_for(int blocks, int max_kv) const {
-    int s = std::max(1, (8 * sms + blocks - 1) / std::max(1, blocks));
+    // Enough blocks for about one wave: the tensor-core kernel keeps 3-5 blocks per SM, the CUDA-core one 8.
+    const int per_sm = mma ? 3 : 8;
+    int s = std::max(1, (per_sm * sms + blocks - 1) / std::max(1, blocks));
     if (max_kv >= 0) s = std::min(s, std::max(1, (max_kv + 63) / 64));
     return std::min(s, opt.max_splits);
   }
@@ -255,10 +274,14 @@ CudaBackend::CudaBackend(const Bundle& b, CudaBackendOptions opt) : impl_(std::m
   {
     kern::AttnShape shape;
     shape.heads = int(H), shape.kv_heads = int(Hkv), shape.head_dim = int(hd), shape.page_size = opt.page_size;
-    int rb = opt.max_tokens;
-    while (rb > 16 && kern::cuda::paged_prefill_workspace(rb, int(c.max_seq_len), shape) > (size_t(1) << 30)) rb /= 2;
-    m.prefill_row_block = rb;
-    m.prefill_ws = m.alloc<char>(kern::cuda::paged_prefill_workspace(rb, int(c.max_seq_len), shape), "attention workspace");
+    m.mma = kern::cuda::attention_mma_supported(shape) && !std::getenv("CHUNKWISE_ATTENTION_SIMT");
+    m.wide_rpt = kern::cuda::attention_mma_rows_per_tile(int(H), int(Hkv), true);
+    if (!m.mma) {  // the cuBLAS path's gathered K/V and scores
+      int rb = opt.max_tokens;
+      while (rb > 16 && kern::cuda::paged_prefill_workspace(rb, int(c.max_seq_len), shape) > (size_t(1) << 30)) rb /= 2;
+      m.prefill_row_block = rb;
+      m.prefill_ws = m.alloc<char>(kern::cuda::paged_prefill_workspace(rb, int(c.max_seq_len), shape), "attention workspace");
+    }
   }
 
   // Metadata: small arrays first (copied whole), page lists last (copied by extent).
@@ -345,20 +368,21 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
   }
   const int rpt_multi = kern::attention_rows_per_tile(int(m.c.n_heads), int(m.c.n_kv_heads));
   int rpts[2] = {1, 1};
-  auto dense_item = [](const AttnItem& it) { return it.q_end - it.q_begin >= 16 && it.kv_len >= 1; };
+  auto dense_item = [&](const AttnItem& it) { return !m.mma && it.q_end - it.q_begin >= 16 && it.kv_len >= 1; };
+  auto wide_item = [&](const AttnItem& it) { return m.mma && it.q_end - it.q_begin >= m.wide_rpt; };
   for (int li = 0; li < levels; ++li)
     for (const auto& it : plan.levels[size_t(li)])
-      if (!dense_item(it) && it.q_end - it.q_begin > 1) rpts[li] = rpt_multi;
-  int items[2] = {0, 0}, tiles[2] = {0, 0}, splits[2] = {1, 1};
+      if (!dense_item(it) && !wide_item(it) && it.q_end - it.q_begin > 1) rpts[li] = rpt_multi;
+  int items[2] = {0, 0}, tiles[2] = {0, 0}, wide_tiles[2] = {0, 0}, splits[2] = {1, 1};
   size_t pages_used[2] = {0, 0};
-  std::vector<int32_t> q_indptr, tile_item, tile_row0;
+  std::vector<int32_t> q_indptr, tile_item, tile_row0, wide_item_of, wide_row0;
   m.dense[0].clear(), m.dense[1].clear();
   for (int li = 0; li < levels; ++li) {
     const auto& lvl = plan.levels[size_t(li)];
     const auto& L = m.lv[li];
     const int rpt = rpts[li];
     q_indptr.assign(1, 0);
-    tile_item.clear(), tile_row0.clear();
+    tile_item.clear(), tile_row0.clear(), wide_item_of.clear(), wide_row0.clear();
     size_t np = 0;
     int max_kv = 0;
     hm[L.kv_indptr] = 0;
@@ -370,6 +394,8 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
         check(np + it.pages.size() <= m.max_pages_listed, "cuda backend: the step lists too many KV pages");
         const int rows_i = it.q_end - it.q_begin;
         if (dense_item(it)) m.dense[li].push_back({it.q_begin, rows_i, it.kv_len, it.kv_pos0, np});
+        else if (wide_item(it))
+          for (int r = it.q_begin; r < it.q_end; r += m.wide_rpt) wide_item_of.push_back(i), wide_row0.push_back(r);
         else
           for (int r = it.q_begin; r < it.q_end; r += rpt) tile_item.push_back(i), tile_row0.push_back(r);
         std::copy(it.pages.begin(), it.pages.end(), hm + L.kv_pages + np);
@@ -384,11 +410,15 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
       }
       hm[L.kv_indptr + i + 1] = int32_t(np);
     }
+    tiles[li] = int(tile_item.size()), wide_tiles[li] = int(wide_item_of.size());
+    tile_item.insert(tile_item.end(), wide_item_of.begin(), wide_item_of.end());
+    tile_row0.insert(tile_row0.end(), wide_row0.begin(), wide_row0.end());
     std::copy(q_indptr.begin(), q_indptr.end(), hm + L.q_indptr);
     std::copy(tile_item.begin(), tile_item.end(), hm + L.tile_item);
     std::copy(tile_row0.begin(), tile_row0.end(), hm + L.tile_row0);
-    items[li] = n_items, tiles[li] = int(tile_item.size()), pages_used[li] = np;
-    splits[li] = tiles[li] == 0 ? 1 : m.splits_for(tiles[li] * int(m.c.n_kv_heads), graph ? -1 : max_kv);
+    items[li] = n_items, pages_used[li] = np;
+    const int blocks = int(tile_item.size()) * int(m.c.n_kv_heads);
+    splits[li] = blocks == 0 ? 1 : m.splits_for(blocks, graph ? -1 : max_kv);
   }
   auto copy_in = [&](size_t off, size_t n) {
     if (n) check_cuda(cudaMemcpyAsync(m.d_meta + off, hm + off, n * 4, cudaMemcpyHostToDevice, m.stream), "copying step metadata");
@@ -399,7 +429,8 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
                              cudaMemcpyHostToDevice, m.stream), "copying sampling parameters");
   st.graph = graph, st.B = B, st.T = T, st.R = R, st.levels = levels;
   for (int li = 0; li < 2; ++li)
-    st.items[li] = items[li], st.tiles[li] = tiles[li], st.splits[li] = splits[li], st.rpt[li] = rpts[li];
+    st.items[li] = items[li], st.tiles[li] = tiles[li], st.wide_tiles[li] = wide_tiles[li], st.splits[li] = splits[li],
+    st.rpt[li] = rpts[li];
   st.fused_merge = m.dense[0].empty() && m.dense[1].empty();
   return st;
 }

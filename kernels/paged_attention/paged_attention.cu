@@ -10,6 +10,7 @@
 #include "kernels/common/launch.cuh"
 #include "common/error.h"
 #include "kernels/cuda.h"
+#include "kernels/merge_states/merge_row.cuh"
 
 namespace cw::kern::cuda {
 
@@ -121,23 +122,11 @@ __global__ void __launch_bounds__(512)
   __syncthreads();
   if (!last || !active) return;
   __threadfence();
-  float mx = -INFINITY;
-  for (int sl = 0; sl < merge.slots; ++sl) mx = fmaxf(mx, __ldcg(lse_part + (int64_t(sl) * S.rows + r) * S.heads + h));
-  float z = 0, out[PER];
-#pragma unroll
-  for (int i = 0; i < PER; ++i) out[i] = 0;
-  if (mx != -INFINITY)
-    for (int sl = 0; sl < merge.slots; ++sl) {
-      const int64_t idx = (int64_t(sl) * S.rows + r) * S.heads + h;
-      const float w = expf(__ldcg(lse_part + idx) - mx);
-      if (w == 0) continue;
-      z += w;
-#pragma unroll
-      for (int i = 0; i < PER; ++i) out[i] += w * __ldcg(o_part + idx * HD + lane + 32 * i);
-    }
+  float out[PER];
+  const float lse = dev::merge_row<PER>(o_part, lse_part, merge.slots, S.rows, S.heads, HD, r, h, out);
 #pragma unroll
   for (int i = 0; i < PER; ++i)
-    merge.out[(int64_t(r) * S.heads + h) * HD + lane + 32 * i] = dev::float_to_bf(z > 0 ? out[i] / z : 0.f);
+    merge.out[(int64_t(r) * S.heads + h) * HD + lane + 32 * i] = dev::float_to_bf(lse == -INFINITY ? 0.f : out[i]);
 }
 
 void attention_tiles(const std::vector<int32_t>& q_indptr, int rows_per_tile, std::vector<int32_t>& tile_item,

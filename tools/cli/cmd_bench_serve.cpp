@@ -132,12 +132,13 @@ int bench_serve_main(const Args& args) {
   po::options_description desc("bench serve options");
   std::string scenario, config;
   bool quick = false;
-  int mixed_budget;
+  std::vector<int> budgets;
   EngineFlags flags;
   desc.add_options()("scenario", po::value(&scenario)->default_value("all"), "all | batch1 | batch64 | prefix | mixed | profile (CUDA: time per operation)")(
       "config", po::value(&config)->default_value("tinyllama"), "tinyllama | tiny (d 256, 2 layers: smoke runs)")(
       "quick", po::bool_switch(&quick), "small request counts and lengths (CPU smoke run)")(
-      "mixed-budget", po::value(&mixed_budget)->default_value(128), "token budget of the chunked-prefill run in `mixed`");
+      "mixed-budget", po::value(&budgets)->multitoken()->default_value(std::vector<int>{128, 256}, "128 256"),
+      "token budgets of the chunked-prefill runs in `mixed` (one run each)");
   flags.add_to(desc);
   po::positional_options_description pos;
   po::variables_map vm;
@@ -225,23 +226,35 @@ int bench_serve_main(const Args& args) {
     std::cout << "{\"bench\": \"serve-prefix-ratio\", \"card\": \"" << card << "\", \"speedup\": " << tok_s["on"] / tok_s["off"] << "}\n";
   }
   if (want("mixed")) {
-    serve::EngineOptions decode_only = base, chunked = base, prefill_first = base;
-    chunked.token_budget = mixed_budget, chunked.chunked_prefill = true;
+    for (int b : budgets) check(b >= 1, "--mixed-budget: budgets must be positive");
+    check(!budgets.empty(), "--mixed-budget: give at least one budget");
+    serve::EngineOptions decode_only = base, prefill_first = base;
     prefill_first.chunked_prefill = false, prefill_first.token_budget = backend->max_tokens();
-    run_mixed(*backend, chunked, z, true, V);  // warm-up
-    MixedResult d = run_mixed(*backend, decode_only, z, false, V);
-    MixedResult ch = run_mixed(*backend, chunked, z, true, V);
-    MixedResult pf = run_mixed(*backend, prefill_first, z, true, V);
-    for (auto [name, m] : std::vector<std::pair<std::string, MixedResult>>{{"decode-only", d}, {"chunked", ch}, {"prefill-first", pf}})
+    auto chunked = [&](int budget) {
+      serve::EngineOptions o = base;
+      o.token_budget = budget, o.chunked_prefill = true;
+      return o;
+    };
+    run_mixed(*backend, chunked(budgets[0]), z, true, V);  // warm-up
+    const MixedResult d = run_mixed(*backend, decode_only, z, false, V);
+    const MixedResult pf = run_mixed(*backend, prefill_first, z, true, V);
+    auto print = [&](const std::string& name, int budget, const MixedResult& m) {
       std::cout << "{\"bench\": \"serve-mixed\", \"card\": \"" << card << "\", \"mode\": \"" << name << "\", \"decoders\": "
                 << z.decoders << ", \"long_prompts\": " << (name == "decode-only" ? 0 : z.long_prompts) << ", \"long_len\": "
-                << z.long_len << ", \"budget\": " << (name == "chunked" ? mixed_budget : name == "decode-only" ? base.token_budget : backend->max_tokens())
-                << ", \"seconds\": " << m.seconds << ", \"iterations\": " << m.iterations << ", \"p50_tbt_ms\": "
-                << m.p50_tbt * 1e3 << ", \"p99_tbt_ms\": " << m.p99_tbt * 1e3 << ", \"max_tbt_ms\": " << m.max_tbt * 1e3
-                << ", \"tok_s\": " << m.tok_s << "}\n";
-    std::cout << "{\"bench\": \"serve-mixed-ratio\", \"card\": \"" << card << "\", \"p99_chunked_over_decode_only\": "
-              << ch.p99_tbt / d.p99_tbt << ", \"p99_prefill_first_over_decode_only\": " << pf.p99_tbt / d.p99_tbt
-              << ", \"throughput_chunked_over_prefill_first\": " << ch.tok_s / pf.tok_s << "}\n";
+                << z.long_len << ", \"budget\": " << budget << ", \"seconds\": " << m.seconds << ", \"iterations\": "
+                << m.iterations << ", \"p50_tbt_ms\": " << m.p50_tbt * 1e3 << ", \"p99_tbt_ms\": " << m.p99_tbt * 1e3
+                << ", \"max_tbt_ms\": " << m.max_tbt * 1e3 << ", \"tok_s\": " << m.tok_s << "}\n";
+    };
+    print("decode-only", base.token_budget, d);
+    print("prefill-first", backend->max_tokens(), pf);
+    for (int budget : budgets) {
+      const MixedResult ch = run_mixed(*backend, chunked(budget), z, true, V);
+      print("chunked", budget, ch);
+      std::cout << "{\"bench\": \"serve-mixed-ratio\", \"card\": \"" << card << "\", \"budget\": " << budget
+                << ", \"p99_chunked_over_decode_only\": " << ch.p99_tbt / d.p99_tbt
+                << ", \"p99_prefill_first_over_decode_only\": " << pf.p99_tbt / d.p99_tbt
+                << ", \"throughput_chunked_over_prefill_first\": " << ch.tok_s / pf.tok_s << "}\n" << std::flush;
+    }
   }
   return 0;
 }

@@ -1,0 +1,50 @@
+// Device helper shared by merge_states and the attention kernels' fused merge: one warp combines the partial
+// states (o, lse per slot) of one (row, head). Lanes first hold the slots' log-sum-exps (32 at a time), then
+// every lane accumulates its dimensions over the non-empty slots with four slots' loads in flight, so a
+// merge of 16 slots costs a few memory round trips rather than one per slot.
+// Must not: read o of an empty slot (lse -inf): those may be unwritten.
+#pragma once
+#include "kernels/common/device.cuh"
+
+namespace cw::kern::dev {
+
+// out[i] = dimension lane + 32 i (PER * 32 >= hd); returns the merged lse (natural log), -inf when all empty.
+template <int PER>
+__device__ __forceinline__ float merge_row(const float* o_part, const float* lse_part, int slots, int rows, int heads,
+                                           int hd, int r, int h, float (&out)[PER]) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int i = 0; i < PER; ++i) out[i] = 0;
+  auto lse_at = [&](int s) { return __ldcg(lse_part + (int64_t(s) * rows + r) * heads + h); };
+  float m = -INFINITY;
+  for (int s = lane; s < slots; s += 32) m = fmaxf(m, lse_at(s));
+  m = warp_max(m);
+  if (m == -INFINITY) return -INFINITY;
+  float z = 0;
+  for (int s0 = 0; s0 < slots; s0 += 32) {
+    const int n = min(32, slots - s0);
+    const float w = lane < n ? expf(lse_at(s0 + lane) - m) : 0.f;
+    z += w;
+    for (int j = 0; j < n; j += 4) {
+      float wj[4], ov[4][PER];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        wj[u] = __shfl_sync(kFull, w, (j + u) & 31);
+        if (j + u >= n) wj[u] = 0;
+        const float* o = o_part + ((int64_t(s0 + j + u) * rows + r) * heads + h) * hd + lane;
+#pragma unroll
+        for (int i = 0; i < PER; ++i) ov[u][i] = wj[u] != 0 && lane + 32 * i < hd ? __ldcg(o + 32 * i) : 0.f;
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u)
+#pragma unroll
+        for (int i = 0; i < PER; ++i) out[i] += wj[u] * ov[u][i];
+    }
+  }
+  z = warp_sum(z);
+#pragma unroll
+  for (int i = 0; i < PER; ++i) out[i] /= z;
+  return m + logf(z);
+}
+
+}  // namespace cw::kern::dev

@@ -1,0 +1,326 @@
+// Paged attention on tensor cores (flash-attention style) for decode rows and prefill chunks alike.
+// A block of four warps handles one tile of query rows of one item, one KV head and one split. The query
+// rows of a tile are (token, head of the KV group) pairs, token-major, in mma.sync m16n8k16 tiles of 16.
+// K/V tiles of 64 keys are copied from the pages into shared memory with cp.async, two stages deep, so the
+// next tile's loads overlap this tile's products. Two shapes:
+//   wide   (prefill chunks): each warp owns 16 query rows and walks every key of the tile;
+//   narrow (decode rows):    the block's 16 query rows are shared and each warp takes 16 keys of every tile;
+//                            the four partial softmax states are combined in shared memory at the end.
+// Scores: S = Q K^T (q pre-scaled to base 2, rounded to bf16), online softmax per row, O += P V with P in
+// bf16; everything accumulates in fp32. Writes the partial state of paged_attention (o, lse per split slot)
+// and, when asked, merges all slots in the last block of a (tile, KV head) like paged_attention does.
+// Must not: read keys past a row's causal limit (they are masked to -inf, and keys past the block's range
+// are zero-filled so that P V never sees stale shared memory).
+// Reference: paged_attention_ref.cpp (bf16 tolerance).
+#include <algorithm>
+#include <cstring>
+
+#include "common/error.h"
+#include "kernels/common/device.cuh"
+#include "kernels/common/launch.cuh"
+#include "kernels/cuda.h"
+#include "kernels/merge_states/merge_row.cuh"
+
+namespace cw::kern::cuda {
+
+namespace {
+
+constexpr int kKeys = 64, kWarps = 4;
+constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
+
+__device__ __forceinline__ void mma_bf16(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  uint32_t u;
+  memcpy(&u, &v, 4);
+  return u;
+}
+__device__ __forceinline__ uint32_t ld_shared32(const uint16_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+// Four 8x8 bf16 matrices, transposed: the B fragments of two n-tiles of P V from V stored [key][dim].
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, const uint16_t* p) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s));
+}
+
+template <int HD>
+constexpr size_t smem_bytes() {
+  const size_t tiles = size_t(2) * 2 * kKeys * (HD + 8) * 2;  // two stages of K and V, rows padded by 8
+  const size_t reduce = size_t(kWarps) * 16 * (HD + 2) * 4;    // the narrow shape's partial states
+  return tiles > reduce ? tiles : reduce;
+}
+
+// QW: warps over query rows (4 = wide, 1 = narrow); the other 4 / QW warps split each key tile.
+template <int HD, int QW>
+__global__ void __launch_bounds__(kWarps * 32)
+    paged_attention_mma_kernel(const float* q, const int32_t* q_pos, AttnLevel L, const int32_t* tile_item,
+                               const int32_t* tile_row0, int rpt, AttnShape S, const uint16_t* k_cache,
+                               const uint16_t* v_cache, int splits, int slot0, float* o_part, float* lse_part,
+                               AttnMerge merge) {
+  constexpr int KW = kWarps / QW, KPW = kKeys / KW, NS = KPW / 8, KS = HD / 16, NT = HD / 8, ST = HD + 8;
+  extern __shared__ __align__(16) uint16_t smem[];
+  __shared__ bool last;
+  dev::pdl_trigger();  // step metadata and page tables come from the host: read them before waiting
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, tq = lane & 3;
+  const int qw = warp % QW, kw = warp / QW;
+  const int group = S.heads / S.kv_heads;
+  const int item = tile_item[blockIdx.x], row0 = tile_row0[blockIdx.x], kvh = blockIdx.y, split = blockIdx.z;
+  const int row_end = min(row0 + rpt, L.q_indptr[item + 1]);
+  const int kv_len = L.kv_len[item], part = split_size(kv_len, splits), begin = split * part;
+  const int end = min(kv_len, begin + part), pos0 = L.kv_pos0[item];
+  const int32_t* pages = L.kv_pages + L.kv_indptr[item];
+  // This lane's two query rows (fragment rows g and g + 8 of the warp's tile).
+  const int m_a = qw * 16 + g, m_b = m_a + 8;
+  const int r_a = row0 + m_a / group, r_b = row0 + m_b / group;
+  const bool ok_a = m_a < rpt * group && r_a < row_end, ok_b = m_b < rpt * group && r_b < row_end;
+  const int h_a = kvh * group + m_a % group, h_b = kvh * group + m_b % group;
+  const int lim_a = ok_a ? min(end, q_pos[r_a] - pos0 + 1) : begin, lim_b = ok_b ? min(end, q_pos[r_b] - pos0 + 1) : begin;
+  int block_end = begin;
+  for (int rr = row0; rr < row_end; ++rr) block_end = max(block_end, min(end, q_pos[rr] - pos0 + 1));
+  int warp_end = max(lim_a, lim_b);
+  for (int o = 16; o > 0; o >>= 1) warp_end = max(warp_end, __shfl_xor_sync(dev::kFull, warp_end, o));
+
+  auto load_tile = [&](int t0, int stage) {
+    uint16_t* Ks = smem + stage * 2 * kKeys * ST;
+    uint16_t* Vs = Ks + kKeys * ST;
+    for (int e = threadIdx.x; e < kKeys * (HD / 8); e += kWarps * 32) {
+      const int j = e / (HD / 8), d = (e % (HD / 8)) * 8, t = t0 + j;
+      if (t < block_end) {
+        const int64_t off = ((int64_t(pages[t / S.page_size]) * S.page_size + t % S.page_size) * S.kv_heads + kvh) * HD + d;
+        cp_async16(Ks + j * ST + d, k_cache + off);
+        cp_async16(Vs + j * ST + d, v_cache + off);
+      } else {
+        *reinterpret_cast<uint4*>(Ks + j * ST + d) = make_uint4(0, 0, 0, 0);
+        *reinterpret_cast<uint4*>(Vs + j * ST + d) = make_uint4(0, 0, 0, 0);
+      }
+    }
+    cp_async_commit();
+  };
+
+  dev::pdl_wait();  // q and this step's K/V come from the previous kernels
+  const int tiles = block_end > begin ? (block_end - begin + kKeys - 1) / kKeys : 0;
+  if (tiles > 0) load_tile(begin, 0);
+
+  // Q fragments (A operand), scaled to base 2 and rounded to bf16; rows outside the tile are zero.
+  uint32_t qa[KS][4];
+  {
+    const float sc = S.scale * kLog2e;
+    const float* qra = q + int64_t(r_a) * S.q_stride + h_a * HD;
+    const float* qrb = q + int64_t(r_b) * S.q_stride + h_b * HD;
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+      const int d0 = ks * 16 + tq * 2, d1 = d0 + 8;
+      const float2 a0 = ok_a ? *reinterpret_cast<const float2*>(qra + d0) : make_float2(0, 0);
+      const float2 b0 = ok_b ? *reinterpret_cast<const float2*>(qrb + d0) : make_float2(0, 0);
+      const float2 a1 = ok_a ? *reinterpret_cast<const float2*>(qra + d1) : make_float2(0, 0);
+      const float2 b1 = ok_b ? *reinterpret_cast<const float2*>(qrb + d1) : make_float2(0, 0);
+      qa[ks][0] = pack_bf16(a0.x * sc, a0.y * sc), qa[ks][1] = pack_bf16(b0.x * sc, b0.y * sc);
+      qa[ks][2] = pack_bf16(a1.x * sc, a1.y * sc), qa[ks][3] = pack_bf16(b1.x * sc, b1.y * sc);
+    }
+  }
+  float mx_a = -INFINITY, mx_b = -INFINITY, l_a = 0, l_b = 0, acc[NT][4];
+#pragma unroll
+  for (int n = 0; n < NT; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0;
+
+  for (int i = 0; i < tiles; ++i) {
+    if (i + 1 < tiles) {
+      load_tile(begin + (i + 1) * kKeys, (i + 1) & 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const uint16_t* Ks = smem + (i & 1) * 2 * kKeys * ST;
+    const uint16_t* Vs = Ks + kKeys * ST;
+    const int t0 = begin + i * kKeys + kw * KPW;  // this warp's first key
+    if (t0 < warp_end) {
+      float s[NS][4];
+#pragma unroll
+      for (int nt = 0; nt < NS; ++nt) {
+        s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0;
+        const uint16_t* kr = Ks + (kw * KPW + nt * 8 + g) * ST + tq * 2;
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks) mma_bf16(s[nt], qa[ks], ld_shared32(kr + ks * 16), ld_shared32(kr + ks * 16 + 8));
+#pragma unroll
+        for (int c = 0; c < 4; ++c)
+          if (t0 + nt * 8 + tq * 2 + (c & 1) >= (c < 2 ? lim_a : lim_b)) s[nt][c] = -INFINITY;
+      }
+      float ta = -INFINITY, tb = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < NS; ++nt) ta = fmaxf(ta, fmaxf(s[nt][0], s[nt][1])), tb = fmaxf(tb, fmaxf(s[nt][2], s[nt][3]));
+      ta = fmaxf(ta, __shfl_xor_sync(dev::kFull, ta, 1)), ta = fmaxf(ta, __shfl_xor_sync(dev::kFull, ta, 2));
+      tb = fmaxf(tb, __shfl_xor_sync(dev::kFull, tb, 1)), tb = fmaxf(tb, __shfl_xor_sync(dev::kFull, tb, 2));
+      const float na = fmaxf(mx_a, ta), nb = fmaxf(mx_b, tb);
+      const float ra = na == -INFINITY ? 0.f : na, rb = nb == -INFINITY ? 0.f : nb;  // rows with no key yet
+      const float ca = exp2f(mx_a - ra), cb = exp2f(mx_b - rb);
+      float sa = 0, sb = 0;
+#pragma unroll
+      for (int nt = 0; nt < NS; ++nt) {
+        s[nt][0] = exp2f(s[nt][0] - ra), s[nt][1] = exp2f(s[nt][1] - ra);
+        s[nt][2] = exp2f(s[nt][2] - rb), s[nt][3] = exp2f(s[nt][3] - rb);
+        sa += s[nt][0] + s[nt][1], sb += s[nt][2] + s[nt][3];
+      }
+      sa += __shfl_xor_sync(dev::kFull, sa, 1), sa += __shfl_xor_sync(dev::kFull, sa, 2);
+      sb += __shfl_xor_sync(dev::kFull, sb, 1), sb += __shfl_xor_sync(dev::kFull, sb, 2);
+      l_a = l_a * ca + sa, l_b = l_b * cb + sb, mx_a = na, mx_b = nb;
+#pragma unroll
+      for (int n = 0; n < NT; ++n) acc[n][0] *= ca, acc[n][1] *= ca, acc[n][2] *= cb, acc[n][3] *= cb;
+#pragma unroll
+      for (int kk = 0; kk < NS / 2; ++kk) {  // 16 keys per step: two S n-tiles form P's A fragment
+        const uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                                pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+        const uint16_t* vr = Vs + (kw * KPW + kk * 16 + (lane & 15)) * ST + (lane >> 4) * 8;
+#pragma unroll
+        for (int np = 0; np < NT / 2; ++np) {
+          uint32_t b[4];
+          ldmatrix_x4_trans(b, vr + np * 16);
+          mma_bf16(acc[2 * np], pa, b[0], b[1]);
+          mma_bf16(acc[2 * np + 1], pa, b[2], b[3]);
+        }
+      }
+    }
+    __syncthreads();
+  }
+
+  if (KW > 1) {  // narrow: combine the key-slice warps' states through shared memory (tiles are done)
+    float* red = reinterpret_cast<float*>(smem);  // [warp][16 rows][HD + 2]: acc, then m and l
+    float* mine = red + warp * 16 * (HD + 2);
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+      const int d = n * 8 + tq * 2;
+      mine[g * (HD + 2) + d] = acc[n][0], mine[g * (HD + 2) + d + 1] = acc[n][1];
+      mine[(g + 8) * (HD + 2) + d] = acc[n][2], mine[(g + 8) * (HD + 2) + d + 1] = acc[n][3];
+    }
+    if (tq == 0) {
+      mine[g * (HD + 2) + HD] = mx_a, mine[g * (HD + 2) + HD + 1] = l_a;
+      mine[(g + 8) * (HD + 2) + HD] = mx_b, mine[(g + 8) * (HD + 2) + HD + 1] = l_b;
+    }
+    __syncthreads();
+    if (warp == 0) {
+      float m_all_a = -INFINITY, m_all_b = -INFINITY;
+      for (int w = 0; w < KW; ++w) {
+        m_all_a = fmaxf(m_all_a, red[(w * 16 + g) * (HD + 2) + HD]);
+        m_all_b = fmaxf(m_all_b, red[(w * 16 + g + 8) * (HD + 2) + HD]);
+      }
+      float wa[KW], wb[KW];
+      l_a = l_b = 0;
+      for (int w = 0; w < KW; ++w) {
+        wa[w] = m_all_a == -INFINITY ? 0.f : exp2f(red[(w * 16 + g) * (HD + 2) + HD] - m_all_a);
+        wb[w] = m_all_b == -INFINITY ? 0.f : exp2f(red[(w * 16 + g + 8) * (HD + 2) + HD] - m_all_b);
+        l_a += wa[w] * red[(w * 16 + g) * (HD + 2) + HD + 1], l_b += wb[w] * red[(w * 16 + g + 8) * (HD + 2) + HD + 1];
+      }
+#pragma unroll
+      for (int n = 0; n < NT; ++n) {
+        const int d = n * 8 + tq * 2;
+        acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0;
+        for (int w = 0; w < KW; ++w) {
+          const float* ra = red + (w * 16 + g) * (HD + 2) + d;
+          const float* rb = red + (w * 16 + g + 8) * (HD + 2) + d;
+          acc[n][0] += wa[w] * ra[0], acc[n][1] += wa[w] * ra[1], acc[n][2] += wb[w] * rb[0], acc[n][3] += wb[w] * rb[1];
+        }
+      }
+      mx_a = m_all_a, mx_b = m_all_b;
+    }
+  }
+  if (kw == 0) {
+    const int64_t base = int64_t(slot0 + split) * S.rows;
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+      const int d = n * 8 + tq * 2;
+      if (ok_a) {
+        float* o = o_part + ((base + r_a) * S.heads + h_a) * HD + d;
+        o[0] = l_a > 0 ? acc[n][0] / l_a : 0.f, o[1] = l_a > 0 ? acc[n][1] / l_a : 0.f;
+      }
+      if (ok_b) {
+        float* o = o_part + ((base + r_b) * S.heads + h_b) * HD + d;
+        o[0] = l_b > 0 ? acc[n][2] / l_b : 0.f, o[1] = l_b > 0 ? acc[n][3] / l_b : 0.f;
+      }
+    }
+    if (tq == 0) {
+      if (ok_a) lse_part[(base + r_a) * S.heads + h_a] = l_a > 0 ? (mx_a + log2f(l_a)) * kLn2 : -INFINITY;
+      if (ok_b) lse_part[(base + r_b) * S.heads + h_b] = l_b > 0 ? (mx_b + log2f(l_b)) * kLn2 : -INFINITY;
+    }
+  }
+  if (!merge.out) return;
+  // Fused merge: the last block to finish for this (tile, KV head) combines every slot of its rows.
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int32_t* counter = merge.counters + int64_t(blockIdx.x) * gridDim.y + kvh;
+    last = atomicAdd(counter, 1) == splits - 1;
+    if (last) *counter = 0;  // ready for the next launch (graph replays)
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  for (int m = warp; m < (row_end - row0) * group; m += kWarps) {  // a warp per (row, head) of the tile
+    const int r = row0 + m / group, h = kvh * group + m % group;
+    float out[HD / 32];
+    const float lse = dev::merge_row<HD / 32>(o_part, lse_part, merge.slots, S.rows, S.heads, HD, r, h, out);
+#pragma unroll
+    for (int i = 0; i < HD / 32; ++i)
+      merge.out[(int64_t(r) * S.heads + h) * HD + lane + 32 * i] = dev::float_to_bf(lse == -INFINITY ? 0.f : out[i]);
+  }
+}
+
+template <int HD, int QW>
+void launch(const float* q, const int32_t* q_pos, const AttnLevel& L, const int32_t* tile_item, const int32_t* tile_row0,
+            int num_tiles, int rpt, const AttnShape& S, const uint16_t* kc, const uint16_t* vc, int splits, int slot0,
+            float* o_part, float* lse_part, const AttnMerge& merge, cudaStream_t s) {
+  constexpr size_t smem = smem_bytes<HD>();
+  static const bool configured = [] {  // above 48 KiB needs the opt-in (once per instantiation)
+    check_cuda(cudaFuncSetAttribute(paged_attention_mma_kernel<HD, QW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    int(smem)),
+               "paged attention (tensor cores): shared memory size");
+    return true;
+  }();
+  (void)configured;
+  dim3 grid(num_tiles, S.kv_heads, splits);
+  dev::launch_pdl(paged_attention_mma_kernel<HD, QW>, grid, kWarps * 32, smem, s, "paged attention (tensor cores)", q,
+                  q_pos, L, tile_item, tile_row0, rpt, S, kc, vc, splits, slot0, o_part, lse_part, merge);
+}
+
+}  // namespace
+
+bool attention_mma_supported(const AttnShape& shape) {
+  const int group = shape.heads / shape.kv_heads;
+  return group >= 1 && group <= 16 && (shape.head_dim == 64 || shape.head_dim == 128);
+}
+
+int attention_mma_rows_per_tile(int heads, int kv_heads, bool wide) {
+  const int group = heads / kv_heads;
+  return std::max(1, (wide ? kWarps * 16 : 16) / group);
+}
+
+void paged_attention_mma(const float* q, const int32_t* q_pos, const AttnLevel& level, const int32_t* tile_item,
+                         const int32_t* tile_row0, int num_tiles, int rows_per_tile, bool wide, const AttnShape& shape,
+                         const uint16_t* k_cache, const uint16_t* v_cache, int splits, int slot0, float* o_part,
+                         float* lse_part, const AttnMerge& merge, cudaStream_t s) {
+  if (num_tiles == 0) return;
+  check(attention_mma_supported(shape), "paged attention (tensor cores): head dimension ", shape.head_dim, " and ",
+        shape.heads / shape.kv_heads, " heads per KV head are not built (64 or 128; at most 16)");
+  check(rows_per_tile >= 1 && rows_per_tile <= attention_mma_rows_per_tile(shape.heads, shape.kv_heads, wide),
+        "paged attention (tensor cores): ", rows_per_tile, " rows per tile do not fit the block");
+  if (shape.head_dim == 64) {
+    if (wide) launch<64, 4>(q, q_pos, level, tile_item, tile_row0, num_tiles, rows_per_tile, shape, k_cache, v_cache, splits, slot0, o_part, lse_part, merge, s);
+    else launch<64, 1>(q, q_pos, level, tile_item, tile_row0, num_tiles, rows_per_tile, shape, k_cache, v_cache, splits, slot0, o_part, lse_part, merge, s);
+  } else {
+    if (wide) launch<128, 4>(q, q_pos, level, tile_item, tile_row0, num_tiles, rows_per_tile, shape, k_cache, v_cache, splits, slot0, o_part, lse_part, merge, s);
+    else launch<128, 1>(q, q_pos, level, tile_item, tile_row0, num_tiles, rows_per_tile, shape, k_cache, v_cache, splits, slot0, o_part, lse_part, merge, s);
+  }
+  check_cuda(cudaGetLastError(), "paged attention (tensor cores)");
+}
+
+}  // namespace cw::kern::cuda
