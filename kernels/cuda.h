@@ -28,7 +28,8 @@ void attention_tiles(const std::vector<int32_t>& q_indptr, int rows_per_tile, st
 // Optional fused merge: the last block of each (tile, KV head) combines all `slots` partial states of its rows
 // into out (bf16 [rows][H*hd]); counters (tiles * kv_heads ints, zero) count finished splits and end at zero.
 // Valid when every slot of this launch's rows is written by this launch or an earlier one (launches that
-// share a level each merge their own rows, with their own counters).
+// share a level each merge their own rows, with their own counters). paged_attention_mma with slots == 1
+// writes out directly (no partial state, counters untouched).
 struct AttnMerge {
   int slots = 0;
   uint16_t* out = nullptr;
@@ -59,6 +60,9 @@ void merge_states(const float* o_part, const float* lse_part, int slots, int row
                   float* o_f32, float* lse, cudaStream_t s);
 // y[T][out] = beta * y + x[T][in] W^T for T in 1..4 (bandwidth-bound decode); in must be a multiple of 8.
 void gemv(const uint16_t* W, int out, int in, const uint16_t* x, int T, float beta, float* y, cudaStream_t s);
+// The same product for 1 to 64 rows of x on tensor cores (gemm_skinny.cu): split K with atomics, so the
+// summation order varies between runs; beta 0 or 1.
+void gemm_skinny(const uint16_t* W, int out, int in, const uint16_t* x, int T, float beta, float* y, cudaStream_t s);
 // The same product with its input built by each block: RMSNorm(x) * norm_w (x fp32 [T][in]), or
 // silu(gate) * up from gate_up fp32 [T][2*in]; equal to rmsnorm / swiglu followed by gemv.
 void gemv_rmsnorm(const uint16_t* W, int out, int in, const float* x, const uint16_t* norm_w, float eps, int T,

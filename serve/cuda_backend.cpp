@@ -80,6 +80,9 @@ struct CudaBackend::Impl {
   // kernel, with items of many query rows on the cuBLAS path (paged_prefill.cu).
   bool mma = false;
   int wide_rpt = 0;
+  static constexpr int kSimtTiles = 4;  // up to this many narrow tiles the CUDA-core kernel runs them
+  // Products of 5 to 64 rows on our tensor-core kernel (gemm_skinny.cu) unless CHUNKWISE_GEMM_CUBLAS is set.
+  bool skinny = !std::getenv("CHUNKWISE_GEMM_CUBLAS");
   struct DenseItem {
     int row_begin, rows, kv_len, kv_pos0;
     size_t pages_off;
@@ -113,6 +116,7 @@ struct CudaBackend::Impl {
   void linear(const uint16_t* xin, int T, const uint16_t* W, int out, int in, float beta, float* y) {
     if (T == 0) return;
     if (T <= 4) return kern::cuda::gemv(W, out, in, xin, T, beta, y, stream);
+    if (T <= 64 && skinny) return kern::cuda::gemm_skinny(W, out, in, xin, T, beta, y, stream);
     const float alpha = 1;
     check_blas(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, out, T, in, &alpha, W, CUDA_R_16BF, in, xin, CUDA_R_16BF,
                             in, &beta, y, CUDA_R_32F, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
@@ -163,8 +167,12 @@ struct CudaBackend::Impl {
         if (st.fused_merge && li == levels - 1) merge.slots = slots, merge.out = att, merge.counters = merge_counters;
         if (mma) {
           const int32_t *ti = d_meta + lv[li].tile_item, *tr = d_meta + lv[li].tile_row0;
-          kern::cuda::paged_attention_mma(qkv, pos, level_view(li, items[li]), ti, tr, tiles[li], st.rpt[li], false,
-                                          shape, L.k, L.v, splits[li], slot0, o_part, lse_part, merge, stream);
+          if (tiles[li] <= kSimtTiles)  // a handful of decode rows: latency-bound, the CUDA-core kernel is quicker
+            kern::cuda::paged_attention(qkv, pos, level_view(li, items[li]), ti, tr, tiles[li], st.rpt[li], shape, L.k,
+                                        L.v, splits[li], slot0, o_part, lse_part, merge, stream);
+          else
+            kern::cuda::paged_attention_mma(qkv, pos, level_view(li, items[li]), ti, tr, tiles[li], st.rpt[li], false,
+                                            shape, L.k, L.v, splits[li], slot0, o_part, lse_part, merge, stream);
           kern::cuda::AttnMerge wide_merge = merge;  // its own counters, after the narrow tiles'
           if (wide_merge.counters) wide_merge.counters += size_t(tiles[li]) * size_t(Hkv);
           kern::cuda::paged_attention_mma(qkv, pos, level_view(li, items[li]), ti + tiles[li], tr + tiles[li],
@@ -210,9 +218,10 @@ struct CudaBackend::Impl {
   }
 
 
-  int splits_for(int blocks, int max_kv) const {
-    // Enough blocks for about one wave: the tensor-core kernel keeps 3-5 blocks per SM, the CUDA-core one 8.
-    const int per_sm = mma ? 3 : 8;
+  int splits_for(int blocks, int max_kv, bool wide) const {
+    // Decode rows on tensor cores: about one wave (3-5 blocks per SM stay resident; fewer splits, fewer
+    // merges). Chunk tiles carry 4 times the rows, and the CUDA-core kernel is small: several waves.
+    const int per_sm = mma && !wide ? 3 : 8;
     int s = std::max(1, (per_sm * sms + blocks - 1) / std::max(1, blocks));
     if (max_kv >= 0) s = std::min(s, std::max(1, (max_kv + 63) / 64));
     return std::min(s, opt.max_splits);
@@ -418,7 +427,7 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
     std::copy(tile_row0.begin(), tile_row0.end(), hm + L.tile_row0);
     items[li] = n_items, pages_used[li] = np;
     const int blocks = int(tile_item.size()) * int(m.c.n_kv_heads);
-    splits[li] = blocks == 0 ? 1 : m.splits_for(blocks, graph ? -1 : max_kv);
+    splits[li] = blocks == 0 ? 1 : m.splits_for(blocks, graph ? -1 : max_kv, wide_tiles[li] > 0);
   }
   auto copy_in = [&](size_t off, size_t n) {
     if (n) check_cuda(cudaMemcpyAsync(m.d_meta + off, hm + off, n * 4, cudaMemcpyHostToDevice, m.stream), "copying step metadata");
@@ -431,7 +440,10 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
   for (int li = 0; li < 2; ++li)
     st.items[li] = items[li], st.tiles[li] = tiles[li], st.wide_tiles[li] = wide_tiles[li], st.splits[li] = splits[li],
     st.rpt[li] = rpts[li];
-  st.fused_merge = m.dense[0].empty() && m.dense[1].empty();
+  // Merged in the attention launches unless cuBLAS items are present, or chunk tiles would have to merge
+  // several slots (a block merges its 64 rows one warp at a time: the separate merge kernel is quicker).
+  const int slots = levels == 2 ? splits[0] + splits[1] : splits[0];
+  st.fused_merge = m.dense[0].empty() && m.dense[1].empty() && (wide_tiles[0] + wide_tiles[1] == 0 || slots == 1);
   return st;
 }
 

@@ -8,7 +8,8 @@
 //                            the four partial softmax states are combined in shared memory at the end.
 // Scores: S = Q K^T (q pre-scaled to base 2, rounded to bf16), online softmax per row, O += P V with P in
 // bf16; everything accumulates in fp32. Writes the partial state of paged_attention (o, lse per split slot)
-// and, when asked, merges all slots in the last block of a (tile, KV head) like paged_attention does.
+// and, when asked, merges all slots in the last block of a (tile, KV head) like paged_attention does; with a
+// single slot (one level, one split) and a merge output it writes the bf16 output directly.
 // Must not: read keys past a row's causal limit (they are masked to -inf, and keys past the block's range
 // are zero-filled so that P V never sees stale shared memory).
 // Reference: paged_attention_ref.cpp (bf16 tolerance).
@@ -233,6 +234,22 @@ __global__ void __launch_bounds__(kWarps * 32)
       }
       mx_a = m_all_a, mx_b = m_all_b;
     }
+  }
+  if (merge.out && merge.slots == 1) {  // the only slot: the normalised output is the answer
+    if (kw != 0) return;
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+      const int d = n * 8 + tq * 2;
+      if (ok_a) {
+        uint16_t* o = merge.out + (int64_t(r_a) * S.heads + h_a) * HD + d;
+        o[0] = dev::float_to_bf(l_a > 0 ? acc[n][0] / l_a : 0.f), o[1] = dev::float_to_bf(l_a > 0 ? acc[n][1] / l_a : 0.f);
+      }
+      if (ok_b) {
+        uint16_t* o = merge.out + (int64_t(r_b) * S.heads + h_b) * HD + d;
+        o[0] = dev::float_to_bf(l_b > 0 ? acc[n][2] / l_b : 0.f), o[1] = dev::float_to_bf(l_b > 0 ? acc[n][3] / l_b : 0.f);
+      }
+    }
+    return;
   }
   if (kw == 0) {
     const int64_t base = int64_t(slot0 + split) * S.rows;
