@@ -48,6 +48,13 @@ void paged_attention_mma(const float* q, const int32_t* q_pos, const AttnLevel& 
                          const int32_t* tile_row0, int num_tiles, int rows_per_tile, bool wide, const AttnShape& shape,
                          const uint16_t* k_cache, const uint16_t* v_cache, int splits, int slot0, float* o_part,
                          float* lse_part, const AttnMerge& merge, cudaStream_t s);
+// One level in one launch: tiles [0, narrow_tiles) narrow with `splits` splits, merged in their last block,
+// then wide_tiles wide tiles of attention_mma_rows_per_tile(.., true) rows, unsplit, written to merge.out
+// directly. For a single attention level (merge.slots == splits); counters for the narrow tiles.
+void paged_attention_mma_mixed(const float* q, const int32_t* q_pos, const AttnLevel& level, const int32_t* tile_item,
+                               const int32_t* tile_row0, int narrow_tiles, int narrow_rpt, int wide_tiles,
+                               const AttnShape& shape, const uint16_t* k_cache, const uint16_t* v_cache, int splits,
+                               float* o_part, float* lse_part, const AttnMerge& merge, cudaStream_t s);
 // One item with many query rows (rows row_begin.. of the launch, its page list PAGES on the device) on tensor
 // cores: the same partial state as paged_attention, into slot0, and -inf into slots slot0+1..slot0+splits-1.
 size_t paged_prefill_workspace(int rows, int kv_len, const AttnShape& shape);

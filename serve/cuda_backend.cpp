@@ -81,8 +81,9 @@ struct CudaBackend::Impl {
   bool mma = false;
   int wide_rpt = 0;
   static constexpr int kSimtTiles = 4;  // up to this many narrow tiles the CUDA-core kernel runs them
-  // Products of 5 to 64 rows on our tensor-core kernel (gemm_skinny.cu) unless CHUNKWISE_GEMM_CUBLAS is set.
-  bool skinny = !std::getenv("CHUNKWISE_GEMM_CUBLAS");
+  // Products of 5 to 64 rows: cuBLAS, or our tensor-core kernel (gemm_skinny.cu) when CHUNKWISE_GEMM_SKINNY is
+  // set; on an H200 it is still slower than cuBLAS (docs/BENCHMARKS.md).
+  bool skinny = std::getenv("CHUNKWISE_GEMM_SKINNY") != nullptr;
   struct DenseItem {
     int row_begin, rows, kv_len, kv_pos0;
     size_t pages_off;
@@ -165,7 +166,11 @@ struct CudaBackend::Impl {
       for (int li = 0; li < levels; ++li) {
         kern::cuda::AttnMerge merge;
         if (st.fused_merge && li == levels - 1) merge.slots = slots, merge.out = att, merge.counters = merge_counters;
-        if (mma) {
+        if (mma && levels == 1 && st.wide_tiles[0] > 0) {  // decode and chunk tiles together, merged inside
+          kern::cuda::paged_attention_mma_mixed(qkv, pos, level_view(0, items[0]), d_meta + lv[0].tile_item,
+                                                d_meta + lv[0].tile_row0, tiles[0], st.rpt[0], st.wide_tiles[0], shape,
+                                                L.k, L.v, splits[0], o_part, lse_part, merge, stream);
+        } else if (mma) {
           const int32_t *ti = d_meta + lv[li].tile_item, *tr = d_meta + lv[li].tile_row0;
           if (tiles[li] <= kSimtTiles)  // a handful of decode rows: latency-bound, the CUDA-core kernel is quicker
             kern::cuda::paged_attention(qkv, pos, level_view(li, items[li]), ti, tr, tiles[li], st.rpt[li], shape, L.k,
@@ -393,7 +398,7 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
     q_indptr.assign(1, 0);
     tile_item.clear(), tile_row0.clear(), wide_item_of.clear(), wide_row0.clear();
     size_t np = 0;
-    int max_kv = 0;
+    int max_kv = 0, max_kv_narrow = 0;
     hm[L.kv_indptr] = 0;
     const int n_items = graph ? B : int(lvl.size());
     for (int i = 0; i < n_items; ++i) {
@@ -412,6 +417,7 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
         hm[L.kv_len + i] = it.kv_len, hm[L.kv_pos0 + i] = it.kv_pos0;
         q_indptr.push_back(it.q_end);
         if (!dense_item(it)) max_kv = std::max(max_kv, it.kv_len);
+        if (!dense_item(it) && !wide_item(it)) max_kv_narrow = std::max(max_kv_narrow, it.kv_len);
       } else {
         hm[L.kv_len + i] = 0, hm[L.kv_pos0 + i] = 0;
         q_indptr.push_back(i + 1);
@@ -428,6 +434,8 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
     items[li] = n_items, pages_used[li] = np;
     const int blocks = int(tile_item.size()) * int(m.c.n_kv_heads);
     splits[li] = blocks == 0 ? 1 : m.splits_for(blocks, graph ? -1 : max_kv, wide_tiles[li] > 0);
+    if (m.mma && levels == 1 && wide_tiles[li] > 0)  // one launch: chunk tiles unsplit, decode tiles split alone
+      splits[li] = tiles[li] == 0 ? 1 : m.splits_for(tiles[li] * int(m.c.n_kv_heads), max_kv_narrow, false);
   }
   auto copy_in = [&](size_t off, size_t n) {
     if (n) check_cuda(cudaMemcpyAsync(m.d_meta + off, hm + off, n * 4, cudaMemcpyHostToDevice, m.stream), "copying step metadata");
@@ -440,10 +448,12 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
   for (int li = 0; li < 2; ++li)
     st.items[li] = items[li], st.tiles[li] = tiles[li], st.wide_tiles[li] = wide_tiles[li], st.splits[li] = splits[li],
     st.rpt[li] = rpts[li];
-  // Merged in the attention launches unless cuBLAS items are present, or chunk tiles would have to merge
-  // several slots (a block merges its 64 rows one warp at a time: the separate merge kernel is quicker).
+  // Merged in the attention launches unless cuBLAS items are present, or (two levels) chunk tiles would have to
+  // merge several slots: a block merges its 64 rows one warp at a time, the separate merge kernel is quicker.
+  // With one level the mixed launch merges decode rows and writes unsplit chunk rows directly.
   const int slots = levels == 2 ? splits[0] + splits[1] : splits[0];
-  st.fused_merge = m.dense[0].empty() && m.dense[1].empty() && (wide_tiles[0] + wide_tiles[1] == 0 || slots == 1);
+  st.fused_merge = m.dense[0].empty() && m.dense[1].empty() &&
+                   (wide_tiles[0] + wide_tiles[1] == 0 || slots == 1 || (m.mma && levels == 1));
   return st;
 }
 

@@ -63,13 +63,15 @@ constexpr size_t smem_bytes() {
   return tiles > reduce ? tiles : reduce;
 }
 
+// One block's work: tile `tile` of the list, split `split` of `splits`, KV head blockIdx.y.
 // QW: warps over query rows (4 = wide, 1 = narrow); the other 4 / QW warps split each key tile.
+// direct: this tile's rows have one slot in all, so the normalised output goes straight to merge.out.
 template <int HD, int QW>
-__global__ void __launch_bounds__(kWarps * 32)
-    paged_attention_mma_kernel(const float* q, const int32_t* q_pos, AttnLevel L, const int32_t* tile_item,
-                               const int32_t* tile_row0, int rpt, AttnShape S, const uint16_t* k_cache,
-                               const uint16_t* v_cache, int splits, int slot0, float* o_part, float* lse_part,
-                               AttnMerge merge) {
+__device__ __forceinline__ void attend_tile(const float* q, const int32_t* q_pos, const AttnLevel& L,
+                                            const int32_t* tile_item, const int32_t* tile_row0, int rpt,
+                                            const AttnShape& S, const uint16_t* k_cache, const uint16_t* v_cache,
+                                            int splits, int slot0, float* o_part, float* lse_part,
+                                            const AttnMerge& merge, bool direct, int tile, int split) {
   constexpr int KW = kWarps / QW, KPW = kKeys / KW, NS = KPW / 8, KS = HD / 16, NT = HD / 8, ST = HD + 8;
   extern __shared__ __align__(16) uint16_t smem[];
   __shared__ bool last;
@@ -77,7 +79,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, tq = lane & 3;
   const int qw = warp % QW, kw = warp / QW;
   const int group = S.heads / S.kv_heads;
-  const int item = tile_item[blockIdx.x], row0 = tile_row0[blockIdx.x], kvh = blockIdx.y, split = blockIdx.z;
+  const int item = tile_item[tile], row0 = tile_row0[tile], kvh = blockIdx.y;
   const int row_end = min(row0 + rpt, L.q_indptr[item + 1]);
   const int kv_len = L.kv_len[item], part = split_size(kv_len, splits), begin = split * part;
   const int end = min(kv_len, begin + part), pos0 = L.kv_pos0[item];
@@ -235,7 +237,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       mx_a = m_all_a, mx_b = m_all_b;
     }
   }
-  if (merge.out && merge.slots == 1) {  // the only slot: the normalised output is the answer
+  if (direct) {  // the only slot: the normalised output is the answer
     if (kw != 0) return;
 #pragma unroll
     for (int n = 0; n < NT; ++n) {
@@ -275,7 +277,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   __threadfence();
   __syncthreads();
   if (threadIdx.x == 0) {
-    int32_t* counter = merge.counters + int64_t(blockIdx.x) * gridDim.y + kvh;
+    int32_t* counter = merge.counters + int64_t(tile) * gridDim.y + kvh;
     last = atomicAdd(counter, 1) == splits - 1;
     if (last) *counter = 0;  // ready for the next launch (graph replays)
   }
@@ -293,20 +295,61 @@ __global__ void __launch_bounds__(kWarps * 32)
 }
 
 template <int HD, int QW>
+__global__ void __launch_bounds__(kWarps * 32)
+    paged_attention_mma_kernel(const float* q, const int32_t* q_pos, AttnLevel L, const int32_t* tile_item,
+                               const int32_t* tile_row0, int rpt, AttnShape S, const uint16_t* k_cache,
+                               const uint16_t* v_cache, int splits, int slot0, float* o_part, float* lse_part,
+                               AttnMerge merge) {
+  attend_tile<HD, QW>(q, q_pos, L, tile_item, tile_row0, rpt, S, k_cache, v_cache, splits, slot0, o_part, lse_part,
+                      merge, merge.out && merge.slots == 1, blockIdx.x, blockIdx.z);
+}
+
+// Decode tiles (narrow, split) and chunk tiles (wide, unsplit, written directly) of one level in one launch:
+// blocks past the narrow tiles take the wide ones; their splits past the first have nothing to do.
+template <int HD>
+__global__ void __launch_bounds__(kWarps * 32)
+    paged_attention_mixed_kernel(const float* q, const int32_t* q_pos, AttnLevel L, const int32_t* tile_item,
+                                 const int32_t* tile_row0, int narrow_tiles, int narrow_rpt, int wide_rpt, AttnShape S,
+                                 const uint16_t* k_cache, const uint16_t* v_cache, int splits, float* o_part,
+                                 float* lse_part, AttnMerge merge) {
+  if (int(blockIdx.x) < narrow_tiles)
+    attend_tile<HD, 1>(q, q_pos, L, tile_item, tile_row0, narrow_rpt, S, k_cache, v_cache, splits, 0, o_part, lse_part,
+                       merge, merge.slots == 1, blockIdx.x, blockIdx.z);
+  else if (blockIdx.z == 0)
+    attend_tile<HD, 4>(q, q_pos, L, tile_item, tile_row0, wide_rpt, S, k_cache, v_cache, 1, 0, o_part, lse_part, merge,
+                       true, blockIdx.x, 0);
+}
+
+template <typename Kernel>
+void allow_smem(Kernel kernel, size_t bytes) {
+  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
+             "paged attention (tensor cores): shared memory size");
+}
+
+template <int HD, int QW>
 void launch(const float* q, const int32_t* q_pos, const AttnLevel& L, const int32_t* tile_item, const int32_t* tile_row0,
             int num_tiles, int rpt, const AttnShape& S, const uint16_t* kc, const uint16_t* vc, int splits, int slot0,
             float* o_part, float* lse_part, const AttnMerge& merge, cudaStream_t s) {
   constexpr size_t smem = smem_bytes<HD>();
-  static const bool configured = [] {  // above 48 KiB needs the opt-in (once per instantiation)
-    check_cuda(cudaFuncSetAttribute(paged_attention_mma_kernel<HD, QW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    int(smem)),
-               "paged attention (tensor cores): shared memory size");
-    return true;
-  }();
+  static const bool configured = (allow_smem(paged_attention_mma_kernel<HD, QW>, smem), true);  // above 48 KiB: opt in
   (void)configured;
   dim3 grid(num_tiles, S.kv_heads, splits);
   dev::launch_pdl(paged_attention_mma_kernel<HD, QW>, grid, kWarps * 32, smem, s, "paged attention (tensor cores)", q,
                   q_pos, L, tile_item, tile_row0, rpt, S, kc, vc, splits, slot0, o_part, lse_part, merge);
+}
+
+template <int HD>
+void launch_mixed(const float* q, const int32_t* q_pos, const AttnLevel& L, const int32_t* tile_item,
+                  const int32_t* tile_row0, int narrow_tiles, int narrow_rpt, int wide_tiles, int wide_rpt,
+                  const AttnShape& S, const uint16_t* kc, const uint16_t* vc, int splits, float* o_part,
+                  float* lse_part, const AttnMerge& merge, cudaStream_t s) {
+  constexpr size_t smem = smem_bytes<HD>();
+  static const bool configured = (allow_smem(paged_attention_mixed_kernel<HD>, smem), true);
+  (void)configured;
+  dim3 grid(narrow_tiles + wide_tiles, S.kv_heads, splits);
+  dev::launch_pdl(paged_attention_mixed_kernel<HD>, grid, kWarps * 32, smem, s, "paged attention (tensor cores)", q,
+                  q_pos, L, tile_item, tile_row0, narrow_tiles, narrow_rpt, wide_rpt, S, kc, vc, splits, o_part,
+                  lse_part, merge);
 }
 
 }  // namespace
@@ -337,6 +380,27 @@ void paged_attention_mma(const float* q, const int32_t* q_pos, const AttnLevel& 
     if (wide) launch<128, 4>(q, q_pos, level, tile_item, tile_row0, num_tiles, rows_per_tile, shape, k_cache, v_cache, splits, slot0, o_part, lse_part, merge, s);
     else launch<128, 1>(q, q_pos, level, tile_item, tile_row0, num_tiles, rows_per_tile, shape, k_cache, v_cache, splits, slot0, o_part, lse_part, merge, s);
   }
+  check_cuda(cudaGetLastError(), "paged attention (tensor cores)");
+}
+
+void paged_attention_mma_mixed(const float* q, const int32_t* q_pos, const AttnLevel& level, const int32_t* tile_item,
+                               const int32_t* tile_row0, int narrow_tiles, int narrow_rpt, int wide_tiles,
+                               const AttnShape& shape, const uint16_t* k_cache, const uint16_t* v_cache, int splits,
+                               float* o_part, float* lse_part, const AttnMerge& merge, cudaStream_t s) {
+  if (narrow_tiles + wide_tiles == 0) return;
+  check(attention_mma_supported(shape), "paged attention (tensor cores): head dimension ", shape.head_dim, " and ",
+        shape.heads / shape.kv_heads, " heads per KV head are not built (64 or 128; at most 16)");
+  check(merge.out && merge.slots == splits && (narrow_tiles == 0 || merge.counters),
+        "paged attention (tensor cores): a mixed launch merges its own rows (one level: slots = splits)");
+  check(narrow_rpt >= 1 && narrow_rpt <= attention_mma_rows_per_tile(shape.heads, shape.kv_heads, false),
+        "paged attention (tensor cores): ", narrow_rpt, " rows per tile do not fit the block");
+  const int wide_rpt = attention_mma_rows_per_tile(shape.heads, shape.kv_heads, true);
+  if (shape.head_dim == 64)
+    launch_mixed<64>(q, q_pos, level, tile_item, tile_row0, narrow_tiles, narrow_rpt, wide_tiles, wide_rpt, shape,
+                     k_cache, v_cache, splits, o_part, lse_part, merge, s);
+  else
+    launch_mixed<128>(q, q_pos, level, tile_item, tile_row0, narrow_tiles, narrow_rpt, wide_tiles, wide_rpt, shape,
+                      k_cache, v_cache, splits, o_part, lse_part, merge, s);
   check_cuda(cudaGetLastError(), "paged attention (tensor cores)");
 }
 

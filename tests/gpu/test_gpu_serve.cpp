@@ -426,6 +426,37 @@ TEST(GpuKernels, TensorCoreAttentionMatchesReference) {
           auto got_lse = dlse.get();
           for (size_t i = 0; i < got_lse.size(); ++i) ASSERT_NEAR(got_lse[i], want_lse[i], 2e-2) << where << " lse " << i;
         }
+      // One launch for both kinds: items shorter than a wide tile in narrow tiles (split), the rest wide.
+      for (int splits : {1, 4}) {
+        const int wide_rpt = kc::attention_mma_rows_per_tile(H, Hkv, true);
+        const int narrow_rpt = kc::attention_mma_rows_per_tile(H, Hkv, false);
+        std::vector<int32_t> ti, tr, wi, wr;
+        for (size_t i = 0; i < items.size(); ++i) {
+          const bool wide = items[i].rows >= wide_rpt;
+          for (int r = q_ind[i]; r < q_ind[i + 1]; r += wide ? wide_rpt : narrow_rpt)
+            (wide ? wi : ti).push_back(int32_t(i)), (wide ? wr : tr).push_back(r);
+        }
+        const int narrow_tiles = int(ti.size()), wide_tiles = int(wi.size());
+        ti.insert(ti.end(), wi.begin(), wi.end()), tr.insert(tr.end(), wr.begin(), wr.end());
+        std::vector<float> o_part(size_t(splits) * rows * H * hd), lse_part(size_t(splits) * rows * H);
+        kern::ref::paged_attention(q.data(), pos.data(), L, S, k.data(), v.data(), splits, 0, o_part.data(), lse_part.data());
+        std::vector<float> want(size_t(rows) * H * hd);
+        kern::ref::merge_states(o_part.data(), lse_part.data(), splits, rows, H, hd, want.data(), nullptr);
+        Dev<int32_t> dti(ti), dtr(tr), counters(std::vector<int32_t>(ti.size() * size_t(Hkv), 0));
+        Dev<float> dop(o_part.size()), dlp(lse_part.size());
+        Dev<uint16_t> out(want.size());
+        kc::AttnMerge merge;
+        merge.slots = splits, merge.out = out.p, merge.counters = counters.p;
+        for (int rep = 0; rep < 2; ++rep)
+          kc::paged_attention_mma_mixed(dq.p, dpos.p, DL, dti.p, dtr.p, narrow_tiles, narrow_rpt, wide_tiles, S, dk.p, dv.p,
+                                        splits, dop.p, dlp.p, merge, nullptr);
+        const std::string where = "mixed H " + std::to_string(H) + "/" + std::to_string(Hkv) + " hd " + std::to_string(hd) +
+                                  " page " + std::to_string(page) + " splits " + std::to_string(splits);
+        auto got = from_bf16(out.get());
+        for (float x : got) ASSERT_FALSE(std::isnan(x)) << where;
+        EXPECT_LE(rel_err(got, want), 1e-2) << where;
+        for (int32_t cnt : counters.get()) ASSERT_EQ(cnt, 0) << where << ": counters are left at zero";
+      }
     }
 }
 
