@@ -76,11 +76,14 @@ struct CudaBackend::Impl {
   Staged stage(const StepPlan& plan, bool allow_graph);  // fills and copies the step's metadata
   void execute(const Staged& st);                        // the graph replay or the launches
   // Attention on tensor cores (paged_attention_mma.cu) where the shape is built, unless CHUNKWISE_ATTENTION_SIMT
-  // is set: decode rows in narrow tiles, chunks of at least wide_rpt rows in wide tiles. Otherwise the CUDA-core
+  // is set: decode rows in narrow tiles, chunks of at least kWideRows rows in wide tiles. Otherwise the CUDA-core
   // kernel, with items of many query rows on the cuBLAS path (paged_prefill.cu).
   bool mma = false;
   int wide_rpt = 0;
   static constexpr int kSimtTiles = 4;  // up to this many narrow tiles the CUDA-core kernel runs them
+  // Chunks of fewer rows go to narrow tiles too: more blocks for a short chunk beside decodes (a wide tile
+  // holds 64 query rows, and a 96-row chunk would give only 12 tiles per KV head).
+  static constexpr int kWideRows = 256;
   // Products of 5 to 64 rows: cuBLAS, or our tensor-core kernel (gemm_skinny.cu) when CHUNKWISE_GEMM_SKINNY is
   // set; on an H200 it is still slower than cuBLAS (docs/BENCHMARKS.md).
   bool skinny = std::getenv("CHUNKWISE_GEMM_SKINNY") != nullptr;
@@ -383,7 +386,7 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
   const int rpt_multi = kern::attention_rows_per_tile(int(m.c.n_heads), int(m.c.n_kv_heads));
   int rpts[2] = {1, 1};
   auto dense_item = [&](const AttnItem& it) { return !m.mma && it.q_end - it.q_begin >= 16 && it.kv_len >= 1; };
-  auto wide_item = [&](const AttnItem& it) { return m.mma && it.q_end - it.q_begin >= m.wide_rpt; };
+  auto wide_item = [&](const AttnItem& it) { return m.mma && it.q_end - it.q_begin >= std::max(m.wide_rpt, kWideRows); };
   for (int li = 0; li < levels; ++li)
     for (const auto& it : plan.levels[size_t(li)])
       if (!dense_item(it) && !wide_item(it) && it.q_end - it.q_begin > 1) rpts[li] = rpt_multi;

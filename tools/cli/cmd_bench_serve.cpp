@@ -137,7 +137,7 @@ int bench_serve_main(const Args& args) {
   desc.add_options()("scenario", po::value(&scenario)->default_value("all"), "all | batch1 | batch64 | prefix | mixed | profile (CUDA: time per operation)")(
       "config", po::value(&config)->default_value("tinyllama"), "tinyllama | tiny (d 256, 2 layers: smoke runs)")(
       "quick", po::bool_switch(&quick), "small request counts and lengths (CPU smoke run)")(
-      "mixed-budget", po::value(&budgets)->multitoken()->default_value(std::vector<int>{128, 256}, "128 256"),
+      "mixed-budget", po::value(&budgets)->multitoken()->default_value(std::vector<int>{128, 192, 256}, "128 192 256"),
       "token budgets of the chunked-prefill runs in `mixed` (one run each)");
   flags.add_to(desc);
   po::positional_options_description pos;
