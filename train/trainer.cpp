@@ -347,7 +347,8 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
     const double elapsed = std::chrono::duration<double>(now - t_start).count();
     const double since_log = std::chrono::duration<double>(now - t_log).count();
     const double tok_s = double(tokens_since_log) / std::max(since_log, 1e-9);
-    const double mfu = device.is_cuda() ? tok_s * flops_per_token / (r.f("run.peak_tflops") * 1e12) : NAN;
+    // tok_s counts the global batch; MFU is per accelerator.
+    const double mfu = device.is_cuda() ? tok_s * flops_per_token / (double(denv.world) * r.f("run.peak_tflops") * 1e12) : NAN;
     const int64_t done_here = step - result.first_step + 1;
     const double eta = elapsed / double(done_here) * double(total_steps - step);
     json rec = {{"step", step}, {"loss", sr.loss}, {"lr", lr}, {"grad_norm", gnorm}, {"tokens", tokens_seen},
