@@ -36,7 +36,7 @@ commands:
   bench train --config 124m|350m
                            time the training step of the reference configurations (random tokens)
   bench order ...          time in-context ordering on synthetic embeddings
-  bench serve [--scenario all|batch1|batch64|prefix|mixed]
+  bench serve [--scenario all|batch1|batch64|prefix|mixed|profile] [--mixed-budget N ...]
                            time the inference engine on a TinyLlama-shaped model with random weights
 )";
 }
