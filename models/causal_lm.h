@@ -23,6 +23,8 @@ class CausalLM : public torch::nn::Module {
   virtual torch::Tensor loss_sum(const Batch& b);
   // > 0: families that support it compute the loss in chunks of this many tokens, never holding all logits.
   int64_t loss_chunk_rows = 0;
+  // Fused RoPE, SwiGLU and cross-entropy (models/fused_ops.h) where the family and dtype support them.
+  bool fused_kernels = false;
 };
 
 using ModelBuilder = std::function<std::shared_ptr<CausalLM>(const ModelConfig&)>;

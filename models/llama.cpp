@@ -6,6 +6,7 @@
 #include <mutex>
 
 #include "common/error.h"
+#include "models/fused_ops.h"
 #include "models/linear_cross_entropy.h"
 
 namespace cw {
@@ -31,6 +32,8 @@ static torch::Tensor at_least_fp32(const torch::Tensor& x) {
 
 torch::Tensor CausalLM::loss_sum(const Batch& b) {
   auto lg = logits(b.tokens, b.positions, b.has_segments ? b.segments : torch::Tensor());
+  if (fused_kernels && fused_ops_support(lg))  // no fp32 logits; the gradient overwrites these logits
+    return fused_cross_entropy_sum(lg.reshape({-1, lg.size(-1)}), b.targets.reshape({-1}), /*overwrite_logits=*/true);
   return torch::nn::functional::cross_entropy(
       at_least_fp32(lg.reshape({-1, lg.size(-1)})), b.targets.reshape({-1}),
       torch::nn::functional::CrossEntropyFuncOptions().ignore_index(kIgnoreIndex).reduction(torch::kSum));
@@ -77,12 +80,16 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
   const int64_t B = x.size(0), T = x.size(1);
   // One matrix product for q, k and v (the weights stay separate parameters under their export names).
   auto qkv = torch::linear(x, torch::cat({q_proj->weight, k_proj->weight, v_proj->weight}));
-  auto parts = qkv.split({n_heads * head_dim, n_kv_heads * head_dim, n_kv_heads * head_dim}, -1);
-  auto q = parts[0].view({B, T, n_heads, head_dim}).transpose(1, 2);
-  auto k = parts[1].view({B, T, n_kv_heads, head_dim}).transpose(1, 2);
-  auto v = parts[2].view({B, T, n_kv_heads, head_dim}).transpose(1, 2);
-  q = apply_rope(q, cos, sin);
-  k = apply_rope(k, cos, sin);
+  torch::Tensor q, k, v;
+  if (fused && fused_ops_support(qkv)) {  // one kernel: q and k rotated, v copied, [B, T, heads, hd] each
+    auto qkv4 = fused_rope_qkv(qkv, cos, sin, n_heads, n_kv_heads);
+    q = qkv4[0].transpose(1, 2), k = qkv4[1].transpose(1, 2), v = qkv4[2].transpose(1, 2);
+  } else {
+    auto parts = qkv.split({n_heads * head_dim, n_kv_heads * head_dim, n_kv_heads * head_dim}, -1);
+    q = apply_rope(parts[0].view({B, T, n_heads, head_dim}).transpose(1, 2), cos, sin);
+    k = apply_rope(parts[1].view({B, T, n_kv_heads, head_dim}).transpose(1, 2), cos, sin);
+    v = parts[2].view({B, T, n_kv_heads, head_dim}).transpose(1, 2);
+  }
   auto y = attend(q, k, v, mask);
   return o_proj(y.transpose(1, 2).reshape({B, T, n_heads * head_dim}));
 }
@@ -93,8 +100,10 @@ LlamaMLPImpl::LlamaMLPImpl(const ModelConfig& c) {
   down_proj = register_module("down_proj", linear(c.d_ff, c.d_model));
 }
 torch::Tensor LlamaMLPImpl::forward(const torch::Tensor& x) {
-  auto gate_up = torch::linear(x, torch::cat({gate_proj->weight, up_proj->weight})).chunk(2, -1);  // one product
-  return down_proj(torch::silu(gate_up[0]) * gate_up[1]);
+  auto gate_up = torch::linear(x, torch::cat({gate_proj->weight, up_proj->weight}));  // one product
+  if (fused && fused_ops_support(gate_up)) return down_proj(fused_swiglu(gate_up));
+  auto parts = gate_up.chunk(2, -1);
+  return down_proj(torch::silu(parts[0]) * parts[1]);
 }
 
 LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const ModelConfig& c) {
@@ -154,7 +163,11 @@ torch::Tensor Llama::hidden(const torch::Tensor& tokens, const torch::Tensor& po
   if (segments.defined()) mask.q_segments = mask.k_segments = segments;
   auto [cos, sin] = rope_tables(positions, cfg_.head_dim(), cfg_.rope_theta);
   auto x = model_->embed_tokens(tokens);
-  for (auto& layer : *model_->layers) x = layer->as<LlamaDecoderLayer>()->forward(x, cos, sin, mask);
+  for (auto& module : *model_->layers) {
+    auto* layer = module->as<LlamaDecoderLayer>();
+    layer->self_attn->fused = layer->mlp->fused = fused_kernels;
+    x = layer->forward(x, cos, sin, mask);
+  }
   return model_->norm(x);
 }
 

@@ -29,6 +29,7 @@ struct LlamaAttentionImpl : torch::nn::Module {
                         const AttnMask& mask);
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   int64_t n_heads, n_kv_heads, head_dim;
+  bool fused = false;  // RoPE through fused_rope_qkv (set from CausalLM::fused_kernels by Llama::hidden)
 };
 TORCH_MODULE(LlamaAttention);
 
@@ -36,6 +37,7 @@ struct LlamaMLPImpl : torch::nn::Module {
   explicit LlamaMLPImpl(const ModelConfig& c);
   torch::Tensor forward(const torch::Tensor& x);
   torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+  bool fused = false;  // SwiGLU through fused_swiglu
 };
 TORCH_MODULE(LlamaMLP);
 

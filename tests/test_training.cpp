@@ -72,6 +72,21 @@ TEST(Training, ResumedRunIsBitwiseTheUninterruptedRun) {
   EXPECT_EQ(metric_losses(full.run_dir), metric_losses(second.run_dir));  // metrics past step 3 were rewritten
 }
 
+TEST(Training, FusedKernelsTrainLikeTheUnfusedOps) {  // [train] fused_kernels through the trainer
+  auto out = scratch_dir("train-fused");
+  std::ostringstream log;
+  TrainOptions o;
+  o.out = &log;
+  TrainResult plain = train(tiny_recipe(out, "plain", 6), o);
+  Recipe r = tiny_recipe(out, "fused", 6);
+  r.set("train.fused_kernels", "true");
+  TrainResult fused = train(r, o);
+  ASSERT_EQ(fused.losses.size(), plain.losses.size());
+  for (size_t i = 0; i < plain.losses.size(); ++i)
+    EXPECT_NEAR(fused.losses[i], plain.losses[i], 1e-4 * std::abs(plain.losses[i])) << "step " << i + 1;
+  EXPECT_NEAR(fused.val_loss, plain.val_loss, 1e-4 * plain.val_loss);
+}
+
 TEST(Training, NonFiniteStepsNeverReachWeightsOrCheckpoints) {
   auto out = scratch_dir("train-nan");
   Recipe r = tiny_recipe(out, "nan", 6);

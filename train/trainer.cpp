@@ -161,6 +161,7 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
           "; set [data] tokenizer to the bundle's tokenizer.model and prepare the data with it");
   auto model = build_model(mc);
   model->loss_chunk_rows = r.i("train.loss_chunk");
+  model->fused_kernels = r.b("train.fused_kernels");
   NamedTensors params = named_parameters_of(*model);
   std::vector<bool> decay;
   for (auto& [name, p] : params)

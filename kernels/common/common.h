@@ -29,6 +29,12 @@ CW_HD uint16_t float_to_bf16(float f) {
   return uint16_t(bits >> 16);
 }
 
+// Element access for kernels templated on storage: float, or bf16 bits (uint16_t); arithmetic in fp32.
+CW_HD float load_f(const float* p, int64_t i) { return p[i]; }
+CW_HD float load_f(const uint16_t* p, int64_t i) { return bf16_to_float(p[i]); }
+CW_HD void store_f(float* p, int64_t i, float v) { p[i] = v; }
+CW_HD void store_f(uint16_t* p, int64_t i, float v) { p[i] = float_to_bf16(v); }
+
 // ---- Paged KV cache ----
 // Per layer, K and V each hold [num_pages][page_size][n_kv_heads][head_dim]. A token's slot is
 // page * page_size + offset. A sequence's pages are listed in a block table (CSR: kv_indptr/kv_pages).

@@ -65,12 +65,14 @@ static int bench_train(const Args& args) {
   po::options_description desc("bench train options");
   std::string config, device_name, precision_name;
   int64_t steps, warmup, loss_chunk, profile_runs;
+  bool fused = false;
   desc.add_options()("config", po::value(&config)->default_value("124m"), "124m (32 x 1024) | 350m (16 x 2048) | tiny")(
       "steps", po::value(&steps)->default_value(20), "timed steps")(
       "warmup", po::value(&warmup)->default_value(5), "untimed steps first")(
       "device", po::value(&device_name)->default_value("auto"), "auto | cpu | cuda")(
       "precision", po::value(&precision_name)->default_value("auto"), "auto | fp32 | bf16")(
       "loss-chunk", po::value(&loss_chunk)->default_value(0), "tokens per loss chunk (0 = all logits at once)")(
+      "fused", po::bool_switch(&fused), "fused RoPE, SwiGLU and cross-entropy kernels (recipe key train.fused_kernels)")(
       "profile", po::value(&profile_runs)->default_value(0), "also profile this many steps: time per kernel and category");
   po::positional_options_description pos;
   po::variables_map vm;
@@ -89,6 +91,7 @@ static int bench_train(const Args& args) {
   torch::manual_seed(0);
   auto model = build_model(c);
   model->loss_chunk_rows = loss_chunk;
+  model->fused_kernels = fused;
   model->to(device);
   model->train();
   NamedTensors params = named_parameters_of(*model);
@@ -129,7 +132,8 @@ static int bench_train(const Args& args) {
   }
 #endif
   std::cout << "{\"bench\": \"train\", \"config\": \"" << config << "\", \"device\": \"" << device.str()
-            << "\", \"precision\": \"" << precision << "\", \"loss_chunk\": " << loss_chunk << ", \"B\": " << B << ", \"T\": " << T << ", \"tok_s\": "
+            << "\", \"precision\": \"" << precision << "\", \"loss_chunk\": " << loss_chunk << ", \"fused\": " << (fused ? "true" : "false")
+            << ", \"B\": " << B << ", \"T\": " << T << ", \"tok_s\": "
             << std::llround(tok_s) << ", \"tflops\": " << tok_s * flops / 1e12 << ", \"mfu_vs_989\": "
             << tok_s * flops / 989e12 << ", \"peak_gib\": " << peak_gib << "}\n";
   if (profile_runs > 0) {  // where the step's time goes

@@ -1,0 +1,167 @@
+// Cross-entropy on the GPU without fp32 logits (row math and merge rule: cross_entropy_math.h; CPU path:
+// models/fused_ops.cpp; reference: torch's cross_entropy on fp32 logits). One block per row: the forward
+// pass reads the row once (online max and sum, 16-byte loads where the row allows), the backward pass reads
+// it again and writes (softmax - onehot) * scale, possibly over the logits themselves.
+#include <algorithm>
+
+#include "kernels/cross_entropy/cross_entropy_math.h"
+#include "kernels/cuda.h"
+#include "kernels/train_ops.h"
+
+namespace cw::kern::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename T, int N>
+struct alignas(16) Pack {
+  T v[N];
+};
+
+template <typename T, int N>
+__device__ __forceinline__ void load_pack(const T* p, float (&out)[N]) {
+  if constexpr (N == 1) {
+    out[0] = load_f(p, 0);
+  } else {
+    const Pack<T, N> pk = *reinterpret_cast<const Pack<T, N>*>(p);
+#pragma unroll
+    for (int k = 0; k < N; ++k) out[k] = load_f(pk.v, k);
+  }
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void store_pack(T* p, const float (&in)[N]) {
+  if constexpr (N == 1) {
+    store_f(p, 0, in[0]);
+  } else {
+    Pack<T, N> pk;
+#pragma unroll
+    for (int k = 0; k < N; ++k) store_f(pk.v, k, in[k]);
+    *reinterpret_cast<Pack<T, N>*>(p) = pk;
+  }
+}
+
+__device__ SoftmaxStat block_merge(SoftmaxStat st) {
+  __shared__ float sm[kThreads / 32], ss[kThreads / 32];
+  for (int o = 16; o > 0; o >>= 1) {
+    SoftmaxStat other{__shfl_xor_sync(0xffffffffu, st.m, o), __shfl_xor_sync(0xffffffffu, st.s, o)};
+    st = softmax_merge(st, other);
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) sm[warp] = st.m, ss[warp] = st.s;
+  __syncthreads();
+  if (warp == 0) {
+    st = lane < kThreads / 32 ? SoftmaxStat{sm[lane], ss[lane]} : SoftmaxStat{};
+    for (int o = 16; o > 0; o >>= 1) {
+      SoftmaxStat other{__shfl_xor_sync(0xffffffffu, st.m, o), __shfl_xor_sync(0xffffffffu, st.s, o)};
+      st = softmax_merge(st, other);
+    }
+  }
+  return st;  // valid in thread 0
+}
+
+template <typename T, int N>
+__global__ void __launch_bounds__(kThreads) ce_forward_kernel(const T* logits, int64_t V, int64_t stride,
+                                                              const int64_t* targets, int64_t ignore_index,
+                                                              float* loss, float* lse) {
+  const int64_t r = blockIdx.x;
+  const T* x = logits + r * stride;
+  SoftmaxStat st;
+  for (int64_t c = int64_t(threadIdx.x) * N; c < V; c += int64_t(kThreads) * N) {
+    float v[N];
+    load_pack<T, N>(x + c, v);
+    float m = v[0];
+#pragma unroll
+    for (int k = 1; k < N; ++k) m = fmaxf(m, v[k]);
+    SoftmaxStat part{m, 0.f};
+#pragma unroll
+    for (int k = 0; k < N; ++k) part.s += expf(v[k] - m);
+    st = softmax_merge(st, part);
+  }
+  st = block_merge(st);
+  if (threadIdx.x == 0) {
+    const float l = st.m + logf(st.s);
+    const int64_t t = targets[r];
+    lse[r] = l;
+    loss[r] = ce_ignored(t, ignore_index) ? 0.f : (t < 0 || t >= V) ? NAN : l - load_f(x, t);
+  }
+}
+
+template <typename T, int N>
+__global__ void __launch_bounds__(kThreads) ce_backward_kernel(const T* logits, int64_t V, int64_t stride,
+                                                               const int64_t* targets, int64_t ignore_index,
+                                                               const float* lse, const float* scale, T* grad,
+                                                               int64_t grad_stride) {
+  const int64_t r = blockIdx.x;
+  const T* x = logits + r * stride;
+  T* gr = grad + r * grad_stride;
+  const int64_t t = targets[r];
+  const float g = ce_ignored(t, ignore_index) ? 0.f : *scale, l = lse[r];
+  for (int64_t c = int64_t(threadIdx.x) * N; c < V; c += int64_t(kThreads) * N) {
+    float v[N];
+    load_pack<T, N>(x + c, v);
+#pragma unroll
+    for (int k = 0; k < N; ++k) {
+      v[k] = expf(v[k] - l) * g;
+      if (c + k == t) v[k] -= g;
+    }
+    store_pack<T, N>(gr + c, v);
+  }
+}
+
+// 16-byte packs when every row starts on a 16-byte boundary and holds whole packs; else one element.
+template <typename T>
+bool packs_fit(const void* p, int64_t V, int64_t stride) {
+  constexpr int n = 16 / sizeof(T);
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0 && V % n == 0 && stride % n == 0;
+}
+
+}  // namespace
+
+void cross_entropy_forward(Storage st, const void* logits, int64_t rows, int64_t V, int64_t stride,
+                           const int64_t* targets, int64_t ignore_index, float* loss, float* lse, cudaStream_t s) {
+  if (rows == 0) return;
+  if (st == Storage::BF16) {
+    auto x = static_cast<const uint16_t*>(logits);
+    if (packs_fit<uint16_t>(x, V, stride))
+      ce_forward_kernel<uint16_t, 8><<<unsigned(rows), kThreads, 0, s>>>(x, V, stride, targets, ignore_index, loss, lse);
+    else
+      ce_forward_kernel<uint16_t, 1><<<unsigned(rows), kThreads, 0, s>>>(x, V, stride, targets, ignore_index, loss, lse);
+  } else {
+    auto x = static_cast<const float*>(logits);
+    if (packs_fit<float>(x, V, stride))
+      ce_forward_kernel<float, 4><<<unsigned(rows), kThreads, 0, s>>>(x, V, stride, targets, ignore_index, loss, lse);
+    else
+      ce_forward_kernel<float, 1><<<unsigned(rows), kThreads, 0, s>>>(x, V, stride, targets, ignore_index, loss, lse);
+  }
+  check_cuda(cudaGetLastError(), "cross_entropy forward kernel");
+}
+
+void cross_entropy_backward(Storage st, const void* logits, int64_t rows, int64_t V, int64_t stride,
+                            const int64_t* targets, int64_t ignore_index, const float* lse, const float* scale,
+                            void* grad, int64_t grad_stride, cudaStream_t s) {
+  if (rows == 0) return;
+  if (st == Storage::BF16) {
+    auto x = static_cast<const uint16_t*>(logits);
+    auto g = static_cast<uint16_t*>(grad);
+    if (packs_fit<uint16_t>(x, V, stride) && packs_fit<uint16_t>(g, V, grad_stride))
+      ce_backward_kernel<uint16_t, 8><<<unsigned(rows), kThreads, 0, s>>>(x, V, stride, targets, ignore_index, lse, scale, g,
+                                                                 grad_stride);
+    else
+      ce_backward_kernel<uint16_t, 1><<<unsigned(rows), kThreads, 0, s>>>(x, V, stride, targets, ignore_index, lse, scale, g,
+                                                                 grad_stride);
+  } else {
+    auto x = static_cast<const float*>(logits);
+    auto g = static_cast<float*>(grad);
+    if (packs_fit<float>(x, V, stride) && packs_fit<float>(g, V, grad_stride))
+      ce_backward_kernel<float, 4><<<unsigned(rows), kThreads, 0, s>>>(x, V, stride, targets, ignore_index, lse, scale, g,
+                                                              grad_stride);
+    else
+      ce_backward_kernel<float, 1><<<unsigned(rows), kThreads, 0, s>>>(x, V, stride, targets, ignore_index, lse, scale, g,
+                                                              grad_stride);
+  }
+  check_cuda(cudaGetLastError(), "cross_entropy backward kernel");
+}
+
+}  // namespace cw::kern::cuda

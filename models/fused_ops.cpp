@@ -1,0 +1,276 @@
+// Implementation of models/fused_ops.h: autograd functions that dispatch to the CUDA launchers
+// (kernels/train_ops.h) or to a CPU loop over the same item and row functions.
+#include "models/fused_ops.h"
+
+#include <ATen/Parallel.h>
+
+#include "common/error.h"
+#include "data/batch.h"
+#include "kernels/cross_entropy/cross_entropy_math.h"
+#include "kernels/rope_qkv/rope_qkv_math.h"
+#include "kernels/swiglu_grad/swiglu_grad_math.h"
+
+#ifdef CHUNKWISE_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "kernels/train_ops.h"
+#endif
+
+namespace cw {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+namespace {
+
+bool is_bf16(const torch::Tensor& x) { return x.scalar_type() == torch::kBFloat16; }
+
+// Runs f(pointer type tag) with T = uint16_t (bf16 bits) or float.
+template <typename F>
+void with_storage(const torch::Tensor& x, F&& f) {
+  if (is_bf16(x)) f(uint16_t{});
+  else f(float{});
+}
+template <typename T>
+T* ptr(const torch::Tensor& t) {
+  return static_cast<T*>(t.data_ptr());
+}
+template <typename F>
+void cpu_items(int64_t n, F&& item) {
+  at::parallel_for(0, n, 1 << 14, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) item(i);
+  });
+}
+
+#ifdef CHUNKWISE_CUDA
+kern::cuda::Storage storage(const torch::Tensor& x) { return is_bf16(x) ? kern::cuda::Storage::BF16 : kern::cuda::Storage::F32; }
+cudaStream_t stream_of(const torch::Tensor& x) { return at::cuda::getCurrentCUDAStream(x.device().index()).stream(); }
+#endif
+
+void check_support(const torch::Tensor& x, const char* op) {
+  check(fused_ops_support(x), op, ": fused kernels take fp32 or bf16 on the CPU or CUDA, got ", x.scalar_type(), " on ",
+        x.device(), " (set train.fused_kernels = false)");
+}
+
+torch::Tensor grad_or_zeros(const torch::Tensor& g, at::IntArrayRef sizes, const torch::TensorOptions& opts) {
+  return g.defined() ? g.to(opts.dtype()).contiguous() : torch::zeros(sizes, opts);
+}
+
+// ---- RoPE on the q/k/v product ----
+struct RopeQkv : torch::autograd::Function<RopeQkv> {
+  static variable_list forward(AutogradContext* ctx, const torch::Tensor& qkv, const torch::Tensor& cos,
+                               const torch::Tensor& sin, int64_t heads, int64_t kv_heads) {
+    check_support(qkv, "fused RoPE");
+    const int64_t width = qkv.size(-1), hd = width / (heads + 2 * kv_heads);
+    check(hd * (heads + 2 * kv_heads) == width && hd % 2 == 0, "fused RoPE: width ", width, " is not (", heads, " + 2 x ",
+          kv_heads, ") even-sized heads");
+    auto x = qkv.reshape({-1, width});
+    if (x.stride(1) != 1) x = x.contiguous();
+    const int64_t rows = x.size(0);
+    auto c = cos.to(torch::kFloat32).reshape({-1, hd}).contiguous(), s = sin.to(torch::kFloat32).reshape({-1, hd}).contiguous();
+    check(c.size(0) == rows && s.size(0) == rows, "fused RoPE: ", rows, " rows of q/k/v but ", c.size(0), " of cos/sin");
+    std::vector<int64_t> lead(qkv.sizes().begin(), qkv.sizes().end() - 1);
+    auto shape_of = [&](int64_t h) {
+      auto v = lead;
+      v.push_back(h);
+      v.push_back(hd);
+      return v;
+    };
+    auto q = torch::empty(shape_of(heads), x.options()), k = torch::empty(shape_of(kv_heads), x.options()),
+         v = torch::empty(shape_of(kv_heads), x.options());
+    kern::RopeQkvShape sh{rows, int(heads), int(kv_heads), int(hd), x.stride(0)};
+    with_storage(x, [&](auto tag) {
+      using T = decltype(tag);
+#ifdef CHUNKWISE_CUDA
+      if (x.is_cuda()) {
+        c10::cuda::CUDAGuard guard(x.device());
+        kern::cuda::rope_qkv_forward(storage(x), x.data_ptr(), ptr<float>(c), ptr<float>(s), sh, q.data_ptr(),
+                                     k.data_ptr(), v.data_ptr(), stream_of(x));
+        return;
+      }
+#endif
+      const T* xp = ptr<T>(x);
+      T *qp = ptr<T>(q), *kp = ptr<T>(k), *vp = ptr<T>(v);
+      const float *cp = ptr<float>(c), *sp = ptr<float>(s);
+      cpu_items(kern::rope_qkv_items(sh), [&](int64_t e) { kern::rope_qkv_forward_item(e, sh, xp, cp, sp, qp, kp, vp); });
+    });
+    ctx->save_for_backward({c, s});
+    ctx->saved_data["heads"] = heads;
+    ctx->saved_data["kv_heads"] = kv_heads;
+    ctx->saved_data["sizes"] = qkv.sizes().vec();
+    return {q, k, v};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const auto &c = saved[0], &s = saved[1];
+    const int64_t heads = ctx->saved_data["heads"].toInt(), kv_heads = ctx->saved_data["kv_heads"].toInt();
+    const auto sizes = ctx->saved_data["sizes"].toIntVector();
+    const int64_t hd = c.size(1), rows = c.size(0);
+    torch::Tensor like = grads[0].defined() ? grads[0] : grads[1].defined() ? grads[1] : grads[2];
+    auto opts = like.options();
+    auto dq = grad_or_zeros(grads[0], {rows, heads, hd}, opts), dk = grad_or_zeros(grads[1], {rows, kv_heads, hd}, opts),
+         dv = grad_or_zeros(grads[2], {rows, kv_heads, hd}, opts);
+    auto dqkv = torch::empty({rows, (heads + 2 * kv_heads) * hd}, opts);
+    kern::RopeQkvShape sh{rows, int(heads), int(kv_heads), int(hd), dqkv.stride(0)};
+    with_storage(dqkv, [&](auto tag) {
+      using T = decltype(tag);
+#ifdef CHUNKWISE_CUDA
+      if (dqkv.is_cuda()) {
+        c10::cuda::CUDAGuard guard(dqkv.device());
+        kern::cuda::rope_qkv_backward(storage(dqkv), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), ptr<float>(c),
+                                      ptr<float>(s), sh, dqkv.data_ptr(), stream_of(dqkv));
+        return;
+      }
+#endif
+      const T *dqp = ptr<T>(dq), *dkp = ptr<T>(dk), *dvp = ptr<T>(dv);
+      const float *cp = ptr<float>(c), *sp = ptr<float>(s);
+      T* out = ptr<T>(dqkv);
+      cpu_items(kern::rope_qkv_items(sh), [&](int64_t e) { kern::rope_qkv_backward_item(e, sh, dqp, dkp, dvp, cp, sp, out); });
+    });
+    return {dqkv.view(sizes), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+// ---- SwiGLU ----
+struct SwiGlu : torch::autograd::Function<SwiGlu> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& gate_up) {
+    check_support(gate_up, "fused SwiGLU");
+    check(gate_up.size(-1) % 2 == 0, "fused SwiGLU: the last dimension (", gate_up.size(-1), ") is not [gate | up]");
+    auto gu = gate_up.contiguous();
+    const int64_t ff = gu.size(-1) / 2, rows = gu.numel() / std::max<int64_t>(1, 2 * ff);
+    auto sizes = gu.sizes().vec();
+    sizes.back() = ff;
+    auto h = torch::empty(sizes, gu.options());
+    with_storage(gu, [&](auto tag) {
+      using T = decltype(tag);
+#ifdef CHUNKWISE_CUDA
+      if (gu.is_cuda()) {
+        c10::cuda::CUDAGuard guard(gu.device());
+        kern::cuda::swiglu_forward(storage(gu), gu.data_ptr(), rows, ff, h.data_ptr(), stream_of(gu));
+        return;
+      }
+#endif
+      const T* in = ptr<T>(gu);
+      T* out = ptr<T>(h);
+      cpu_items(rows * ff, [&](int64_t e) { kern::swiglu_forward_item(e, ff, in, out); });
+    });
+    ctx->save_for_backward({gu});
+    return h;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto gu = ctx->get_saved_variables()[0];
+    auto dh = grads[0].to(gu.scalar_type()).contiguous();
+    const int64_t ff = gu.size(-1) / 2, rows = gu.numel() / std::max<int64_t>(1, 2 * ff);
+    auto dgu = torch::empty_like(gu);
+    with_storage(gu, [&](auto tag) {
+      using T = decltype(tag);
+#ifdef CHUNKWISE_CUDA
+      if (gu.is_cuda()) {
+        c10::cuda::CUDAGuard guard(gu.device());
+        kern::cuda::swiglu_backward(storage(gu), gu.data_ptr(), dh.data_ptr(), rows, ff, dgu.data_ptr(), stream_of(gu));
+        return;
+      }
+#endif
+      const T *in = ptr<T>(gu), *d = ptr<T>(dh);
+      T* out = ptr<T>(dgu);
+      cpu_items(rows * ff, [&](int64_t e) { kern::swiglu_backward_item(e, ff, in, d, out); });
+    });
+    return {dgu};
+  }
+};
+
+// ---- Cross-entropy ----
+struct CrossEntropySum : torch::autograd::Function<CrossEntropySum> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& logits, const torch::Tensor& targets,
+                               bool overwrite) {
+    check_support(logits, "fused cross-entropy");
+    check(logits.dim() == 2 && targets.dim() == 1 && targets.size(0) == logits.size(0), "fused cross-entropy: logits ",
+          logits.sizes(), " and targets ", targets.sizes(), " do not match ([N, V] and [N])");
+    auto x = logits.stride(1) == 1 ? logits : logits.contiguous();
+    auto t = targets.to(torch::kInt64).contiguous();
+    const int64_t rows = x.size(0), V = x.size(1);
+    auto f32 = x.options().dtype(torch::kFloat32);
+    auto loss = torch::empty({rows}, f32), lse = torch::empty({rows}, f32);
+    with_storage(x, [&](auto tag) {
+      using T = decltype(tag);
+#ifdef CHUNKWISE_CUDA
+      if (x.is_cuda()) {
+        c10::cuda::CUDAGuard guard(x.device());
+        kern::cuda::cross_entropy_forward(storage(x), x.data_ptr(), rows, V, x.stride(0), ptr<int64_t>(t), kIgnoreIndex,
+                                          ptr<float>(loss), ptr<float>(lse), stream_of(x));
+        return;
+      }
+#endif
+      const T* xp = ptr<T>(x);
+      const int64_t* tp = ptr<int64_t>(t);
+      float *lp = ptr<float>(loss), *sp = ptr<float>(lse);
+      const int64_t stride = x.stride(0);
+      at::parallel_for(0, rows, 16, [&](int64_t b, int64_t e) {
+        for (int64_t r = b; r < e; ++r) kern::cross_entropy_forward_row(xp + r * stride, V, tp[r], kIgnoreIndex, lp + r, sp + r);
+      });
+    });
+    ctx->save_for_backward({x, t, lse});
+    ctx->saved_data["overwrite"] = overwrite;
+    return loss.sum();
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const auto &x = saved[0], &t = saved[1], &lse = saved[2];
+    const bool overwrite = ctx->saved_data["overwrite"].toBool();
+    auto g = grads[0].to(torch::kFloat32).contiguous();
+    auto grad = overwrite ? x.detach() : torch::empty_like(x, torch::MemoryFormat::Contiguous);
+    const int64_t rows = x.size(0), V = x.size(1);
+    with_storage(x, [&](auto tag) {
+      using T = decltype(tag);
+#ifdef CHUNKWISE_CUDA
+      if (x.is_cuda()) {
+        c10::cuda::CUDAGuard guard(x.device());
+        kern::cuda::cross_entropy_backward(storage(x), x.data_ptr(), rows, V, x.stride(0), ptr<int64_t>(t), kIgnoreIndex,
+                                           ptr<float>(lse), ptr<float>(g), grad.data_ptr(), grad.stride(0), stream_of(x));
+        return;
+      }
+#endif
+      const T* xp = ptr<T>(x);
+      T* gp = ptr<T>(grad);
+      const int64_t* tp = ptr<int64_t>(t);
+      const float* sp = ptr<float>(lse);
+      const float scale = g.item<float>();
+      const int64_t xs = x.stride(0), gs = grad.stride(0);
+      at::parallel_for(0, rows, 16, [&](int64_t b, int64_t e) {
+        for (int64_t r = b; r < e; ++r)
+          kern::cross_entropy_backward_row(xp + r * xs, V, tp[r], kIgnoreIndex, sp[r], scale, gp + r * gs);
+      });
+    });
+    return {grad, torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+bool fused_ops_support(const torch::Tensor& x) {
+  const bool dtype_ok = x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kBFloat16;
+#ifdef CHUNKWISE_CUDA
+  const bool device_ok = x.is_cpu() || x.is_cuda();
+#else
+  const bool device_ok = x.is_cpu();
+#endif
+  return dtype_ok && device_ok;
+}
+
+std::array<torch::Tensor, 3> fused_rope_qkv(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
+                                            int64_t heads, int64_t kv_heads) {
+  auto out = RopeQkv::apply(qkv, cos, sin, heads, kv_heads);
+  return {out[0], out[1], out[2]};
+}
+
+torch::Tensor fused_swiglu(const torch::Tensor& gate_up) { return SwiGlu::apply(gate_up); }
+
+torch::Tensor fused_cross_entropy_sum(const torch::Tensor& logits, const torch::Tensor& targets, bool overwrite_logits) {
+  return CrossEntropySum::apply(logits, targets, overwrite_logits);
+}
+
+}  // namespace cw

@@ -1,0 +1,29 @@
+// Fused training ops as LibTorch autograd functions: RoPE on the q/k/v product, SwiGLU, and cross-entropy that
+// never holds fp32 logits. On CUDA they launch the kernels of kernels/train_ops.h on the current stream; on the
+// CPU they run the same item/row functions in a parallel loop. Storage fp32 or bf16, arithmetic fp32.
+// References (the tests compare against them): apply_rope, torch::silu(g) * u, torch's cross_entropy.
+// Must not: be called with other dtypes (check fused_ops_support first) or hold state between calls.
+#pragma once
+#include <torch/torch.h>
+
+#include <array>
+
+namespace cw {
+
+// True when X's dtype (fp32, bf16) and device (CPU, CUDA in a CUDA build) have fused kernels.
+bool fused_ops_support(const torch::Tensor& x);
+
+// qkv [B, T, (heads + 2 kv_heads) * hd] (q heads, then k, then v; the last dimension contiguous), cos and sin
+// [B, T, hd] from rope_tables. Returns q [B, T, heads, hd] and k, v [B, T, kv_heads, hd], q and k rotated.
+std::array<torch::Tensor, 3> fused_rope_qkv(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
+                                            int64_t heads, int64_t kv_heads);
+
+// gate_up [..., 2F] (gate first) -> silu(gate) * up [..., F]; the backward pass recomputes silu from gate_up.
+torch::Tensor fused_swiglu(const torch::Tensor& gate_up);
+
+// Sum over rows of -log softmax(logits)[target] as an fp32 scalar; rows whose target is kIgnoreIndex add 0.
+// logits [N, V] (last dimension contiguous), targets [N]. overwrite_logits: the backward pass writes the
+// gradient into the logits' storage (only when nothing else reads those logits afterwards).
+torch::Tensor fused_cross_entropy_sum(const torch::Tensor& logits, const torch::Tensor& targets, bool overwrite_logits);
+
+}  // namespace cw

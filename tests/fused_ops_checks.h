@@ -1,0 +1,136 @@
+// Checks of the fused training ops (models/fused_ops.h) against their LibTorch references on fresh random
+// inputs, for one device and storage dtype: forward values and gradients. Shared by the CPU suite
+// (test_fused_ops.cpp) and the GPU suite (gpu/test_gpu_train.cpp) so both run the same comparisons.
+// Must not: print instead of asserting, or compare a fused op with itself.
+#pragma once
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "data/batch.h"
+#include "models/fused_ops.h"
+#include "models/llama.h"
+#include "train/precision.h"
+
+namespace cw::test {
+
+// Largest absolute difference over the reference's largest magnitude (0 when both are zero); never NaN.
+inline double max_relative_error(const torch::Tensor& got, const torch::Tensor& want) {
+  auto g = got.detach().to(torch::kFloat64).cpu(), w = want.detach().to(torch::kFloat64).cpu();
+  EXPECT_FALSE(g.isnan().any().item<bool>()) << "NaN in the fused result";
+  const double scale = std::max(w.abs().max().item<double>(), 1e-30);
+  return (g - w).abs().max().item<double>() / scale;
+}
+// ||got - want|| / ||want||: for whole-model gradients, where a few bf16 roundings differ.
+inline double norm_relative_error(const torch::Tensor& got, const torch::Tensor& want) {
+  auto g = got.detach().to(torch::kFloat64).cpu(), w = want.detach().to(torch::kFloat64).cpu();
+  EXPECT_FALSE(g.isnan().any().item<bool>()) << "NaN in the fused result";
+  return (g - w).norm().item<double>() / std::max(w.norm().item<double>(), 1e-30);
+}
+
+inline torch::TensorOptions fused_opts(torch::Device device, torch::ScalarType dtype) {
+  return torch::TensorOptions().device(device).dtype(dtype);
+}
+
+// q, k, v of fused_rope_qkv vs split + apply_rope in fp32 (on the same, possibly bf16-rounded, inputs), and the
+// gradient of a random weighted sum of all three outputs with respect to qkv.
+inline void check_fused_rope_qkv(torch::Device device, torch::ScalarType dtype, double tol, int64_t hd) {
+  const int64_t B = 2, T = 7, H = 4, Hkv = 2, W = (H + 2 * Hkv) * hd;
+  auto qkv = torch::randn({B, T, W}, fused_opts(device, dtype)).requires_grad_(true);
+  // Positions restart inside the second row (document-masked packing) and reach far positions.
+  auto pos = torch::tensor({0, 1, 2, 3, 4, 5, 6, 900, 901, 0, 1, 2, 3, 4}, torch::kInt64).view({B, T}).to(device);
+  auto [cos, sin] = rope_tables(pos, hd, 10000.0);
+  auto wq = torch::randn({B, T, H, hd}, fused_opts(device, torch::kFloat32));
+  auto wk = torch::randn({B, T, Hkv, hd}, wq.options()), wv = torch::randn({B, T, Hkv, hd}, wq.options());
+
+  auto out = fused_rope_qkv(qkv, cos, sin, H, Hkv);
+  ASSERT_EQ(out[0].sizes(), (std::vector<int64_t>{B, T, H, hd}));
+  ASSERT_EQ(out[1].sizes(), (std::vector<int64_t>{B, T, Hkv, hd}));
+  auto loss = (out[0].to(torch::kFloat32) * wq).sum() + (out[1].to(torch::kFloat32) * wk).sum() +
+              (out[2].to(torch::kFloat32) * wv).sum();
+  loss.backward();
+  auto grad = qkv.grad().clone();
+
+  auto ref_in = qkv.detach().to(torch::kFloat32).requires_grad_(true);
+  auto parts = ref_in.split({H * hd, Hkv * hd, Hkv * hd}, -1);
+  auto rq = apply_rope(parts[0].view({B, T, H, hd}).transpose(1, 2), cos, sin).transpose(1, 2);
+  auto rk = apply_rope(parts[1].view({B, T, Hkv, hd}).transpose(1, 2), cos, sin).transpose(1, 2);
+  auto rv = parts[2].view({B, T, Hkv, hd});
+  ((rq * wq).sum() + (rk * wk).sum() + (rv * wv).sum()).backward();
+
+  EXPECT_LE(max_relative_error(out[0], rq), tol) << "q";
+  EXPECT_LE(max_relative_error(out[1], rk), tol) << "k";
+  EXPECT_LE(max_relative_error(out[2], rv), tol) << "v";
+  EXPECT_LE(max_relative_error(grad, ref_in.grad()), tol) << "d qkv";
+}
+
+inline void check_fused_swiglu(torch::Device device, torch::ScalarType dtype, double tol) {
+  const int64_t F = 24;
+  auto gu = (torch::randn({3, 5, 2 * F}, fused_opts(device, dtype)) * 3).requires_grad_(true);
+  auto w = torch::randn({3, 5, F}, fused_opts(device, torch::kFloat32));
+  auto h = fused_swiglu(gu);
+  ASSERT_EQ(h.sizes(), (std::vector<int64_t>{3, 5, F}));
+  (h.to(torch::kFloat32) * w).sum().backward();
+
+  auto ref_in = gu.detach().to(torch::kFloat32).requires_grad_(true);
+  auto parts = ref_in.chunk(2, -1);
+  auto rh = torch::silu(parts[0]) * parts[1];
+  (rh * w).sum().backward();
+  EXPECT_LE(max_relative_error(h, rh), tol) << "h";
+  EXPECT_LE(max_relative_error(gu.grad(), ref_in.grad()), tol) << "d gate_up";
+}
+
+// Loss sum and d loss / d logits against torch's cross_entropy on fp32 logits, with ignored targets, a row
+// width that takes the 16-byte path (V = 104) or not (V = 101), and the gradient written over the logits.
+inline void check_fused_cross_entropy(torch::Device device, torch::ScalarType dtype, double tol, int64_t V,
+                                      bool overwrite) {
+  const int64_t N = 37;
+  auto base = (torch::randn({N, V}, fused_opts(device, torch::kFloat32)) * 4).to(dtype).requires_grad_(true);
+  auto targets = torch::randint(0, V, {N}, torch::TensorOptions().dtype(torch::kInt64).device(device));
+  targets.index_put_({torch::indexing::Slice(0, N, 5)}, kIgnoreIndex);
+  auto logits = base * 1.0;  // not a leaf: the overwrite lands in this product's output, not in base
+  auto loss = fused_cross_entropy_sum(logits, targets, overwrite);
+  EXPECT_EQ(loss.scalar_type(), torch::kFloat32);
+  (loss * 0.5).backward();
+
+  auto ref_in = base.detach().to(torch::kFloat32).requires_grad_(true);
+  auto ref = torch::nn::functional::cross_entropy(
+      ref_in, targets, torch::nn::functional::CrossEntropyFuncOptions().ignore_index(kIgnoreIndex).reduction(torch::kSum));
+  (ref * 0.5).backward();
+  EXPECT_LE(max_relative_error(loss, ref), tol) << "loss";
+  EXPECT_LE(max_relative_error(base.grad(), ref_in.grad()), tol) << "d logits";
+}
+
+// A small Llama with fused_kernels on and off: the same loss and parameter gradients (bf16: under autocast).
+inline void check_fused_llama(torch::Device device, bool bf16, double loss_tol, double grad_tol) {
+  ModelConfig c;
+  c.vocab_size = 96, c.d_model = 64, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.d_ff = 96, c.max_seq_len = 32;
+  torch::manual_seed(3);
+  auto model = std::make_shared<Llama>(c);
+  model->to(device);
+  Batch b;
+  auto iopts = torch::TensorOptions().dtype(torch::kInt64).device(device);
+  b.tokens = torch::randint(0, c.vocab_size, {2, 16}, iopts);
+  b.targets = torch::randint(0, c.vocab_size, {2, 16}, iopts);
+  b.targets.index_put_({0, torch::indexing::Slice(0, 3)}, kIgnoreIndex);
+  b.positions = torch::arange(16, iopts).unsqueeze(0).expand({2, 16});
+  auto run = [&](bool fused) {
+    model->fused_kernels = fused;
+    model->zero_grad();
+    torch::Tensor loss;
+    {
+      AutocastScope autocast(device, bf16 ? "bf16" : "fp32");
+      loss = model->loss_sum(b);
+    }
+    loss.backward();
+    std::vector<torch::Tensor> grads;
+    for (auto& p : model->parameters()) grads.push_back(p.grad().clone());
+    return std::make_pair(loss.detach(), grads);
+  };
+  auto [ref_loss, ref_grads] = run(false);
+  auto [loss, grads] = run(true);
+  EXPECT_LE(max_relative_error(loss, ref_loss), loss_tol) << "loss";
+  for (size_t i = 0; i < grads.size(); ++i)
+    EXPECT_LE(norm_relative_error(grads[i], ref_grads[i]), grad_tol) << "gradient of parameter " << i;
+}
+
+}  // namespace cw::test

@@ -1,0 +1,76 @@
+// GPU test binary of the fused training kernels (kernels/train_ops.h through models/fused_ops.h): each kernel
+// against LibTorch's unfused ops on fresh random inputs (fp32 within 1e-5, bf16 within 1e-2), a model with
+// fused_kernels on and off under bf16 autocast, and the memory the fused cross-entropy saves.
+// Must not: run without a GPU (every test skips when CUDA is absent).
+#include <c10/cuda/CUDACachingAllocator.h>
+
+#include "tests/fused_ops_checks.h"
+
+namespace cw::test {
+
+#define SKIP_WITHOUT_GPU() \
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device"
+
+TEST(GpuFusedOps, RopeQkvMatchesApplyRope) {
+  SKIP_WITHOUT_GPU();
+  torch::manual_seed(1);
+  check_fused_rope_qkv(torch::kCUDA, torch::kFloat32, 1e-5, 8);
+  check_fused_rope_qkv(torch::kCUDA, torch::kFloat32, 1e-5, 64);
+  check_fused_rope_qkv(torch::kCUDA, torch::kBFloat16, 1e-2, 64);
+  check_fused_rope_qkv(torch::kCUDA, torch::kBFloat16, 1e-2, 128);
+}
+
+TEST(GpuFusedOps, SwiGluMatchesSiluTimesUp) {
+  SKIP_WITHOUT_GPU();
+  torch::manual_seed(2);
+  check_fused_swiglu(torch::kCUDA, torch::kFloat32, 1e-5);
+  check_fused_swiglu(torch::kCUDA, torch::kBFloat16, 1e-2);
+}
+
+TEST(GpuFusedOps, CrossEntropyMatchesTorchWithIgnoredTargets) {
+  SKIP_WITHOUT_GPU();
+  torch::manual_seed(3);
+  for (int64_t V : {104, 101, 32000})
+    for (bool overwrite : {false, true}) {
+      SCOPED_TRACE("V " + std::to_string(V) + (overwrite ? ", gradient over the logits" : ""));
+      check_fused_cross_entropy(torch::kCUDA, torch::kFloat32, 1e-5, V, overwrite);
+      check_fused_cross_entropy(torch::kCUDA, torch::kBFloat16, 1e-2, V, overwrite);
+    }
+}
+
+TEST(GpuFusedOps, LlamaLossAndGradientsEqualTheUnfusedModel) {
+  SKIP_WITHOUT_GPU();
+  check_fused_llama(torch::kCUDA, /*bf16=*/false, 1e-5, 1e-4);  // TF32 is off in this binary: fp32 products
+  check_fused_llama(torch::kCUDA, /*bf16=*/true, 1e-2, 2e-2);
+}
+
+// 8,192 rows of 32,000 bf16 logits: the fused loss and gradient allocate well under torch's path (fp32 copy,
+// log-softmax and fp32 gradient).
+TEST(GpuFusedOps, CrossEntropyAllocatesNoFp32Logits) {
+  SKIP_WITHOUT_GPU();
+  const int64_t N = 8192, V = 32000;
+  auto peak_after = [&](bool fused) {
+    auto opts = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
+    auto base = torch::randn({N, V}, opts).requires_grad_(true);
+    auto targets = torch::randint(0, V, {N}, torch::TensorOptions().dtype(torch::kInt64).device(torch::kCUDA));
+    torch::cuda::synchronize();
+    c10::cuda::CUDACachingAllocator::emptyCache();
+    c10::cuda::CUDACachingAllocator::resetPeakStats(0);
+    auto before = c10::cuda::CUDACachingAllocator::getDeviceStats(0).allocated_bytes[0].current;
+    auto logits = base * 1.0;
+    torch::Tensor loss = fused ? fused_cross_entropy_sum(logits, targets, true)
+                               : torch::nn::functional::cross_entropy(logits.to(torch::kFloat32), targets,
+                                                                      torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
+    loss.backward();
+    torch::cuda::synchronize();
+    return double(c10::cuda::CUDACachingAllocator::getDeviceStats(0).allocated_bytes[0].peak - before);
+  };
+  const double logits_bytes = double(N) * V * 2;
+  const double fused = peak_after(true), unfused = peak_after(false);
+  std::cout << "peak above the inputs: fused " << fused / logits_bytes << " x bf16 logits, torch " << unfused / logits_bytes
+            << " x\n";
+  EXPECT_LE(fused, 2.1 * logits_bytes);  // the logits and base's gradient, nothing of fp32 size
+  EXPECT_LT(fused, 0.5 * unfused);
+}
+
+}  // namespace cw::test

@@ -1,0 +1,41 @@
+// Fused training ops on the CPU (the same item and row functions the CUDA kernels run) against LibTorch's
+// unfused ops: fp32 within 1e-5, bf16 storage within 1e-2, and a whole model with fused_kernels on and off.
+#include "tests/fused_ops_checks.h"
+#include "tests/test_util.h"
+
+namespace cw::test {
+
+TEST(FusedOps, RopeQkvMatchesApplyRope) {
+  torch::manual_seed(1);
+  check_fused_rope_qkv(torch::kCPU, torch::kFloat32, 1e-5, 8);
+  check_fused_rope_qkv(torch::kCPU, torch::kFloat32, 1e-5, 64);
+  check_fused_rope_qkv(torch::kCPU, torch::kBFloat16, 1e-2, 64);
+}
+
+TEST(FusedOps, SwiGluMatchesSiluTimesUp) {
+  torch::manual_seed(2);
+  check_fused_swiglu(torch::kCPU, torch::kFloat32, 1e-5);
+  check_fused_swiglu(torch::kCPU, torch::kBFloat16, 1e-2);
+}
+
+TEST(FusedOps, CrossEntropyMatchesTorchWithIgnoredTargets) {
+  torch::manual_seed(3);
+  for (int64_t V : {104, 101})
+    for (bool overwrite : {false, true}) {
+      SCOPED_TRACE("V " + std::to_string(V) + (overwrite ? ", gradient over the logits" : ""));
+      check_fused_cross_entropy(torch::kCPU, torch::kFloat32, 1e-5, V, overwrite);
+      check_fused_cross_entropy(torch::kCPU, torch::kBFloat16, 1e-2, V, overwrite);
+    }
+}
+
+TEST(FusedOps, LlamaLossAndGradientsEqualTheUnfusedModel) {
+  check_fused_llama(torch::kCPU, /*bf16=*/false, 1e-5, 1e-5);
+}
+
+TEST(FusedOps, OtherDtypesAreRefusedWithAMessage) {
+  auto x = torch::randn({2, 4}, torch::kFloat64);
+  EXPECT_FALSE(fused_ops_support(x));
+  EXPECT_NE(user_error_of([&] { fused_swiglu(x); }).find("train.fused_kernels"), std::string::npos);
+}
+
+}  // namespace cw::test
