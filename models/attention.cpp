@@ -24,10 +24,40 @@ torch::Tensor build_attention_mask(int64_t Tq, int64_t Tk, const AttnMask& m, co
   return mask;
 }
 
+void attach_segment_runs(AttnMask& m) {
+  const auto& seg = m.q_segments;
+  const int64_t B = seg.size(0), T = seg.size(1);
+  auto start = torch::ones({B, T}, seg.options().dtype(torch::kBool));
+  if (T > 1) start.narrow(1, 1, T - 1).copy_(seg.narrow(1, 1, T - 1).ne(seg.narrow(1, 0, T - 1)));
+  auto first = start.reshape({-1}).nonzero().squeeze(1);
+  auto cu = torch::cat({first, torch::full({1}, B * T, first.options())}).to(torch::kInt32);
+  m.max_seqlen = (cu.narrow(0, 1, cu.size(0) - 1) - cu.narrow(0, 0, cu.size(0) - 1)).max().item<int64_t>();
+  m.cu_seqlens = cu;
+}
+
+// Flash attention over the runs of m.cu_seqlens: causal within each run, nothing across runs.
+static bool varlen_applies(const torch::Tensor& q, const torch::Tensor& k, const AttnMask& m, bool square_causal) {
+  const auto dt = q.scalar_type();
+  const int64_t hd = q.size(3);
+  return m.cu_seqlens.defined() && square_causal && q.is_cuda() && (dt == torch::kBFloat16 || dt == torch::kHalf) &&
+         k.scalar_type() == dt && hd % 8 == 0 && hd <= 256;
+}
+static torch::Tensor attend_varlen(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                   const AttnMask& m) {
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), Hkv = k.size(1), D = q.size(3);
+  auto flat = [&](const torch::Tensor& x, int64_t h) { return x.transpose(1, 2).reshape({B * T, h, D}); };
+  auto out = std::get<0>(at::_flash_attention_forward(flat(q, H), flat(k, Hkv), flat(v, Hkv), m.cu_seqlens,
+                                                      m.cu_seqlens, m.max_seqlen, m.max_seqlen, 0.0,
+                                                      /*is_causal=*/true, /*return_debug_mask=*/false));
+  return out.view({B, T, H, D}).transpose(1, 2);
+}
+
 torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const AttnMask& m) {
   const int64_t Tq = q.size(2), Tk = k.size(2);
   const bool gqa = q.size(1) != k.size(1);
-  const bool plain_causal = m.causal && Tq == Tk && offset_of(Tq, Tk, m) == 0 && !m.q_segments.defined() && m.window <= 0;
+  const bool square_causal = m.causal && Tq == Tk && offset_of(Tq, Tk, m) == 0 && m.window <= 0;
+  if (m.q_segments.defined() && varlen_applies(q, k, m, square_causal)) return attend_varlen(q, k, v, m);
+  const bool plain_causal = square_causal && !m.q_segments.defined();
   if (plain_causal)
     return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, std::nullopt, gqa);
   torch::Tensor mask = build_attention_mask(Tq, Tk, m, q.device());

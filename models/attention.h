@@ -1,6 +1,7 @@
 // Attention behind one function. `attend` picks LibTorch's fused scaled-dot-product attention with
 // is_causal when the mask is plain causal and square, and an explicit boolean mask otherwise;
-// `attend_reference` is the plain softmax(QK^T/sqrt(d))V twin that tests compare against.
+// `attend_reference` is the plain softmax(QK^T/sqrt(d))V twin that tests compare against. Document masks
+// whose segments are runs (see attach_segment_runs) take flash attention's variable-length kernel on CUDA.
 // Layout: q [B, Hq, Tq, D], k and v [B, Hkv, Tk, D] with Hq a multiple of Hkv (grouped-query).
 // Must not: change q/k/v (no RoPE here) or assume Tq == Tk.
 #pragma once
@@ -15,7 +16,16 @@ struct AttnMask {
   int64_t q_offset = -1;
   torch::Tensor q_segments, k_segments;  // [B, Tq], [B, Tk]; attend only where equal (undefined = off)
   int64_t window = 0;                    // > 0: key j visible from query i only if i - j < window
+  // Optional, from attach_segment_runs: the segments as runs over the flattened [B*T] tokens, int32
+  // cumulative lengths [runs + 1], and the longest run. Valid only when every segment id of a row is one run.
+  torch::Tensor cu_seqlens;
+  int64_t max_seqlen = 0;
 };
+
+// Fills m.cu_seqlens and m.max_seqlen from m.q_segments [B, T]: a run starts at every row start and wherever
+// the id changes (one host synchronisation). For a square causal mask whose segments are contiguous runs with
+// distinct ids within a row (the packing sampler's), attending within runs equals attending within segments.
+void attach_segment_runs(AttnMask& m);
 
 torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const AttnMask& m);
 torch::Tensor attend_reference(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,

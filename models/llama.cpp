@@ -160,7 +160,11 @@ torch::Tensor Llama::loss_sum(const Batch& b) {
 torch::Tensor Llama::hidden(const torch::Tensor& tokens, const torch::Tensor& positions, const torch::Tensor& segments) {
   AttnMask mask;
   mask.q_offset = 0;
-  if (segments.defined()) mask.q_segments = mask.k_segments = segments;
+  if (segments.defined()) {
+    mask.q_segments = mask.k_segments = segments;
+    // Document masks as flash attention's variable-length runs (the packing sampler's segments are runs).
+    if (fused_kernels && segments.is_cuda()) attach_segment_runs(mask);
+  }
   auto [cos, sin] = rope_tables(positions, cfg_.head_dim(), cfg_.rope_theta);
   auto x = model_->embed_tokens(tokens);
   for (auto& module : *model_->layers) {

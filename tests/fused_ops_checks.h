@@ -100,7 +100,8 @@ inline void check_fused_cross_entropy(torch::Device device, torch::ScalarType dt
   EXPECT_LE(max_relative_error(base.grad(), ref_in.grad()), tol) << "d logits";
 }
 
-// A small Llama with fused_kernels on and off: the same loss and parameter gradients (bf16: under autocast).
+// A small Llama with fused_kernels on and off, one row holding two documents: the same loss and parameter
+// gradients (bf16: under autocast).
 inline void check_fused_llama(torch::Device device, bool bf16, double loss_tol, double grad_tol) {
   ModelConfig c;
   c.vocab_size = 96, c.d_model = 64, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.d_ff = 96, c.max_seq_len = 32;
@@ -112,7 +113,13 @@ inline void check_fused_llama(torch::Device device, bool bf16, double loss_tol, 
   b.tokens = torch::randint(0, c.vocab_size, {2, 16}, iopts);
   b.targets = torch::randint(0, c.vocab_size, {2, 16}, iopts);
   b.targets.index_put_({0, torch::indexing::Slice(0, 3)}, kIgnoreIndex);
-  b.positions = torch::arange(16, iopts).unsqueeze(0).expand({2, 16});
+  b.positions = torch::arange(16, iopts).unsqueeze(0).expand({2, 16}).clone();
+  // Row 1 packs two documents (positions restart, attention stays inside each): on CUDA in bf16 the fused
+  // path takes flash attention's variable-length kernel, the unfused one an explicit mask.
+  b.segments = torch::zeros({2, 16}, iopts.dtype(torch::kInt32));
+  b.segments.index_put_({1, torch::indexing::Slice(9, 16)}, 1);
+  b.positions.index_put_({1, torch::indexing::Slice(9, 16)}, torch::arange(7, iopts));
+  b.has_segments = true;
   auto run = [&](bool fused) {
     model->fused_kernels = fused;
     model->zero_grad();

@@ -57,3 +57,16 @@ TEST(Attention, SlidingWindowAndBidirectional) {
   full.causal = false;
   check_mask({1, 2, 1, 5, 12, 8}, full);
 }
+
+TEST(Attention, SegmentRunsAreCumulativeLengthsOverFlattenedRows) {
+  AttnMask m;
+  m.q_segments = m.k_segments = torch::tensor({0, 0, 1, 1, 1, -1, 0, 1, 1, 1, 1, 1}, torch::kInt32).view({2, 6});
+  attach_segment_runs(m);
+  EXPECT_TRUE(torch::equal(m.cu_seqlens, torch::tensor({0, 2, 5, 6, 7, 12}, torch::kInt32)));
+  EXPECT_EQ(m.max_seqlen, 5);
+  // A row that starts with the previous row's last id still starts a run.
+  m.q_segments = m.k_segments = torch::tensor({0, 0, 0, 0}, torch::kInt32).view({2, 2});
+  attach_segment_runs(m);
+  EXPECT_TRUE(torch::equal(m.cu_seqlens, torch::tensor({0, 2, 4}, torch::kInt32)));
+  EXPECT_EQ(m.max_seqlen, 2);
+}

@@ -44,6 +44,38 @@ TEST(GpuFusedOps, LlamaLossAndGradientsEqualTheUnfusedModel) {
   check_fused_llama(torch::kCUDA, /*bf16=*/true, 1e-2, 2e-2);
 }
 
+// Document masks through flash attention's variable-length kernel (runs of segment ids) equal the softmax
+// reference with the segment mask, forward and gradients, with grouped-query heads.
+TEST(GpuFusedOps, VarlenFlashAttentionEqualsTheSegmentMask) {
+  SKIP_WITHOUT_GPU();
+  torch::manual_seed(4);
+  const int64_t B = 2, T = 40, H = 4, Hkv = 2, D = 64;
+  auto opts = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
+  auto make = [&](int64_t h) { return torch::randn({B, T, h, D}, opts).transpose(1, 2).requires_grad_(true); };
+  auto q = make(H), k = make(Hkv), v = make(Hkv);
+  auto seg = torch::zeros({B, T}, torch::TensorOptions().dtype(torch::kInt32));
+  seg.index_put_({0, torch::indexing::Slice(13, 30)}, 1);
+  seg.index_put_({0, torch::indexing::Slice(30, T)}, -1);  // padding at the row's end is a run of its own
+  seg.index_put_({1, torch::indexing::Slice(1, T)}, 1);
+  AttnMask m;
+  m.q_offset = 0;
+  m.q_segments = m.k_segments = seg.to(torch::kCUDA);
+  AttnMask plain = m;
+  attach_segment_runs(m);
+  EXPECT_EQ(m.max_seqlen, 39);
+  auto w = torch::randn({B, H, T, D}, opts.dtype(torch::kFloat32));
+  auto out = attend(q, k, v, m);
+  (out.to(torch::kFloat32) * w).sum().backward();
+  std::vector<torch::Tensor> got = {q.grad().clone(), k.grad().clone(), v.grad().clone()};
+  for (auto* t : {&q, &k, &v}) t->mutable_grad() = torch::Tensor();
+  auto ref = attend_reference(q, k, v, plain);
+  (ref.to(torch::kFloat32) * w).sum().backward();
+  EXPECT_LE(max_relative_error(out, ref), 1e-2);
+  EXPECT_LE(max_relative_error(got[0], q.grad()), 1e-2) << "dq";
+  EXPECT_LE(max_relative_error(got[1], k.grad()), 1e-2) << "dk";
+  EXPECT_LE(max_relative_error(got[2], v.grad()), 1e-2) << "dv";
+}
+
 // 8,192 rows of 32,000 bf16 logits: the fused loss and gradient allocate well under torch's path (fp32 copy,
 // log-softmax and fp32 gradient).
 TEST(GpuFusedOps, CrossEntropyAllocatesNoFp32Logits) {
