@@ -1,4 +1,5 @@
-// Launchers of the fused CUDA kernels used in training (rope_qkv/, swiglu_grad/, cross_entropy/): device
+// Launchers of the fused CUDA kernels used in training (rope_qkv/, swiglu_grad/, cross_entropy/,
+// add_rmsnorm/): device
 // pointers, LibTorch's current stream passed in. Storage is fp32 or bf16 (uint16_t bits); arithmetic fp32.
 // Each kernel's item or row functions run on the CPU too (models/fused_ops.cpp), and the GPU tests compare
 // both with LibTorch's unfused ops.
@@ -30,5 +31,16 @@ void cross_entropy_forward(Storage st, const void* logits, int64_t rows, int64_t
 void cross_entropy_backward(Storage st, const void* logits, int64_t rows, int64_t V, int64_t stride,
                             const int64_t* targets, int64_t ignore_index, const float* lse, const float* scale,
                             void* grad, int64_t grad_stride, cudaStream_t s);
+
+// h = x + delta (fp32 [rows][d]) and y = h / rms(h) * w in y's storage; rstd fp32 [rows].
+constexpr int kAddRmsNormMaxDim = 4096;
+void add_rmsnorm_forward(Storage delta_st, Storage y_st, const float* x, const void* delta, const float* w,
+                         int64_t rows, int d, float eps, float* h, void* y, float* rstd, cudaStream_t s);
+// dx (fp32) and ddelta (delta's storage) from dy and dh_next (nullable); dw_partial fp32
+// [add_rmsnorm_backward_blocks(rows)][d], to be summed over its first dimension. d <= kAddRmsNormMaxDim.
+int add_rmsnorm_backward_blocks(int64_t rows);
+void add_rmsnorm_backward(Storage delta_st, Storage y_st, const float* h, const float* w, const float* rstd,
+                          const void* dy, const float* dh_next, int64_t rows, int d, float* dx, void* ddelta,
+                          float* dw_partial, cudaStream_t s);
 
 }  // namespace cw::kern::cuda

@@ -6,6 +6,7 @@
 
 #include "common/error.h"
 #include "data/batch.h"
+#include "kernels/add_rmsnorm/add_rmsnorm_math.h"
 #include "kernels/cross_entropy/cross_entropy_math.h"
 #include "kernels/rope_qkv/rope_qkv_math.h"
 #include "kernels/swiglu_grad/swiglu_grad_math.h"
@@ -182,6 +183,86 @@ struct SwiGlu : torch::autograd::Function<SwiGlu> {
   }
 };
 
+// ---- Residual add + RMSNorm ----
+template <typename F>
+void with_two_storages(const torch::Tensor& a, const torch::Tensor& b, F&& f) {
+  with_storage(a, [&](auto ta) { with_storage(b, [&](auto tb) { f(ta, tb); }); });
+}
+
+struct AddRmsNorm : torch::autograd::Function<AddRmsNorm> {
+  static variable_list forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& delta,
+                               const torch::Tensor& w, double eps, int64_t out_dtype) {
+    check(fused_add_rmsnorm_support(x, delta, w), "fused add + RMSNorm: x ", x.scalar_type(), " ", x.sizes(), ", delta ",
+          delta.scalar_type(), " ", delta.sizes(), ", w ", w.scalar_type(), " ", w.sizes(),
+          " (x and w fp32, delta fp32 or bf16, same shape, d <= 4096; set train.fused_kernels = false)");
+    const int64_t d = x.size(-1), rows = x.numel() / std::max<int64_t>(1, d);
+    auto xc = x.contiguous(), dc = delta.contiguous(), wc = w.contiguous();
+    auto h = torch::empty_like(xc), y = torch::empty(xc.sizes(), xc.options().dtype(c10::ScalarType(out_dtype)));
+    auto rstd = torch::empty({rows}, xc.options());
+    with_two_storages(dc, y, [&](auto td, auto ty) {
+      using TD = decltype(td);
+      using TY = decltype(ty);
+#ifdef CHUNKWISE_CUDA
+      if (xc.is_cuda()) {
+        c10::cuda::CUDAGuard guard(xc.device());
+        kern::cuda::add_rmsnorm_forward(storage(dc), storage(y), ptr<float>(xc), dc.data_ptr(), ptr<float>(wc), rows,
+                                        int(d), float(eps), ptr<float>(h), y.data_ptr(), ptr<float>(rstd), stream_of(xc));
+        return;
+      }
+#endif
+      const float *xp = ptr<float>(xc), *wp = ptr<float>(wc);
+      const TD* dp = ptr<TD>(dc);
+      float *hp = ptr<float>(h), *rp = ptr<float>(rstd);
+      TY* yp = ptr<TY>(y);
+      at::parallel_for(0, rows, 16, [&](int64_t b, int64_t e) {
+        for (int64_t r = b; r < e; ++r)
+          rp[r] = kern::add_rmsnorm_forward_row(xp + r * d, dp + r * d, wp, d, float(eps), hp + r * d, yp + r * d);
+      });
+    });
+    ctx->save_for_backward({h, wc, rstd});
+    ctx->saved_data["delta_dtype"] = int64_t(delta.scalar_type());
+    return {h, y};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const auto &h = saved[0], &w = saved[1], &rstd = saved[2];
+    const auto delta_dtype = c10::ScalarType(ctx->saved_data["delta_dtype"].toInt());
+    const int64_t d = h.size(-1), rows = h.numel() / std::max<int64_t>(1, d);
+    torch::Tensor dh_next = grads[0].defined() ? grads[0].to(torch::kFloat32).contiguous() : torch::Tensor();
+    torch::Tensor dy = grads[1].defined() ? grads[1].contiguous() : torch::zeros(h.sizes(), h.options());
+    auto dx = torch::empty_like(h), ddelta = torch::empty(h.sizes(), h.options().dtype(delta_dtype));
+    torch::Tensor dw;
+    with_two_storages(ddelta, dy, [&](auto td, auto ty) {
+      using TD = decltype(td);
+      using TY = decltype(ty);
+#ifdef CHUNKWISE_CUDA
+      if (h.is_cuda()) {
+        c10::cuda::CUDAGuard guard(h.device());
+        auto partial = torch::empty({kern::cuda::add_rmsnorm_backward_blocks(rows), d}, h.options());
+        kern::cuda::add_rmsnorm_backward(storage(ddelta), storage(dy), ptr<float>(h), ptr<float>(w), ptr<float>(rstd),
+                                         dy.data_ptr(), dh_next.defined() ? ptr<float>(dh_next) : nullptr, rows, int(d),
+                                         ptr<float>(dx), ddelta.data_ptr(), ptr<float>(partial), stream_of(h));
+        dw = partial.sum(0);
+        return;
+      }
+#endif
+      const float *hp = ptr<float>(h), *wp = ptr<float>(w), *rp = ptr<float>(rstd);
+      const float* np = dh_next.defined() ? ptr<float>(dh_next) : nullptr;
+      const TY* yp = ptr<TY>(dy);
+      float* xp = ptr<float>(dx);
+      TD* dp = ptr<TD>(ddelta);
+      at::parallel_for(0, rows, 16, [&](int64_t b, int64_t e) {
+        for (int64_t r = b; r < e; ++r)
+          kern::add_rmsnorm_backward_row(hp + r * d, wp, rp[r], yp + r * d, np ? np + r * d : nullptr, d, xp + r * d,
+                                         dp + r * d);
+      });
+      dw = (dy.to(torch::kFloat32).reshape({rows, d}) * h.reshape({rows, d}) * rstd.unsqueeze(1)).sum(0);
+    });
+    return {dx, ddelta, dw, torch::Tensor(), torch::Tensor()};
+  }
+};
+
 // ---- Cross-entropy ----
 struct CrossEntropySum : torch::autograd::Function<CrossEntropySum> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& logits, const torch::Tensor& targets,
@@ -268,6 +349,20 @@ std::array<torch::Tensor, 3> fused_rope_qkv(const torch::Tensor& qkv, const torc
 }
 
 torch::Tensor fused_swiglu(const torch::Tensor& gate_up) { return SwiGlu::apply(gate_up); }
+
+bool fused_add_rmsnorm_support(const torch::Tensor& x, const torch::Tensor& delta, const torch::Tensor& w) {
+  return fused_ops_support(x) && fused_ops_support(delta) && x.scalar_type() == torch::kFloat32 &&
+         w.scalar_type() == torch::kFloat32 && x.sizes() == delta.sizes() && w.dim() == 1 && w.size(0) == x.size(-1) &&
+         x.size(-1) <= 4096 && x.device() == delta.device() && x.device() == w.device();
+}
+
+std::array<torch::Tensor, 2> fused_add_rmsnorm(const torch::Tensor& x, const torch::Tensor& delta, const torch::Tensor& w,
+                                               double eps, torch::ScalarType out_dtype) {
+  check(out_dtype == torch::kFloat32 || out_dtype == torch::kBFloat16, "fused add + RMSNorm: output dtype ", out_dtype,
+        " (fp32 or bf16)");
+  auto out = AddRmsNorm::apply(x, delta, w, eps, int64_t(out_dtype));
+  return {out[0], out[1]};
+}
 
 torch::Tensor fused_cross_entropy_sum(const torch::Tensor& logits, const torch::Tensor& targets, bool overwrite_logits) {
   return CrossEntropySum::apply(logits, targets, overwrite_logits);

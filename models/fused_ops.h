@@ -1,7 +1,8 @@
-// Fused training ops as LibTorch autograd functions: RoPE on the q/k/v product, SwiGLU, and cross-entropy that
-// never holds fp32 logits. On CUDA they launch the kernels of kernels/train_ops.h on the current stream; on the
+// Fused training ops as LibTorch autograd functions: RoPE on the q/k/v product, SwiGLU, residual add + RMSNorm,
+// and cross-entropy that never holds fp32 logits. On CUDA they launch the kernels of kernels/train_ops.h on the current stream; on the
 // CPU they run the same item/row functions in a parallel loop. Storage fp32 or bf16, arithmetic fp32.
-// References (the tests compare against them): apply_rope, torch::silu(g) * u, torch's cross_entropy.
+// References (the tests compare against them): apply_rope, torch::silu(g) * u, x + delta then at::rms_norm,
+// torch's cross_entropy.
 // Must not: be called with other dtypes (check fused_ops_support first) or hold state between calls.
 #pragma once
 #include <torch/torch.h>
@@ -20,6 +21,12 @@ std::array<torch::Tensor, 3> fused_rope_qkv(const torch::Tensor& qkv, const torc
 
 // gate_up [..., 2F] (gate first) -> silu(gate) * up [..., F]; the backward pass recomputes silu from gate_up.
 torch::Tensor fused_swiglu(const torch::Tensor& gate_up);
+
+// The residual add joined with the next RMSNorm: h = x + delta and y = h / rms(h) * w, y stored as OUT_DTYPE
+// (bf16 under autocast). x is the fp32 residual stream, delta fp32 or bf16, w fp32 [d]. Returns {h, y}.
+bool fused_add_rmsnorm_support(const torch::Tensor& x, const torch::Tensor& delta, const torch::Tensor& w);
+std::array<torch::Tensor, 2> fused_add_rmsnorm(const torch::Tensor& x, const torch::Tensor& delta, const torch::Tensor& w,
+                                               double eps, torch::ScalarType out_dtype);
 
 // Sum over rows of -log softmax(logits)[target] as an fp32 scalar; rows whose target is kIgnoreIndex add 0.
 // logits [N, V] (last dimension contiguous), targets [N]. overwrite_logits: the backward pass writes the

@@ -1,6 +1,8 @@
 // Implementation of models/llama.h and of the model registry.
 #include "models/llama.h"
 
+#include <ATen/autocast_mode.h>
+
 #include <cmath>
 #include <map>
 #include <mutex>
@@ -170,9 +172,32 @@ torch::Tensor Llama::hidden(const torch::Tensor& tokens, const torch::Tensor& po
   for (auto& module : *model_->layers) {
     auto* layer = module->as<LlamaDecoderLayer>();
     layer->self_attn->fused = layer->mlp->fused = fused_kernels;
-    x = layer->forward(x, cos, sin, mask);
   }
+  if (fused_kernels && fused_add_rmsnorm_support(x, x, model_->norm->weight)) return hidden_fused(x, cos, sin, mask);
+  for (auto& module : *model_->layers) x = module->as<LlamaDecoderLayer>()->forward(x, cos, sin, mask);
   return model_->norm(x);
+}
+
+// The decoder layers with each residual add joined to the RMSNorm after it (fused_add_rmsnorm): the norms'
+// outputs come out in the autocast dtype, so no separate cast or add kernels run.
+torch::Tensor Llama::hidden_fused(torch::Tensor x, const torch::Tensor& cos, const torch::Tensor& sin,
+                                  const AttnMask& mask) {
+  const auto device_type = x.device().type();
+  const auto out_dtype = at::autocast::is_autocast_enabled(device_type) ? at::autocast::get_autocast_dtype(device_type)
+                                                                        : x.scalar_type();
+  auto add_norm = [&](const torch::Tensor& delta, const RMSNorm& norm) {
+    auto out = fused_add_rmsnorm(x, delta, norm->weight, norm->eps, out_dtype);
+    x = out[0];
+    return out[1];
+  };
+  torch::Tensor pending;  // the previous MLP's output, not yet added to x
+  for (auto& module : *model_->layers) {
+    auto* layer = module->as<LlamaDecoderLayer>();
+    auto n1 = pending.defined() ? add_norm(pending, layer->input_layernorm) : layer->input_layernorm(x);
+    auto n2 = add_norm(layer->self_attn(n1, cos, sin, mask), layer->post_attention_layernorm);
+    pending = layer->mlp(n2);
+  }
+  return pending.defined() ? add_norm(pending, model_->norm) : model_->norm(x);
 }
 
 }  // namespace cw

@@ -72,6 +72,8 @@ class Llama : public CausalLM {
   void reset_parameters();  // normal(0, init_std); output projections / sqrt(2 n_layers); norms 1
 
  private:
+  torch::Tensor hidden_fused(torch::Tensor x, const torch::Tensor& cos, const torch::Tensor& sin, const AttnMask& mask);
+
   ModelConfig cfg_;
   LlamaBody model_{nullptr};
   torch::nn::Linear lm_head_{nullptr};

@@ -79,6 +79,37 @@ inline void check_fused_swiglu(torch::Device device, torch::ScalarType dtype, do
   EXPECT_LE(max_relative_error(gu.grad(), ref_in.grad()), tol) << "d gate_up";
 }
 
+// h and y of fused_add_rmsnorm vs x + delta and the RMSNorm formula in fp32, and the gradients of x, delta and
+// w, with h read afterwards (the residual stream) or not.
+inline void check_fused_add_rmsnorm(torch::Device device, torch::ScalarType delta_dtype, torch::ScalarType out_dtype,
+                                    double tol, int64_t d, bool h_used) {
+  auto f32 = fused_opts(device, torch::kFloat32);
+  auto x = torch::randn({3, 5, d}, f32).requires_grad_(true);
+  auto delta = torch::randn({3, 5, d}, f32).to(delta_dtype).requires_grad_(true);
+  auto w = (torch::rand({d}, f32) + 0.5).requires_grad_(true);
+  auto wh = torch::randn({3, 5, d}, f32), wy = torch::randn({3, 5, d}, f32);
+  const double eps = 1e-5;
+  auto out = fused_add_rmsnorm(x, delta, w, eps, out_dtype);
+  EXPECT_EQ(out[0].scalar_type(), torch::kFloat32);
+  EXPECT_EQ(out[1].scalar_type(), out_dtype);
+  auto loss = (out[1].to(torch::kFloat32) * wy).sum();
+  if (h_used) loss = loss + (out[0] * wh).sum();
+  loss.backward();
+
+  auto rx = x.detach().clone().requires_grad_(true), rd = delta.detach().to(torch::kFloat32).requires_grad_(true),
+       rw = w.detach().clone().requires_grad_(true);
+  auto h = rx + rd;
+  auto y = h * torch::rsqrt(h.pow(2).mean(-1, true) + eps) * rw;
+  auto rloss = (y * wy).sum();
+  if (h_used) rloss = rloss + (h * wh).sum();
+  rloss.backward();
+  EXPECT_LE(max_relative_error(out[0], h), tol) << "h";
+  EXPECT_LE(max_relative_error(out[1], y), tol) << "y";
+  EXPECT_LE(max_relative_error(x.grad(), rx.grad()), tol) << "dx";
+  EXPECT_LE(max_relative_error(delta.grad(), rd.grad()), tol) << "d delta";
+  EXPECT_LE(max_relative_error(w.grad(), rw.grad()), tol) << "dw";
+}
+
 // Loss sum and d loss / d logits against torch's cross_entropy on fp32 logits, with ignored targets, a row
 // width that takes the 16-byte path (V = 104) or not (V = 101), and the gradient written over the logits.
 inline void check_fused_cross_entropy(torch::Device device, torch::ScalarType dtype, double tol, int64_t V,

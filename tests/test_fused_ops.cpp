@@ -18,6 +18,16 @@ TEST(FusedOps, SwiGluMatchesSiluTimesUp) {
   check_fused_swiglu(torch::kCPU, torch::kBFloat16, 1e-2);
 }
 
+TEST(FusedOps, AddRmsNormMatchesTheFormula) {
+  torch::manual_seed(4);
+  for (bool h_used : {true, false}) {
+    SCOPED_TRACE(h_used ? "h read afterwards" : "h not read");
+    check_fused_add_rmsnorm(torch::kCPU, torch::kFloat32, torch::kFloat32, 1e-5, 40, h_used);
+    check_fused_add_rmsnorm(torch::kCPU, torch::kBFloat16, torch::kBFloat16, 1e-2, 40, h_used);
+    check_fused_add_rmsnorm(torch::kCPU, torch::kFloat32, torch::kBFloat16, 1e-2, 40, h_used);
+  }
+}
+
 TEST(FusedOps, CrossEntropyMatchesTorchWithIgnoredTargets) {
   torch::manual_seed(3);
   for (int64_t V : {104, 101})

@@ -27,6 +27,18 @@ TEST(GpuFusedOps, SwiGluMatchesSiluTimesUp) {
   check_fused_swiglu(torch::kCUDA, torch::kBFloat16, 1e-2);
 }
 
+TEST(GpuFusedOps, AddRmsNormMatchesTheFormula) {
+  SKIP_WITHOUT_GPU();
+  torch::manual_seed(4);
+  for (int64_t d : {40, 768, 1100, 4096})  // one, three, five and sixteen columns per thread
+    for (bool h_used : {true, false}) {
+      SCOPED_TRACE("d " + std::to_string(d) + (h_used ? ", h read afterwards" : ""));
+      check_fused_add_rmsnorm(torch::kCUDA, torch::kFloat32, torch::kFloat32, 1e-5, d, h_used);
+      check_fused_add_rmsnorm(torch::kCUDA, torch::kBFloat16, torch::kBFloat16, 1e-2, d, h_used);
+      check_fused_add_rmsnorm(torch::kCUDA, torch::kFloat32, torch::kBFloat16, 1e-2, d, h_used);
+    }
+}
+
 TEST(GpuFusedOps, CrossEntropyMatchesTorchWithIgnoredTargets) {
   SKIP_WITHOUT_GPU();
   torch::manual_seed(3);
