@@ -38,9 +38,9 @@ T* ptr(const torch::Tensor& t) {
   return static_cast<T*>(t.data_ptr());
 }
 template <typename F>
-void cpu_items(int64_t n, F&& item) {
-  at::parallel_for(0, n, 1 << 14, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) item(i);
+void cpu_rows(int64_t rows, F&& row) {  // rows in parallel on LibTorch's intra-op threads
+  at::parallel_for(0, rows, 16, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) row(r);
   });
 }
 
@@ -94,7 +94,10 @@ struct RopeQkv : torch::autograd::Function<RopeQkv> {
       const T* xp = ptr<T>(x);
       T *qp = ptr<T>(q), *kp = ptr<T>(k), *vp = ptr<T>(v);
       const float *cp = ptr<float>(c), *sp = ptr<float>(s);
-      cpu_items(kern::rope_qkv_items(sh), [&](int64_t e) { kern::rope_qkv_forward_item(e, sh, xp, cp, sp, qp, kp, vp); });
+      const int per_row = kern::rope_qkv_items_per_row(sh);
+      cpu_rows(rows, [&](int64_t r) {
+        for (int j = 0; j < per_row; ++j) kern::rope_qkv_forward_item(r, j, sh, xp, cp, sp, qp, kp, vp);
+      });
     });
     ctx->save_for_backward({c, s});
     ctx->saved_data["heads"] = heads;
@@ -128,7 +131,10 @@ struct RopeQkv : torch::autograd::Function<RopeQkv> {
       const T *dqp = ptr<T>(dq), *dkp = ptr<T>(dk), *dvp = ptr<T>(dv);
       const float *cp = ptr<float>(c), *sp = ptr<float>(s);
       T* out = ptr<T>(dqkv);
-      cpu_items(kern::rope_qkv_items(sh), [&](int64_t e) { kern::rope_qkv_backward_item(e, sh, dqp, dkp, dvp, cp, sp, out); });
+      const int per_row = kern::rope_qkv_items_per_row(sh);
+      cpu_rows(rows, [&](int64_t r) {
+        for (int j = 0; j < per_row; ++j) kern::rope_qkv_backward_item(r, j, sh, dqp, dkp, dvp, cp, sp, out);
+      });
     });
     return {dqkv.view(sizes), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
@@ -155,7 +161,9 @@ struct SwiGlu : torch::autograd::Function<SwiGlu> {
 #endif
       const T* in = ptr<T>(gu);
       T* out = ptr<T>(h);
-      cpu_items(rows * ff, [&](int64_t e) { kern::swiglu_forward_item(e, ff, in, out); });
+      cpu_rows(rows, [&](int64_t r) {
+        for (int64_t i = 0; i < ff; ++i) kern::swiglu_forward_item(r, i, ff, in, out);
+      });
     });
     ctx->save_for_backward({gu});
     return h;
@@ -177,7 +185,9 @@ struct SwiGlu : torch::autograd::Function<SwiGlu> {
 #endif
       const T *in = ptr<T>(gu), *d = ptr<T>(dh);
       T* out = ptr<T>(dgu);
-      cpu_items(rows * ff, [&](int64_t e) { kern::swiglu_backward_item(e, ff, in, d, out); });
+      cpu_rows(rows, [&](int64_t r) {
+        for (int64_t i = 0; i < ff; ++i) kern::swiglu_backward_item(r, i, ff, in, d, out);
+      });
     });
     return {dgu};
   }
@@ -214,9 +224,8 @@ struct AddRmsNorm : torch::autograd::Function<AddRmsNorm> {
       const TD* dp = ptr<TD>(dc);
       float *hp = ptr<float>(h), *rp = ptr<float>(rstd);
       TY* yp = ptr<TY>(y);
-      at::parallel_for(0, rows, 16, [&](int64_t b, int64_t e) {
-        for (int64_t r = b; r < e; ++r)
-          rp[r] = kern::add_rmsnorm_forward_row(xp + r * d, dp + r * d, wp, d, float(eps), hp + r * d, yp + r * d);
+      cpu_rows(rows, [&](int64_t r) {
+        rp[r] = kern::add_rmsnorm_forward_row(xp + r * d, dp + r * d, wp, d, float(eps), hp + r * d, yp + r * d);
       });
     });
     ctx->save_for_backward({h, wc, rstd});
@@ -252,10 +261,9 @@ struct AddRmsNorm : torch::autograd::Function<AddRmsNorm> {
       const TY* yp = ptr<TY>(dy);
       float* xp = ptr<float>(dx);
       TD* dp = ptr<TD>(ddelta);
-      at::parallel_for(0, rows, 16, [&](int64_t b, int64_t e) {
-        for (int64_t r = b; r < e; ++r)
-          kern::add_rmsnorm_backward_row(hp + r * d, wp, rp[r], yp + r * d, np ? np + r * d : nullptr, d, xp + r * d,
-                                         dp + r * d);
+      cpu_rows(rows, [&](int64_t r) {
+        kern::add_rmsnorm_backward_row(hp + r * d, wp, rp[r], yp + r * d, np ? np + r * d : nullptr, d, xp + r * d,
+                                       dp + r * d);
       });
       dw = (dy.to(torch::kFloat32).reshape({rows, d}) * h.reshape({rows, d}) * rstd.unsqueeze(1)).sum(0);
     });
@@ -289,8 +297,8 @@ struct CrossEntropySum : torch::autograd::Function<CrossEntropySum> {
       const int64_t* tp = ptr<int64_t>(t);
       float *lp = ptr<float>(loss), *sp = ptr<float>(lse);
       const int64_t stride = x.stride(0);
-      at::parallel_for(0, rows, 16, [&](int64_t b, int64_t e) {
-        for (int64_t r = b; r < e; ++r) kern::cross_entropy_forward_row(xp + r * stride, V, tp[r], kIgnoreIndex, lp + r, sp + r);
+      cpu_rows(rows, [&](int64_t r) {
+        kern::cross_entropy_forward_row(xp + r * stride, V, tp[r], kIgnoreIndex, lp + r, sp + r);
       });
     });
     ctx->save_for_backward({x, t, lse});
@@ -321,9 +329,8 @@ struct CrossEntropySum : torch::autograd::Function<CrossEntropySum> {
       const float* sp = ptr<float>(lse);
       const float scale = g.item<float>();
       const int64_t xs = x.stride(0), gs = grad.stride(0);
-      at::parallel_for(0, rows, 16, [&](int64_t b, int64_t e) {
-        for (int64_t r = b; r < e; ++r)
-          kern::cross_entropy_backward_row(xp + r * xs, V, tp[r], kIgnoreIndex, sp[r], scale, gp + r * gs);
+      cpu_rows(rows, [&](int64_t r) {
+        kern::cross_entropy_backward_row(xp + r * xs, V, tp[r], kIgnoreIndex, sp[r], scale, gp + r * gs);
       });
     });
     return {grad, torch::Tensor(), torch::Tensor()};

@@ -1,6 +1,6 @@
 // Fused RoPE on the q/k/v product for training, forward and backward (item math: rope_qkv_math.h;
-// CPU path: models/fused_ops.cpp; reference: apply_rope in models/llama.cpp). Grid-stride loops, one item
-// (a rotated pair or a copied v element) per thread step.
+// CPU path: models/fused_ops.cpp; reference: apply_rope in models/llama.cpp). Blocks stride over rows, threads
+// over a row's items (rotated pairs, then copied v elements).
 #include <algorithm>
 
 #include "kernels/cuda.h"
@@ -10,29 +10,29 @@ namespace cw::kern::cuda {
 
 namespace {
 
-int grid_for(int64_t items) { return int(std::min<int64_t>((items + 255) / 256, 132 * 16)); }
+int grid_for(int64_t rows) { return int(std::min<int64_t>(rows, 132 * 16)); }
 
 template <typename T>
 __global__ void rope_qkv_forward_kernel(const T* qkv, const float* cos, const float* sin, RopeQkvShape shape, T* q,
                                         T* k, T* v) {
-  const int64_t n = rope_qkv_items(shape);
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x)
-    rope_qkv_forward_item(e, shape, qkv, cos, sin, q, k, v);
+  const int per_row = rope_qkv_items_per_row(shape);
+  for (int64_t r = blockIdx.x; r < shape.rows; r += gridDim.x)
+    for (int j = threadIdx.x; j < per_row; j += blockDim.x) rope_qkv_forward_item(r, j, shape, qkv, cos, sin, q, k, v);
 }
 
 template <typename T>
 __global__ void rope_qkv_backward_kernel(const T* dq, const T* dk, const T* dv, const float* cos, const float* sin,
                                          RopeQkvShape shape, T* dqkv) {
-  const int64_t n = rope_qkv_items(shape);
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x)
-    rope_qkv_backward_item(e, shape, dq, dk, dv, cos, sin, dqkv);
+  const int per_row = rope_qkv_items_per_row(shape);
+  for (int64_t r = blockIdx.x; r < shape.rows; r += gridDim.x)
+    for (int j = threadIdx.x; j < per_row; j += blockDim.x) rope_qkv_backward_item(r, j, shape, dq, dk, dv, cos, sin, dqkv);
 }
 
 }  // namespace
 
 void rope_qkv_forward(Storage st, const void* qkv, const float* cos, const float* sin, const RopeQkvShape& shape,
                       void* q, void* k, void* v, cudaStream_t s) {
-  const int64_t n = rope_qkv_items(shape);
+  const int64_t n = shape.rows;
   if (n == 0) return;
   if (st == Storage::BF16)
     rope_qkv_forward_kernel<uint16_t><<<grid_for(n), 256, 0, s>>>(static_cast<const uint16_t*>(qkv), cos, sin, shape,
@@ -47,7 +47,7 @@ void rope_qkv_forward(Storage st, const void* qkv, const float* cos, const float
 
 void rope_qkv_backward(Storage st, const void* dq, const void* dk, const void* dv, const float* cos, const float* sin,
                        const RopeQkvShape& shape, void* dqkv, cudaStream_t s) {
-  const int64_t n = rope_qkv_items(shape);
+  const int64_t n = shape.rows;
   if (n == 0) return;
   if (st == Storage::BF16)
     rope_qkv_backward_kernel<uint16_t><<<grid_for(n), 256, 0, s>>>(
