@@ -275,32 +275,9 @@ struct AddRmsNorm : torch::autograd::Function<AddRmsNorm> {
 struct CrossEntropySum : torch::autograd::Function<CrossEntropySum> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& logits, const torch::Tensor& targets,
                                bool overwrite) {
-    check_support(logits, "fused cross-entropy");
-    check(logits.dim() == 2 && targets.dim() == 1 && targets.size(0) == logits.size(0), "fused cross-entropy: logits ",
-          logits.sizes(), " and targets ", targets.sizes(), " do not match ([N, V] and [N])");
     auto x = logits.stride(1) == 1 ? logits : logits.contiguous();
     auto t = targets.to(torch::kInt64).contiguous();
-    const int64_t rows = x.size(0), V = x.size(1);
-    auto f32 = x.options().dtype(torch::kFloat32);
-    auto loss = torch::empty({rows}, f32), lse = torch::empty({rows}, f32);
-    with_storage(x, [&](auto tag) {
-      using T = decltype(tag);
-#ifdef CHUNKWISE_CUDA
-      if (x.is_cuda()) {
-        c10::cuda::CUDAGuard guard(x.device());
-        kern::cuda::cross_entropy_forward(storage(x), x.data_ptr(), rows, V, x.stride(0), ptr<int64_t>(t), kIgnoreIndex,
-                                          ptr<float>(loss), ptr<float>(lse), stream_of(x));
-        return;
-      }
-#endif
-      const T* xp = ptr<T>(x);
-      const int64_t* tp = ptr<int64_t>(t);
-      float *lp = ptr<float>(loss), *sp = ptr<float>(lse);
-      const int64_t stride = x.stride(0);
-      cpu_rows(rows, [&](int64_t r) {
-        kern::cross_entropy_forward_row(xp + r * stride, V, tp[r], kIgnoreIndex, lp + r, sp + r);
-      });
-    });
+    auto [loss, lse] = cross_entropy_rows(x, t);
     ctx->save_for_backward({x, t, lse});
     ctx->saved_data["overwrite"] = overwrite;
     return loss.sum();
@@ -309,35 +286,66 @@ struct CrossEntropySum : torch::autograd::Function<CrossEntropySum> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
     const auto &x = saved[0], &t = saved[1], &lse = saved[2];
-    const bool overwrite = ctx->saved_data["overwrite"].toBool();
-    auto g = grads[0].to(torch::kFloat32).contiguous();
-    auto grad = overwrite ? x.detach() : torch::empty_like(x, torch::MemoryFormat::Contiguous);
-    const int64_t rows = x.size(0), V = x.size(1);
-    with_storage(x, [&](auto tag) {
-      using T = decltype(tag);
-#ifdef CHUNKWISE_CUDA
-      if (x.is_cuda()) {
-        c10::cuda::CUDAGuard guard(x.device());
-        kern::cuda::cross_entropy_backward(storage(x), x.data_ptr(), rows, V, x.stride(0), ptr<int64_t>(t), kIgnoreIndex,
-                                           ptr<float>(lse), ptr<float>(g), grad.data_ptr(), grad.stride(0), stream_of(x));
-        return;
-      }
-#endif
-      const T* xp = ptr<T>(x);
-      T* gp = ptr<T>(grad);
-      const int64_t* tp = ptr<int64_t>(t);
-      const float* sp = ptr<float>(lse);
-      const float scale = g.item<float>();
-      const int64_t xs = x.stride(0), gs = grad.stride(0);
-      cpu_rows(rows, [&](int64_t r) {
-        kern::cross_entropy_backward_row(xp + r * xs, V, tp[r], kIgnoreIndex, sp[r], scale, gp + r * gs);
-      });
-    });
+    auto grad = ctx->saved_data["overwrite"].toBool() ? x.detach() : x.clone(torch::MemoryFormat::Contiguous);
+    cross_entropy_grad_(grad, t, lse, grads[0]);
     return {grad, torch::Tensor(), torch::Tensor()};
   }
 };
 
 }  // namespace
+
+std::pair<torch::Tensor, torch::Tensor> cross_entropy_rows(const torch::Tensor& logits, const torch::Tensor& targets) {
+  check_support(logits, "fused cross-entropy");
+  check(logits.dim() == 2 && targets.dim() == 1 && targets.size(0) == logits.size(0) && logits.stride(1) == 1 &&
+            targets.scalar_type() == torch::kInt64 && targets.is_contiguous(),
+        "fused cross-entropy: logits ", logits.sizes(), " and targets ", targets.sizes(),
+        " do not match ([N, V] with contiguous rows and int64 [N])");
+  const int64_t rows = logits.size(0), V = logits.size(1), stride = logits.stride(0);
+  auto f32 = logits.options().dtype(torch::kFloat32);
+  auto loss = torch::empty({rows}, f32), lse = torch::empty({rows}, f32);
+  with_storage(logits, [&](auto tag) {
+    using T = decltype(tag);
+#ifdef CHUNKWISE_CUDA
+    if (logits.is_cuda()) {
+      c10::cuda::CUDAGuard guard(logits.device());
+      kern::cuda::cross_entropy_forward(storage(logits), logits.data_ptr(), rows, V, stride, ptr<int64_t>(targets),
+                                        kIgnoreIndex, ptr<float>(loss), ptr<float>(lse), stream_of(logits));
+      return;
+    }
+#endif
+    const T* xp = ptr<T>(logits);
+    const int64_t* tp = ptr<int64_t>(targets);
+    float *lp = ptr<float>(loss), *sp = ptr<float>(lse);
+    cpu_rows(rows, [&](int64_t r) { kern::cross_entropy_forward_row(xp + r * stride, V, tp[r], kIgnoreIndex, lp + r, sp + r); });
+  });
+  return {loss, lse};
+}
+
+void cross_entropy_grad_(const torch::Tensor& logits, const torch::Tensor& targets, const torch::Tensor& lse,
+                         const torch::Tensor& scale) {
+  check_support(logits, "fused cross-entropy");
+  auto g = scale.to(torch::kFloat32).contiguous();
+  const int64_t rows = logits.size(0), V = logits.size(1), stride = logits.stride(0);
+  with_storage(logits, [&](auto tag) {
+    using T = decltype(tag);
+#ifdef CHUNKWISE_CUDA
+    if (logits.is_cuda()) {
+      c10::cuda::CUDAGuard guard(logits.device());
+      kern::cuda::cross_entropy_backward(storage(logits), logits.data_ptr(), rows, V, stride, ptr<int64_t>(targets),
+                                         kIgnoreIndex, ptr<float>(lse), ptr<float>(g), logits.data_ptr(), stride,
+                                         stream_of(logits));
+      return;
+    }
+#endif
+    T* xp = ptr<T>(logits);
+    const int64_t* tp = ptr<int64_t>(targets);
+    const float* sp = ptr<float>(lse);
+    const float sc = g.item<float>();
+    cpu_rows(rows, [&](int64_t r) {
+      kern::cross_entropy_backward_row(xp + r * stride, V, tp[r], kIgnoreIndex, sp[r], sc, xp + r * stride);
+    });
+  });
+}
 
 bool fused_ops_support(const torch::Tensor& x) {
   const bool dtype_ok = x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kBFloat16;

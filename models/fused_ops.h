@@ -33,4 +33,11 @@ std::array<torch::Tensor, 2> fused_add_rmsnorm(const torch::Tensor& x, const tor
 // gradient into the logits' storage (only when nothing else reads those logits afterwards).
 torch::Tensor fused_cross_entropy_sum(const torch::Tensor& logits, const torch::Tensor& targets, bool overwrite_logits);
 
+// The same without autograd, for callers that recompute logits (linear_cross_entropy): per-row loss and
+// log-sum-exp (fp32 [N]) of LOGITS [N, V] (contiguous rows) and int64 contiguous TARGETS; then, in place,
+// LOGITS = (softmax - onehot) * SCALE (a one-element tensor, read on the device).
+std::pair<torch::Tensor, torch::Tensor> cross_entropy_rows(const torch::Tensor& logits, const torch::Tensor& targets);
+void cross_entropy_grad_(const torch::Tensor& logits, const torch::Tensor& targets, const torch::Tensor& lse,
+                         const torch::Tensor& scale);
+
 }  // namespace cw

@@ -9,8 +9,10 @@
 
 namespace cw {
 
+// fused: each block's statistics and gradient by the fused cross-entropy kernels (models/fused_ops.h), so no
+// fp32 copy of a block exists either.
 torch::Tensor linear_cross_entropy(const torch::Tensor& h, const torch::Tensor& weight, const torch::Tensor& targets,
-                                   int64_t chunk_rows);
+                                   int64_t chunk_rows, bool fused = false);
 torch::Tensor linear_cross_entropy_reference(const torch::Tensor& h, const torch::Tensor& weight,
                                              const torch::Tensor& targets);
 

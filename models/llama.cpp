@@ -156,7 +156,8 @@ const torch::Tensor& Llama::head_weight() const {
 torch::Tensor Llama::loss_sum(const Batch& b) {
   if (loss_chunk_rows <= 0) return CausalLM::loss_sum(b);
   auto h = hidden(b.tokens, b.positions, b.has_segments ? b.segments : torch::Tensor());
-  return linear_cross_entropy(h.reshape({-1, h.size(-1)}), head_weight(), b.targets.reshape({-1}), loss_chunk_rows);
+  return linear_cross_entropy(h.reshape({-1, h.size(-1)}), head_weight(), b.targets.reshape({-1}), loss_chunk_rows,
+                              fused_kernels);
 }
 
 torch::Tensor Llama::hidden(const torch::Tensor& tokens, const torch::Tensor& positions, const torch::Tensor& segments) {

@@ -8,6 +8,7 @@
 
 #include "data/batch.h"
 #include "models/fused_ops.h"
+#include "models/linear_cross_entropy.h"
 #include "models/llama.h"
 #include "train/precision.h"
 
@@ -131,14 +132,35 @@ inline void check_fused_cross_entropy(torch::Device device, torch::ScalarType dt
   EXPECT_LE(max_relative_error(base.grad(), ref_in.grad()), tol) << "d logits";
 }
 
+// linear_cross_entropy in blocks with the fused kernels vs the full fp32 logits, loss and both gradients.
+inline void check_fused_linear_cross_entropy(torch::Device device, torch::ScalarType dtype, double tol) {
+  auto f32 = fused_opts(device, torch::kFloat32);
+  auto h = torch::randn({37, 16}, f32).to(dtype).requires_grad_(true);
+  auto w = torch::randn({104, 16}, f32).to(dtype).requires_grad_(true);
+  auto t = torch::randint(0, 104, {37}, f32.dtype(torch::kInt64));
+  t.index_put_({torch::indexing::Slice(3, 9)}, kIgnoreIndex);
+  auto rh = h.detach().to(torch::kFloat32).requires_grad_(true), rw = w.detach().to(torch::kFloat32).requires_grad_(true);
+  auto ref = linear_cross_entropy_reference(rh, rw, t);
+  (ref * 1.7).backward();
+  for (int64_t chunk : {1, 5, 37}) {
+    SCOPED_TRACE("chunk " + std::to_string(chunk));
+    auto loss = linear_cross_entropy(h, w, t, chunk, /*fused=*/true);
+    auto grads = torch::autograd::grad({loss * 1.7}, {h, w});
+    EXPECT_LE(max_relative_error(loss, ref), tol) << "loss";
+    EXPECT_LE(max_relative_error(grads[0], rh.grad()), tol) << "dh";
+    EXPECT_LE(max_relative_error(grads[1], rw.grad()), tol) << "dw";
+  }
+}
+
 // A small Llama with fused_kernels on and off, one row holding two documents: the same loss and parameter
 // gradients (bf16: under autocast).
-inline void check_fused_llama(torch::Device device, bool bf16, double loss_tol, double grad_tol) {
+inline void check_fused_llama(torch::Device device, bool bf16, double loss_tol, double grad_tol, int64_t loss_chunk = 0) {
   ModelConfig c;
   c.vocab_size = 96, c.d_model = 64, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.d_ff = 96, c.max_seq_len = 32;
   torch::manual_seed(3);
   auto model = std::make_shared<Llama>(c);
   model->to(device);
+  model->loss_chunk_rows = loss_chunk;
   Batch b;
   auto iopts = torch::TensorOptions().dtype(torch::kInt64).device(device);
   b.tokens = torch::randint(0, c.vocab_size, {2, 16}, iopts);

@@ -38,8 +38,15 @@ TEST(FusedOps, CrossEntropyMatchesTorchWithIgnoredTargets) {
     }
 }
 
+TEST(FusedOps, ChunkedLinearCrossEntropyMatchesTheFullLogits) {
+  torch::manual_seed(5);
+  check_fused_linear_cross_entropy(torch::kCPU, torch::kFloat32, 1e-5);
+  check_fused_linear_cross_entropy(torch::kCPU, torch::kBFloat16, 1e-2);
+}
+
 TEST(FusedOps, LlamaLossAndGradientsEqualTheUnfusedModel) {
   check_fused_llama(torch::kCPU, /*bf16=*/false, 1e-5, 1e-5);
+  check_fused_llama(torch::kCPU, /*bf16=*/false, 1e-5, 1e-5, /*loss_chunk=*/7);
 }
 
 TEST(FusedOps, OtherDtypesAreRefusedWithAMessage) {

@@ -50,10 +50,18 @@ TEST(GpuFusedOps, CrossEntropyMatchesTorchWithIgnoredTargets) {
     }
 }
 
+TEST(GpuFusedOps, ChunkedLinearCrossEntropyMatchesTheFullLogits) {
+  SKIP_WITHOUT_GPU();
+  torch::manual_seed(5);
+  check_fused_linear_cross_entropy(torch::kCUDA, torch::kFloat32, 1e-5);
+  check_fused_linear_cross_entropy(torch::kCUDA, torch::kBFloat16, 1e-2);
+}
+
 TEST(GpuFusedOps, LlamaLossAndGradientsEqualTheUnfusedModel) {
   SKIP_WITHOUT_GPU();
   check_fused_llama(torch::kCUDA, /*bf16=*/false, 1e-5, 1e-4);  // TF32 is off in this binary: fp32 products
   check_fused_llama(torch::kCUDA, /*bf16=*/true, 1e-2, 2e-2);
+  check_fused_llama(torch::kCUDA, /*bf16=*/true, 1e-2, 2e-2, /*loss_chunk=*/7);
 }
 
 // Document masks through flash attention's variable-length kernel (runs of segment ids) equal the softmax
