@@ -3,6 +3,8 @@
 
 #include <cmath>
 
+#include "common/error.h"
+
 namespace cw {
 
 static int64_t offset_of(int64_t Tq, int64_t Tk, const AttnMask& m) { return m.q_offset < 0 ? Tk - Tq : m.q_offset; }
@@ -64,6 +66,29 @@ torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch
   std::optional<torch::Tensor> opt_mask;
   if (mask.defined()) opt_mask = mask;
   return at::scaled_dot_product_attention(q, k, v, opt_mask, 0.0, false, std::nullopt, gqa);
+}
+
+void set_attention_backend(const std::string& name) {
+  using B = at::SDPBackend;
+  std::vector<B> order;
+  if (name == "flash") order = {B::flash_attention, B::efficient_attention, B::math, B::cudnn_attention, B::overrideable};
+  else if (name == "cudnn")
+    order = {B::cudnn_attention, B::flash_attention, B::efficient_attention, B::math, B::overrideable};
+  else fail("attention backend '", name, "': use flash or cudnn");
+  std::vector<int64_t> ids;
+  for (B b : order) ids.push_back(int64_t(b));
+  at::globalContext().setSDPPriorityOrder(ids);
+}
+
+std::string attention_backend_for(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+  const int64_t id = at::_fused_sdp_choice(q, k, v, std::nullopt, 0.0, true, std::nullopt, q.size(1) != k.size(1));
+  switch (at::SDPBackend(id)) {
+    case at::SDPBackend::flash_attention: return "flash";
+    case at::SDPBackend::efficient_attention: return "efficient";
+    case at::SDPBackend::cudnn_attention: return "cudnn";
+    case at::SDPBackend::math: return "math";
+    default: return "other";
+  }
 }
 
 torch::Tensor attend_reference(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,

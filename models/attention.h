@@ -28,6 +28,13 @@ struct AttnMask {
 void attach_segment_runs(AttnMask& m);
 
 torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const AttnMask& m);
+
+// The fused kernel LibTorch's scaled-dot-product attention tries first on CUDA, process-wide: "flash"
+// (FlashAttention-2; LibTorch's default order) or "cudnn" (cuDNN's fused attention first; where its
+// constraints fail, flash and the others follow in the default order). `[train] attention`.
+void set_attention_backend(const std::string& name);
+// The backend SDPA would pick for these inputs with a plain causal mask ("flash", "cudnn", ...).
+std::string attention_backend_for(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
 torch::Tensor attend_reference(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                const AttnMask& m);
 // Boolean [B or 1, 1, Tq, Tk], true where attention is allowed (undefined when nothing is masked).

@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include "models/attention.h"
+#include "tests/test_util.h"
 
 using namespace cw;
 
@@ -69,4 +70,16 @@ TEST(Attention, SegmentRunsAreCumulativeLengthsOverFlattenedRows) {
   attach_segment_runs(m);
   EXPECT_TRUE(torch::equal(m.cu_seqlens, torch::tensor({0, 2, 4}, torch::kInt32)));
   EXPECT_EQ(m.max_seqlen, 2);
+}
+
+TEST(Attention, BackendOrderIsValidatedAndKeepsResults) {
+  EXPECT_NE(cw::test::user_error_of([] { set_attention_backend("fa9"); }).find("flash or cudnn"), std::string::npos);
+  torch::manual_seed(6);
+  auto q = torch::randn({1, 2, 9, 8}), k = torch::randn({1, 2, 9, 8}), v = torch::randn({1, 2, 9, 8});
+  AttnMask m;
+  m.q_offset = 0;
+  set_attention_backend("cudnn");  // on the CPU the order changes nothing
+  auto out = attend(q, k, v, m);
+  set_attention_backend("flash");
+  EXPECT_TRUE(torch::allclose(out, attend_reference(q, k, v, m), 1e-5, 1e-5));
 }

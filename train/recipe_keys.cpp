@@ -73,8 +73,10 @@ const std::vector<KeySpec>& recipe_keys() {
       {"train.keep", K::Int, "3", "checkpoints to keep (older ones are deleted)"},
       {"train.loss_chunk", K::Int, "0", "compute the loss in chunks of this many tokens without holding all logits "
        "(0 = all at once)"},
-      {"train.fused_kernels", K::Bool, "false", "fused RoPE, SwiGLU and cross-entropy kernels (fp32/bf16; the "
-       "cross-entropy keeps no fp32 logits)"},
+      {"train.fused_kernels", K::Bool, "false", "fused RoPE, SwiGLU, add+RMSNorm and cross-entropy kernels "
+       "(fp32/bf16; the cross-entropy keeps no fp32 logits)"},
+      {"train.attention", K::String, "flash", "fused attention LibTorch tries first on CUDA (cudnn: cuDNN's, then "
+       "flash where cuDNN does not apply)", {"flash", "cudnn"}},
       {"train.max_bad_steps", K::Int, "5", "stop after this many non-finite steps in a row"},
       {"dist.zero", K::Int, "0", "data-parallel runs (torchrun): 1 = shard AdamW moments over ranks (ZeRO-1)",
        {"0", "1"}},

@@ -12,6 +12,7 @@
 #include "common/files.h"
 #include "common/json.h"
 #include "data/window_sampler.h"
+#include "models/attention.h"
 #include "train/adamw.h"
 #include "train/collectives.h"
 #include "train/data_parallel.h"
@@ -162,6 +163,7 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
   auto model = build_model(mc);
   model->loss_chunk_rows = r.i("train.loss_chunk");
   model->fused_kernels = r.b("train.fused_kernels");
+  set_attention_backend(r.s("train.attention"));
   NamedTensors params = named_parameters_of(*model);
   std::vector<bool> decay;
   for (auto& [name, p] : params)

@@ -96,6 +96,35 @@ TEST(GpuFusedOps, VarlenFlashAttentionEqualsTheSegmentMask) {
   EXPECT_LE(max_relative_error(got[2], v.grad()), 1e-2) << "dv";
 }
 
+// cuDNN's fused attention first (train.attention = cudnn): picked for the bench shapes on this card, and equal
+// to the softmax reference, forward and gradients; the default order picks flash.
+TEST(GpuFusedOps, CudnnAttentionEqualsTheReference) {
+  SKIP_WITHOUT_GPU();
+  torch::manual_seed(7);
+  auto opts = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
+  const int64_t B = 2, H = 4, T = 256, D = 64;
+  auto make = [&] { return torch::randn({B, T, H, D}, opts).transpose(1, 2).requires_grad_(true); };
+  auto q = make(), k = make(), v = make();
+  AttnMask m;
+  m.q_offset = 0;
+  EXPECT_EQ(attention_backend_for(q, k, v), "flash");
+  set_attention_backend("cudnn");
+  const std::string picked = attention_backend_for(q, k, v);
+  auto w = torch::randn({B, H, T, D}, opts.dtype(torch::kFloat32));
+  auto out = attend(q, k, v, m);
+  (out.to(torch::kFloat32) * w).sum().backward();
+  set_attention_backend("flash");
+  EXPECT_EQ(picked, "cudnn");
+  std::vector<torch::Tensor> got = {q.grad().clone(), k.grad().clone(), v.grad().clone()};
+  for (auto* t : {&q, &k, &v}) t->mutable_grad() = torch::Tensor();
+  auto ref = attend_reference(q, k, v, m);
+  (ref.to(torch::kFloat32) * w).sum().backward();
+  EXPECT_LE(max_relative_error(out, ref), 1e-2);
+  EXPECT_LE(max_relative_error(got[0], q.grad()), 1e-2) << "dq";
+  EXPECT_LE(max_relative_error(got[1], k.grad()), 1e-2) << "dk";
+  EXPECT_LE(max_relative_error(got[2], v.grad()), 1e-2) << "dv";
+}
+
 // 8,192 rows of 32,000 bf16 logits: the fused loss and gradient allocate well under torch's path (fp32 copy,
 // log-softmax and fp32 gradient).
 TEST(GpuFusedOps, CrossEntropyAllocatesNoFp32Logits) {

@@ -12,6 +12,7 @@
 #include "common/json.h"
 #include "data/icp_order.h"
 #include "checkpoints/tensor_io.h"
+#include "models/attention.h"
 #include "models/causal_lm.h"
 #include "train/adamw.h"
 #include "train/precision.h"
@@ -63,7 +64,7 @@ static int bench_order(const Args& args) {
 
 static int bench_train(const Args& args) {
   po::options_description desc("bench train options");
-  std::string config, device_name, precision_name;
+  std::string config, device_name, precision_name, attention;
   int64_t steps, warmup, loss_chunk, profile_runs;
   bool fused = false;
   desc.add_options()("config", po::value(&config)->default_value("124m"), "124m (32 x 1024) | 350m (16 x 2048) | tiny")(
@@ -72,7 +73,8 @@ static int bench_train(const Args& args) {
       "device", po::value(&device_name)->default_value("auto"), "auto | cpu | cuda")(
       "precision", po::value(&precision_name)->default_value("auto"), "auto | fp32 | bf16")(
       "loss-chunk", po::value(&loss_chunk)->default_value(0), "tokens per loss chunk (0 = all logits at once)")(
-      "fused", po::bool_switch(&fused), "fused RoPE, SwiGLU and cross-entropy kernels (recipe key train.fused_kernels)")(
+      "fused", po::bool_switch(&fused), "fused RoPE, SwiGLU, add+RMSNorm and cross-entropy kernels (train.fused_kernels)")(
+      "attention", po::value(&attention)->default_value("flash"), "flash | cudnn: SDPA's first choice (train.attention)")(
       "profile", po::value(&profile_runs)->default_value(0), "also profile this many steps: time per kernel and category");
   po::positional_options_description pos;
   po::variables_map vm;
@@ -92,6 +94,7 @@ static int bench_train(const Args& args) {
   auto model = build_model(c);
   model->loss_chunk_rows = loss_chunk;
   model->fused_kernels = fused;
+  set_attention_backend(attention);
   model->to(device);
   model->train();
   NamedTensors params = named_parameters_of(*model);
@@ -133,6 +136,7 @@ static int bench_train(const Args& args) {
 #endif
   std::cout << "{\"bench\": \"train\", \"config\": \"" << config << "\", \"device\": \"" << device.str()
             << "\", \"precision\": \"" << precision << "\", \"loss_chunk\": " << loss_chunk << ", \"fused\": " << (fused ? "true" : "false")
+            << ", \"attention\": \"" << attention << "\""
             << ", \"B\": " << B << ", \"T\": " << T << ", \"tok_s\": "
             << std::llround(tok_s) << ", \"tflops\": " << tok_s * flops / 1e12 << ", \"mfu_vs_989\": "
             << tok_s * flops / 989e12 << ", \"peak_gib\": " << peak_gib << "}\n";
