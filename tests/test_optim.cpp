@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include "train/adamw.h"
+#include "train/grad_clip.h"
 
 using namespace cw;
 
@@ -54,4 +55,34 @@ TEST(AdamW, DefaultDecayPolicy) {
   EXPECT_TRUE(default_weight_decay("model.embed_tokens.weight", m, true, false));
   EXPECT_FALSE(default_weight_decay("model.norm.weight", v, false, false));
   EXPECT_TRUE(default_weight_decay("model.norm.weight", v, false, true));
+}
+
+TEST(GradClip, MatchesLibTorchClipGradNorm) {
+  torch::manual_seed(8);
+  auto make = [] {
+    std::vector<torch::Tensor> ps;
+    for (auto shape : std::vector<std::vector<int64_t>>{{7, 3}, {11}, {2, 5, 4}}) {
+      auto p = torch::randn(shape).requires_grad_(true);
+      p.mutable_grad() = torch::randn(shape) * 3;
+      ps.push_back(p);
+    }
+    ps.push_back(torch::randn({4}).requires_grad_(true));  // no gradient: skipped by both
+    return ps;
+  };
+  for (double max_norm : {0.5, 1e9, double(INFINITY)}) {
+    torch::manual_seed(9);
+    auto ours = make();
+    torch::manual_seed(9);
+    auto theirs = make();
+    const double got = clip_grad_norm(ours, max_norm).item<double>();
+    const double want = torch::nn::utils::clip_grad_norm_(theirs, max_norm);
+    EXPECT_NEAR(got, want, 1e-6 * want) << max_norm;
+    for (size_t i = 0; i + 1 < ours.size(); ++i)
+      EXPECT_TRUE(torch::allclose(ours[i].grad(), theirs[i].grad(), 1e-6, 1e-7)) << max_norm << " " << i;
+    if (max_norm > 1e8) {  // no clipping: the gradients are untouched
+      torch::manual_seed(9);
+      auto fresh = make();
+      for (size_t i = 0; i + 1 < ours.size(); ++i) EXPECT_TRUE(torch::equal(ours[i].grad(), fresh[i].grad())) << i;
+    }
+  }
 }

@@ -17,6 +17,7 @@
 #include "train/collectives.h"
 #include "train/data_parallel.h"
 #include "train/data_setup.h"
+#include "train/grad_clip.h"
 #include "train/metrics.h"
 #include "train/model_setup.h"
 #include "train/precision.h"
@@ -321,7 +322,7 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
     for (auto& [n, p] : params)
       if (p.grad().defined()) grads.push_back(p);
     double clip = r.f("optim.grad_clip");
-    double gnorm = torch::nn::utils::clip_grad_norm_(grads, clip > 0 ? clip : INFINITY);
+    const double gnorm = clip_grad_norm(grads, clip > 0 ? clip : INFINITY).item<double>();
     tokens_seen += sr.tokens;
     tokens_since_log += sr.tokens;
     const bool last = step == total_steps;

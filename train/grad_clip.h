@@ -1,0 +1,16 @@
+// Gradient clipping by the global L2 norm with multi-tensor kernels and no host synchronisation: the norm and
+// the scale min(1, max_norm / (norm + 1e-6)) stay on the device (LibTorch's clip_grad_norm_ launches two
+// kernels per parameter and reads the norm back before scaling). Same arithmetic as clip_grad_norm_.
+// Must not: read values back to the host (the caller decides when to pay for that).
+#pragma once
+#include <torch/torch.h>
+
+#include <vector>
+
+namespace cw {
+
+// PARAMS' gradients (undefined ones skipped) scaled in place when MAX_NORM is finite; returns the norm
+// before scaling as a 0-dim fp32 tensor on the gradients' device (0 when no gradient is defined).
+torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm);
+
+}  // namespace cw
