@@ -4,6 +4,8 @@
 
 #include <ATen/Parallel.h>
 
+#include <type_traits>
+
 #include "common/error.h"
 #include "data/batch.h"
 #include "kernels/add_rmsnorm/add_rmsnorm_math.h"
@@ -54,6 +56,16 @@ void check_support(const torch::Tensor& x, const char* op) {
         x.device(), " (set train.fused_kernels = false)");
 }
 
+// Runs f(std::integral_constant<int, N>{}) with the RoPE unit width the CUDA kernels would use.
+template <typename F>
+void with_rope_pack(const torch::Tensor& x, const kern::RopeQkvShape& sh, int64_t stride, F&& f) {
+  switch (kern::rope_qkv_pack(is_bf16(x), sh, stride)) {
+    case 8: return f(std::integral_constant<int, 8>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    default: return f(std::integral_constant<int, 1>{});
+  }
+}
+
 torch::Tensor grad_or_zeros(const torch::Tensor& g, at::IntArrayRef sizes, const torch::TensorOptions& opts) {
   return g.defined() ? g.to(opts.dtype()).contiguous() : torch::zeros(sizes, opts);
 }
@@ -94,9 +106,14 @@ struct RopeQkv : torch::autograd::Function<RopeQkv> {
       const T* xp = ptr<T>(x);
       T *qp = ptr<T>(q), *kp = ptr<T>(k), *vp = ptr<T>(v);
       const float *cp = ptr<float>(c), *sp = ptr<float>(s);
-      const int per_row = kern::rope_qkv_items_per_row(sh);
-      cpu_rows(rows, [&](int64_t r) {
-        for (int j = 0; j < per_row; ++j) kern::rope_qkv_forward_item(r, j, sh, xp, cp, sp, qp, kp, vp);
+      // The GPU's unit width (without its alignment condition), so these loops test its indexing.
+      with_rope_pack(x, sh, sh.qkv_stride, [&](auto n) {
+        constexpr int N = decltype(n)::value;
+        const int per_row = kern::rope_qkv_units_per_row<N>(sh);
+        cpu_rows(rows, [&](int64_t r) {
+          for (int j = 0; j < per_row; ++j)
+            kern::rope_qkv_forward_unit<T, N, kern::ElementIo>(r, j, sh, xp, cp, sp, qp, kp, vp);
+        });
       });
     });
     ctx->save_for_backward({c, s});
@@ -131,9 +148,13 @@ struct RopeQkv : torch::autograd::Function<RopeQkv> {
       const T *dqp = ptr<T>(dq), *dkp = ptr<T>(dk), *dvp = ptr<T>(dv);
       const float *cp = ptr<float>(c), *sp = ptr<float>(s);
       T* out = ptr<T>(dqkv);
-      const int per_row = kern::rope_qkv_items_per_row(sh);
-      cpu_rows(rows, [&](int64_t r) {
-        for (int j = 0; j < per_row; ++j) kern::rope_qkv_backward_item(r, j, sh, dqp, dkp, dvp, cp, sp, out);
+      with_rope_pack(dqkv, sh, dqkv.stride(0), [&](auto n) {
+        constexpr int N = decltype(n)::value;
+        const int per_row = kern::rope_qkv_units_per_row<N>(sh);
+        cpu_rows(rows, [&](int64_t r) {
+          for (int j = 0; j < per_row; ++j)
+            kern::rope_qkv_backward_unit<T, N, kern::ElementIo>(r, j, sh, dqp, dkp, dvp, cp, sp, out);
+        });
       });
     });
     return {dqkv.view(sizes), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "kernels/add_rmsnorm/add_rmsnorm_math.h"
+#include "kernels/common/device.cuh"
 #include "kernels/cuda.h"
 #include "kernels/train_ops.h"
 
@@ -13,24 +14,6 @@ namespace cw::kern::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-
-// Sum over the block, returned to every thread; safe to call repeatedly in a loop.
-__device__ float block_sum(float v) {
-  __shared__ float part[kThreads / 32];
-  __shared__ float total;
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  __syncthreads();  // the previous call's readers of `total` are done
-  if (lane == 0) part[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    v = lane < kThreads / 32 ? part[lane] : 0.f;
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (lane == 0) total = v;
-  }
-  __syncthreads();
-  return total;
-}
 
 template <typename TD, typename TY>
 __global__ void __launch_bounds__(kThreads) add_rmsnorm_forward_kernel(const float* x, const TD* delta, const float* w,
@@ -46,7 +29,7 @@ __global__ void __launch_bounds__(kThreads) add_rmsnorm_forward_kernel(const flo
       hr[c] = v;
       ss += v * v;
     }
-    const float rstd = 1.f / sqrtf(block_sum(ss) / float(d) + eps);
+    const float rstd = 1.f / sqrtf(dev::block_sum(ss) / float(d) + eps);
     TY* yr = y + r * d;
     for (int c = threadIdx.x; c < d; c += kThreads) store_f(yr, c, hr[c] * rstd * w[c]);  // hr[c]: this thread's
     if (threadIdx.x == 0) rstd_out[r] = rstd;
@@ -71,7 +54,7 @@ __global__ void __launch_bounds__(kThreads) add_rmsnorm_backward_kernel(const fl
       const int c = threadIdx.x + k * kThreads;
       if (c < d) gh += load_f(dyr, c) * w[c] * hr[c];
     }
-    const float kk = rs * rs * block_sum(gh) / float(d);
+    const float kk = rs * rs * dev::block_sum(gh) / float(d);
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const int c = threadIdx.x + k * kThreads;

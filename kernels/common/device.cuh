@@ -1,4 +1,4 @@
-// Device-side helpers shared by the .cu files: warp and block reductions, bf16 loads.
+// Device-side helpers shared by the .cu files: warp and block reductions, bf16 loads, 16-byte packs.
 // Must not: hold state or be included from host-only C++.
 #pragma once
 #include <cuda_bf16.h>
@@ -69,5 +69,44 @@ __device__ __forceinline__ uint16_t float_to_bf(float f) {
   memcpy(&u, &b, 2);
   return u;
 }
+
+// N elements of T moved as one 16-byte access (N * sizeof(T) == 16, address 16-byte aligned), as fp32.
+template <typename T, int N>
+struct alignas(16) Pack {
+  T v[N];
+};
+template <typename T, int N>
+__device__ __forceinline__ void load_pack(const T* p, float (&out)[N]) {
+  if constexpr (N == 1) {
+    out[0] = load_f(p, 0);
+  } else {
+    const Pack<T, N> pk = *reinterpret_cast<const Pack<T, N>*>(p);
+#pragma unroll
+    for (int k = 0; k < N; ++k) out[k] = load_f(pk.v, k);
+  }
+}
+template <typename T, int N>
+__device__ __forceinline__ void store_pack(T* p, const float (&in)[N]) {
+  if constexpr (N == 1) {
+    store_f(p, 0, in[0]);
+  } else {
+    Pack<T, N> pk;
+#pragma unroll
+    for (int k = 0; k < N; ++k) store_f(pk.v, k, in[k]);
+    *reinterpret_cast<Pack<T, N>*>(p) = pk;
+  }
+}
+// The Io policy of the unit functions in kernels/*_math.h: one 16-byte access per N elements.
+struct PackIo {
+  template <int N, typename T>
+  static __device__ __forceinline__ void load(const T* p, float (&out)[N]) {
+    load_pack<T, N>(p, out);
+  }
+  template <int N, typename T>
+  static __device__ __forceinline__ void store(T* p, const float (&in)[N]) {
+    store_pack<T, N>(p, in);
+  }
+};
+__host__ __device__ __forceinline__ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 }  // namespace cw::kern::dev

@@ -4,6 +4,7 @@
 // it again and writes (softmax - onehot) * scale, possibly over the logits themselves.
 #include <algorithm>
 
+#include "kernels/common/device.cuh"
 #include "kernels/cross_entropy/cross_entropy_math.h"
 #include "kernels/cuda.h"
 #include "kernels/train_ops.h"
@@ -14,33 +15,8 @@ namespace {
 
 constexpr int kThreads = 256;
 
-template <typename T, int N>
-struct alignas(16) Pack {
-  T v[N];
-};
-
-template <typename T, int N>
-__device__ __forceinline__ void load_pack(const T* p, float (&out)[N]) {
-  if constexpr (N == 1) {
-    out[0] = load_f(p, 0);
-  } else {
-    const Pack<T, N> pk = *reinterpret_cast<const Pack<T, N>*>(p);
-#pragma unroll
-    for (int k = 0; k < N; ++k) out[k] = load_f(pk.v, k);
-  }
-}
-
-template <typename T, int N>
-__device__ __forceinline__ void store_pack(T* p, const float (&in)[N]) {
-  if constexpr (N == 1) {
-    store_f(p, 0, in[0]);
-  } else {
-    Pack<T, N> pk;
-#pragma unroll
-    for (int k = 0; k < N; ++k) store_f(pk.v, k, in[k]);
-    *reinterpret_cast<Pack<T, N>*>(p) = pk;
-  }
-}
+using dev::load_pack;
+using dev::store_pack;
 
 __device__ SoftmaxStat block_merge(SoftmaxStat st) {
   __shared__ float sm[kThreads / 32], ss[kThreads / 32];
@@ -114,7 +90,7 @@ __global__ void __launch_bounds__(kThreads) ce_backward_kernel(const T* logits, 
 template <typename T>
 bool packs_fit(const void* p, int64_t V, int64_t stride) {
   constexpr int n = 16 / sizeof(T);
-  return reinterpret_cast<uintptr_t>(p) % 16 == 0 && V % n == 0 && stride % n == 0;
+  return dev::aligned16(p) && V % n == 0 && stride % n == 0;
 }
 
 }  // namespace

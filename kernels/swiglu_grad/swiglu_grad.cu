@@ -1,8 +1,11 @@
-// SwiGLU for training on the GPU, forward and backward (item math: swiglu_grad_math.h; CPU path:
+// SwiGLU for training on the GPU, forward and backward (value math: swiglu_grad_math.h; CPU path:
 // models/fused_ops.cpp; reference: torch::silu(g) * u under autograd). Blocks stride over rows, threads over
-// a row's elements.
+// a row's elements in 16-byte packs when the row width and pointers allow it, else one element at a time.
 #include <algorithm>
+#include <initializer_list>
+#include <type_traits>
 
+#include "kernels/common/device.cuh"
 #include "kernels/cuda.h"
 #include "kernels/swiglu_grad/swiglu_grad_math.h"
 #include "kernels/train_ops.h"
@@ -13,42 +16,74 @@ namespace {
 
 int grid_for(int64_t rows) { return int(std::min<int64_t>(rows, 132 * 16)); }
 
-template <typename T>
+template <typename T, int N>
 __global__ void swiglu_forward_kernel(const T* gate_up, int64_t rows, int64_t ff, T* h) {
-  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x)
-    for (int64_t i = threadIdx.x; i < ff; i += blockDim.x) swiglu_forward_item(r, i, ff, gate_up, h);
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* g_row = gate_up + r * 2 * ff;
+    for (int64_t c = int64_t(threadIdx.x) * N; c < ff; c += int64_t(blockDim.x) * N) {
+      float g[N], u[N], out[N];
+      dev::load_pack<T, N>(g_row + c, g);
+      dev::load_pack<T, N>(g_row + ff + c, u);
+#pragma unroll
+      for (int k = 0; k < N; ++k) out[k] = swiglu_value(g[k], u[k]);
+      dev::store_pack<T, N>(h + r * ff + c, out);
+    }
+  }
 }
 
-template <typename T>
+template <typename T, int N>
 __global__ void swiglu_backward_kernel(const T* gate_up, const T* dh, int64_t rows, int64_t ff, T* dgate_up) {
-  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x)
-    for (int64_t i = threadIdx.x; i < ff; i += blockDim.x) swiglu_backward_item(r, i, ff, gate_up, dh, dgate_up);
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* g_row = gate_up + r * 2 * ff;
+    T* d_row = dgate_up + r * 2 * ff;
+    for (int64_t c = int64_t(threadIdx.x) * N; c < ff; c += int64_t(blockDim.x) * N) {
+      float g[N], u[N], d[N], dg[N], du[N];
+      dev::load_pack<T, N>(g_row + c, g);
+      dev::load_pack<T, N>(g_row + ff + c, u);
+      dev::load_pack<T, N>(dh + r * ff + c, d);
+#pragma unroll
+      for (int k = 0; k < N; ++k) swiglu_grads(g[k], u[k], d[k], dg[k], du[k]);
+      dev::store_pack<T, N>(d_row + c, dg);
+      dev::store_pack<T, N>(d_row + ff + c, du);
+    }
+  }
+}
+
+// Runs f(T{}, std::integral_constant<int, N>{}) with N elements per 16 bytes when every pointer is aligned and
+// ff holds whole packs, else N = 1.
+template <typename F>
+void with_pack(Storage st, int64_t ff, std::initializer_list<const void*> ptrs, F&& f) {
+  bool aligned = true;
+  for (const void* p : ptrs) aligned = aligned && dev::aligned16(p);
+  if (st == Storage::BF16) {
+    if (aligned && ff % 8 == 0) f(uint16_t{}, std::integral_constant<int, 8>{});
+    else f(uint16_t{}, std::integral_constant<int, 1>{});
+  } else {
+    if (aligned && ff % 4 == 0) f(float{}, std::integral_constant<int, 4>{});
+    else f(float{}, std::integral_constant<int, 1>{});
+  }
 }
 
 }  // namespace
 
 void swiglu_forward(Storage st, const void* gate_up, int64_t rows, int64_t ff, void* h, cudaStream_t s) {
   if (rows * ff == 0) return;
-  if (st == Storage::BF16)
-    swiglu_forward_kernel<uint16_t><<<grid_for(rows), 256, 0, s>>>(static_cast<const uint16_t*>(gate_up), rows, ff,
-                                                                 static_cast<uint16_t*>(h));
-  else
-    swiglu_forward_kernel<float><<<grid_for(rows), 256, 0, s>>>(static_cast<const float*>(gate_up), rows, ff,
-                                                              static_cast<float*>(h));
+  with_pack(st, ff, {gate_up, h}, [&](auto tag, auto n) {
+    using T = decltype(tag);
+    swiglu_forward_kernel<T, decltype(n)::value>
+        <<<grid_for(rows), 256, 0, s>>>(static_cast<const T*>(gate_up), rows, ff, static_cast<T*>(h));
+  });
   check_cuda(cudaGetLastError(), "swiglu forward kernel");
 }
 
 void swiglu_backward(Storage st, const void* gate_up, const void* dh, int64_t rows, int64_t ff, void* dgate_up,
                      cudaStream_t s) {
   if (rows * ff == 0) return;
-  if (st == Storage::BF16)
-    swiglu_backward_kernel<uint16_t><<<grid_for(rows), 256, 0, s>>>(static_cast<const uint16_t*>(gate_up),
-                                                                  static_cast<const uint16_t*>(dh), rows, ff,
-                                                                  static_cast<uint16_t*>(dgate_up));
-  else
-    swiglu_backward_kernel<float><<<grid_for(rows), 256, 0, s>>>(static_cast<const float*>(gate_up),
-                                                               static_cast<const float*>(dh), rows, ff,
-                                                               static_cast<float*>(dgate_up));
+  with_pack(st, ff, {gate_up, dh, dgate_up}, [&](auto tag, auto n) {
+    using T = decltype(tag);
+    swiglu_backward_kernel<T, decltype(n)::value><<<grid_for(rows), 256, 0, s>>>(
+        static_cast<const T*>(gate_up), static_cast<const T*>(dh), rows, ff, static_cast<T*>(dgate_up));
+  });
   check_cuda(cudaGetLastError(), "swiglu backward kernel");
 }
 

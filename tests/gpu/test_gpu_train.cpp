@@ -18,13 +18,16 @@ TEST(GpuFusedOps, RopeQkvMatchesApplyRope) {
   check_fused_rope_qkv(torch::kCUDA, torch::kFloat32, 1e-5, 64);
   check_fused_rope_qkv(torch::kCUDA, torch::kBFloat16, 1e-2, 64);
   check_fused_rope_qkv(torch::kCUDA, torch::kBFloat16, 1e-2, 128);
+  check_fused_rope_qkv(torch::kCUDA, torch::kBFloat16, 1e-2, 8);  // one pair per unit
 }
 
 TEST(GpuFusedOps, SwiGluMatchesSiluTimesUp) {
   SKIP_WITHOUT_GPU();
   torch::manual_seed(2);
-  check_fused_swiglu(torch::kCUDA, torch::kFloat32, 1e-5);
-  check_fused_swiglu(torch::kCUDA, torch::kBFloat16, 1e-2);
+  for (int64_t F : {24, 21}) {
+    check_fused_swiglu(torch::kCUDA, torch::kFloat32, 1e-5, F);
+    check_fused_swiglu(torch::kCUDA, torch::kBFloat16, 1e-2, F);
+  }
 }
 
 TEST(GpuFusedOps, AddRmsNormMatchesTheFormula) {
