@@ -87,7 +87,7 @@ void with_types(Storage a, Storage b, F&& f) {
 
 }  // namespace
 
-int add_rmsnorm_backward_blocks(int64_t rows) { return int(std::min<int64_t>(rows, 512)); }
+int add_rmsnorm_backward_blocks(int64_t rows) { return int(std::min<int64_t>(rows, 1024)); }
 
 void add_rmsnorm_forward(Storage delta_st, Storage y_st, const float* x, const void* delta, const float* w,
                          int64_t rows, int d, float eps, float* h, void* y, float* rstd, cudaStream_t s) {
