@@ -89,6 +89,22 @@ TEST(DataParallel, TwoRanksMatchOneProcessWithAndWithoutZero1) {
   EXPECT_NE(log.find("does not divide"), std::string::npos) << log;
 }
 
+TEST(DataParallel, Bf16AllReduceStaysWithinBf16OfTheFp32Run) {
+  auto dir = scratch_dir("dp-bf16");
+  std::string log;
+  ASSERT_EQ(train_ranks(2, write_recipe(dir, "fp32", 8), "", &log), 0) << log;
+  ASSERT_EQ(train_ranks(2, write_recipe(dir, "bf16", 8), "--dist.reduce_dtype=bf16", &log), 0) << log;
+  const auto want = losses(dir / "fp32"), got = losses(dir / "bf16");
+  ASSERT_EQ(got.size(), want.size());
+  EXPECT_EQ(got[0], want[0]);  // the first loss comes before any reduced gradient
+  bool differs = false;
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_NEAR(got[i], want[i], 1e-2 * want[i]) << "step " << i + 1;
+    differs = differs || got[i] != want[i];
+  }
+  EXPECT_TRUE(differs) << "the bf16 reduction gave bit-identical losses: was it used?";
+}
+
 TEST(DataParallel, CheckpointsMoveBetweenWorldSizes) {
   auto dir = scratch_dir("dp-resume");
   std::string log;

@@ -25,7 +25,8 @@ DataParallel::DataParallel(std::unique_ptr<Collectives> comm,
   }
   for (auto& b : buckets_) {
     const auto& last = params_[b.params.back()].second;
-    b.flat = torch::zeros({b.offsets.back() + last.numel()}, last.options());
+    b.flat = torch::zeros({b.offsets.back() + last.numel()},
+                          last.options().dtype(opt_.reduce_bf16 ? torch::kBFloat16 : last.scalar_type()));
   }
   for (size_t i = 0; i < params_.size(); ++i)
     hooks_.push_back(params_[i].second.register_hook([this, i](const torch::Tensor& g) { on_grad(i, g); }));
@@ -104,7 +105,7 @@ void DataParallel::finish() {
       auto& p = params_[b.params[s]].second;
       auto reduced = b.flat.narrow(0, b.offsets[s], p.numel()).view_as(p);
       if (p.grad().defined()) p.mutable_grad().copy_(reduced);
-      else p.mutable_grad() = reduced.clone();
+      else p.mutable_grad() = reduced.to(p.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
     }
   }
   armed_ = false;

@@ -22,6 +22,7 @@ namespace cw {
 struct DataParallelOptions {
   int64_t bucket_bytes = int64_t(25) << 20;
   bool zero1 = false;
+  bool reduce_bf16 = false;  // all-reduce the gradients in bf16 (half the traffic; sums rounded to bf16)
 };
 
 class DataParallel {

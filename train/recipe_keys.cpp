@@ -81,6 +81,8 @@ const std::vector<KeySpec>& recipe_keys() {
       {"dist.zero", K::Int, "0", "data-parallel runs (torchrun): 1 = shard AdamW moments over ranks (ZeRO-1)",
        {"0", "1"}},
       {"dist.bucket_mb", K::Int, "25", "data-parallel runs: gradient all-reduce bucket size (MiB)"},
+      {"dist.reduce_dtype", K::String, "fp32", "data-parallel runs: dtype of the gradient all-reduce (bf16: half "
+       "the traffic, sums rounded to bf16)", {"fp32", "bf16"}},
       {"init.from", K::String, "", "start from these weights: a run, a checkpoint, or a folder with model.safetensors"},
       {"init.optimizer", K::String, "fresh", "with init.from: new AdamW state, or the checkpoint's moments",
        {"fresh", "checkpoint"}},

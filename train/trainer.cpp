@@ -182,6 +182,7 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
   if (denv.active()) {
     DataParallelOptions dpo;
     dpo.bucket_bytes = r.i("dist.bucket_mb") << 20;
+    dpo.reduce_bf16 = r.s("dist.reduce_dtype") == "bf16";
     dpo.zero1 = r.i("dist.zero") == 1;
     dp = std::make_unique<DataParallel>(make_collectives(denv, device), params, dpo);
     dp->broadcast_parameters();
