@@ -17,6 +17,7 @@ std::string op_category(const std::string& name) {
       {std::regex("adam", std::regex::icase), "optimizer"},
       {std::regex("cross_entropy|nll_loss|log_softmax", std::regex::icase), "loss"},
       {std::regex("norm", std::regex::icase), "norms"},
+      {std::regex("rope_qkv|swiglu", std::regex::icase), "fused RoPE, SwiGLU"},
       {std::regex("gemm|matmul|cutlass|xmma|nvjet|aten::mm|aten::bmm|aten::addmm|aten::linear", std::regex::icase),
        "matrix products"},
       {std::regex("elementwise|vectorized|reduce|copy|cat|fill|index|gather|scatter|aten::", std::regex::icase),
