@@ -10,14 +10,14 @@ StepResult StandardStep::run(CausalLM& model, const std::vector<Batch>& micro, c
   for (auto& b : micro) r.target_tokens += b.n_target_tokens, r.tokens += b.tokens.numel();
   const int64_t normaliser = ctx.target_tokens > 0 ? ctx.target_tokens : r.target_tokens;
   check(normaliser > 0, "a training step has no target tokens");
-  double loss_sum = 0;
+  torch::Tensor loss_sum;  // summed on the device: one read-back per step, not one per micro-batch
   for (size_t i = 0; i < micro.size(); ++i) {
     auto loss = model.loss_sum(micro[i]) / double(normaliser);
     if (i + 1 == micro.size() && ctx.before_last_backward) ctx.before_last_backward();
     loss.backward();
-    loss_sum += loss.item<double>();
+    loss_sum = loss_sum.defined() ? loss_sum + loss.detach().to(torch::kFloat64) : loss.detach().to(torch::kFloat64);
   }
-  r.loss = loss_sum;
+  r.loss = loss_sum.item<double>();
   return r;
 }
 
