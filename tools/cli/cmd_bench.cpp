@@ -96,6 +96,10 @@ static int bench_train(const Args& args) {
   model->loss_chunk_rows = loss_chunk;
   model->fused_kernels = fused;
   set_attention_backend(attention);
+  // The kernel SDPA picks for this shape (in the step's dtype), printed so the figures say what ran.
+  const auto probe_dtype = precision == "bf16" ? torch::kBFloat16 : torch::kFloat32;
+  const auto probe = torch::empty({1, c.n_heads, T, c.head_dim()}, torch::TensorOptions().dtype(probe_dtype).device(device)).requires_grad_(true);
+  const std::string attention_kernel = attention_backend_for(probe, probe, probe);
   model->to(device);
   model->train();
   NamedTensors params = named_parameters_of(*model);
@@ -137,7 +141,7 @@ static int bench_train(const Args& args) {
 #endif
   std::cout << "{\"bench\": \"train\", \"config\": \"" << config << "\", \"device\": \"" << device.str()
             << "\", \"precision\": \"" << precision << "\", \"loss_chunk\": " << loss_chunk << ", \"fused\": " << (fused ? "true" : "false")
-            << ", \"attention\": \"" << attention << "\""
+            << ", \"attention\": \"" << attention << "\", \"attention_kernel\": \"" << attention_kernel << "\""
             << ", \"B\": " << B << ", \"T\": " << T << ", \"tok_s\": "
             << std::llround(tok_s) << ", \"tflops\": " << tok_s * flops / 1e12 << ", \"mfu_vs_989\": "
             << tok_s * flops / 989e12 << ", \"peak_gib\": " << peak_gib << "}\n";
