@@ -3,6 +3,7 @@
 #include "models/fused_ops.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
 
 #include <type_traits>
 
@@ -162,55 +163,89 @@ struct RopeQkv : torch::autograd::Function<RopeQkv> {
 };
 
 // ---- SwiGLU ----
+// h = silu(g) * u of a contiguous [..., 2F] tensor, and d gate_up from dh (no autograd).
+torch::Tensor swiglu_rows(const torch::Tensor& gu) {
+  const int64_t ff = gu.size(-1) / 2, rows = gu.numel() / std::max<int64_t>(1, 2 * ff);
+  auto sizes = gu.sizes().vec();
+  sizes.back() = ff;
+  auto h = torch::empty(sizes, gu.options());
+  with_storage(gu, [&](auto tag) {
+    using T = decltype(tag);
+#ifdef CHUNKWISE_CUDA
+    if (gu.is_cuda()) {
+      c10::cuda::CUDAGuard guard(gu.device());
+      kern::cuda::swiglu_forward(storage(gu), gu.data_ptr(), rows, ff, h.data_ptr(), stream_of(gu));
+      return;
+    }
+#endif
+    const T* in = ptr<T>(gu);
+    T* out = ptr<T>(h);
+    cpu_rows(rows, [&](int64_t r) {
+      for (int64_t i = 0; i < ff; ++i) kern::swiglu_forward_item(r, i, ff, in, out);
+    });
+  });
+  return h;
+}
+
+torch::Tensor swiglu_rows_grad(const torch::Tensor& gu, const torch::Tensor& dh_in) {
+  auto dh = dh_in.to(gu.scalar_type()).contiguous();
+  const int64_t ff = gu.size(-1) / 2, rows = gu.numel() / std::max<int64_t>(1, 2 * ff);
+  auto dgu = torch::empty_like(gu);
+  with_storage(gu, [&](auto tag) {
+    using T = decltype(tag);
+#ifdef CHUNKWISE_CUDA
+    if (gu.is_cuda()) {
+      c10::cuda::CUDAGuard guard(gu.device());
+      kern::cuda::swiglu_backward(storage(gu), gu.data_ptr(), dh.data_ptr(), rows, ff, dgu.data_ptr(), stream_of(gu));
+      return;
+    }
+#endif
+    const T *in = ptr<T>(gu), *d = ptr<T>(dh);
+    T* out = ptr<T>(dgu);
+    cpu_rows(rows, [&](int64_t r) {
+      for (int64_t i = 0; i < ff; ++i) kern::swiglu_backward_item(r, i, ff, in, d, out);
+    });
+  });
+  return dgu;
+}
+
+void check_gate_up(const torch::Tensor& gate_up) {
+  check_support(gate_up, "fused SwiGLU");
+  check(gate_up.size(-1) % 2 == 0, "fused SwiGLU: the last dimension (", gate_up.size(-1), ") is not [gate | up]");
+}
+
 struct SwiGlu : torch::autograd::Function<SwiGlu> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& gate_up) {
-    check_support(gate_up, "fused SwiGLU");
-    check(gate_up.size(-1) % 2 == 0, "fused SwiGLU: the last dimension (", gate_up.size(-1), ") is not [gate | up]");
+    check_gate_up(gate_up);
     auto gu = gate_up.contiguous();
-    const int64_t ff = gu.size(-1) / 2, rows = gu.numel() / std::max<int64_t>(1, 2 * ff);
-    auto sizes = gu.sizes().vec();
-    sizes.back() = ff;
-    auto h = torch::empty(sizes, gu.options());
-    with_storage(gu, [&](auto tag) {
-      using T = decltype(tag);
-#ifdef CHUNKWISE_CUDA
-      if (gu.is_cuda()) {
-        c10::cuda::CUDAGuard guard(gu.device());
-        kern::cuda::swiglu_forward(storage(gu), gu.data_ptr(), rows, ff, h.data_ptr(), stream_of(gu));
-        return;
-      }
-#endif
-      const T* in = ptr<T>(gu);
-      T* out = ptr<T>(h);
-      cpu_rows(rows, [&](int64_t r) {
-        for (int64_t i = 0; i < ff; ++i) kern::swiglu_forward_item(r, i, ff, in, out);
-      });
-    });
     ctx->save_for_backward({gu});
-    return h;
+    return swiglu_rows(gu);
   }
-
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    auto gu = ctx->get_saved_variables()[0];
-    auto dh = grads[0].to(gu.scalar_type()).contiguous();
-    const int64_t ff = gu.size(-1) / 2, rows = gu.numel() / std::max<int64_t>(1, 2 * ff);
-    auto dgu = torch::empty_like(gu);
-    with_storage(gu, [&](auto tag) {
-      using T = decltype(tag);
-#ifdef CHUNKWISE_CUDA
-      if (gu.is_cuda()) {
-        c10::cuda::CUDAGuard guard(gu.device());
-        kern::cuda::swiglu_backward(storage(gu), gu.data_ptr(), dh.data_ptr(), rows, ff, dgu.data_ptr(), stream_of(gu));
-        return;
-      }
-#endif
-      const T *in = ptr<T>(gu), *d = ptr<T>(dh);
-      T* out = ptr<T>(dgu);
-      cpu_rows(rows, [&](int64_t r) {
-        for (int64_t i = 0; i < ff; ++i) kern::swiglu_backward_item(r, i, ff, in, d, out);
-      });
-    });
-    return {dgu};
+    return {swiglu_rows_grad(ctx->get_saved_variables()[0], grads[0])};
+  }
+};
+
+// SwiGLU followed by the down projection, keeping only [g | u]: the backward pass recomputes h for the
+// weight's gradient instead of holding it from the forward pass (what torch.compile's partitioner does).
+struct SwiGluDown : torch::autograd::Function<SwiGluDown> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& gate_up, const torch::Tensor& w) {
+    check_gate_up(gate_up);
+    check(w.dim() == 2 && w.size(1) == gate_up.size(-1) / 2 && w.scalar_type() == gate_up.scalar_type(),
+          "fused SwiGLU + down projection: weight ", w.sizes(), " ", w.scalar_type(), " does not take ", gate_up.sizes(),
+          " ", gate_up.scalar_type());
+    auto gu = gate_up.contiguous();
+    ctx->save_for_backward({gu, w});
+    return torch::matmul(swiglu_rows(gu), w.t());
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const auto &gu = saved[0], &w = saved[1];
+    auto dout = grads[0].to(gu.scalar_type());
+    auto h = swiglu_rows(gu);
+    auto dw = torch::matmul(dout.reshape({-1, dout.size(-1)}).t(), h.reshape({-1, h.size(-1)}));
+    auto dgu = swiglu_rows_grad(gu, torch::matmul(dout, w));
+    return {dgu, dw};
   }
 };
 
@@ -385,6 +420,23 @@ std::array<torch::Tensor, 3> fused_rope_qkv(const torch::Tensor& qkv, const torc
 }
 
 torch::Tensor fused_swiglu(const torch::Tensor& gate_up) { return SwiGlu::apply(gate_up); }
+
+torch::Tensor fused_swiglu_down(const torch::Tensor& gate_up, const torch::Tensor& down_weight) {
+  // Under autocast the product runs in the autocast dtype: cast explicitly so forward and backward agree.
+  const auto device_type = gate_up.device().type();
+  const bool autocast = at::autocast::is_autocast_enabled(device_type);
+  const auto dtype = autocast ? at::autocast::get_autocast_dtype(device_type) : gate_up.scalar_type();
+  at::autocast::set_autocast_enabled(device_type, false);
+  torch::Tensor out;
+  try {
+    out = SwiGluDown::apply(gate_up.to(dtype), down_weight.to(dtype));
+  } catch (...) {
+    at::autocast::set_autocast_enabled(device_type, autocast);
+    throw;
+  }
+  at::autocast::set_autocast_enabled(device_type, autocast);
+  return out;
+}
 
 bool fused_add_rmsnorm_support(const torch::Tensor& x, const torch::Tensor& delta, const torch::Tensor& w) {
   return fused_ops_support(x) && fused_ops_support(delta) && x.scalar_type() == torch::kFloat32 &&

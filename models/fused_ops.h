@@ -22,6 +22,10 @@ std::array<torch::Tensor, 3> fused_rope_qkv(const torch::Tensor& qkv, const torc
 // gate_up [..., 2F] (gate first) -> silu(gate) * up [..., F]; the backward pass recomputes silu from gate_up.
 torch::Tensor fused_swiglu(const torch::Tensor& gate_up);
 
+// down_proj(silu(gate) * up) with DOWN_WEIGHT [d, F], keeping only gate_up for the backward pass (h is
+// recomputed there); under autocast the product runs in the autocast dtype.
+torch::Tensor fused_swiglu_down(const torch::Tensor& gate_up, const torch::Tensor& down_weight);
+
 // The residual add joined with the next RMSNorm: h = x + delta and y = h / rms(h) * w, y stored as OUT_DTYPE
 // (bf16 under autocast). x is the fp32 residual stream, delta fp32 or bf16, w fp32 [d]. Returns {h, y}.
 bool fused_add_rmsnorm_support(const torch::Tensor& x, const torch::Tensor& delta, const torch::Tensor& w);

@@ -103,7 +103,7 @@ LlamaMLPImpl::LlamaMLPImpl(const ModelConfig& c) {
 }
 torch::Tensor LlamaMLPImpl::forward(const torch::Tensor& x) {
   auto gate_up = torch::linear(x, torch::cat({gate_proj->weight, up_proj->weight}));  // one product
-  if (fused && fused_ops_support(gate_up)) return down_proj(fused_swiglu(gate_up));
+  if (fused && fused_ops_support(gate_up)) return fused_swiglu_down(gate_up, down_proj->weight);
   auto parts = gate_up.chunk(2, -1);
   return down_proj(torch::silu(parts[0]) * parts[1]);
 }

@@ -19,6 +19,12 @@ TEST(FusedOps, SwiGluMatchesSiluTimesUp) {
   check_fused_swiglu(torch::kCPU, torch::kBFloat16, 1e-2);
 }
 
+TEST(FusedOps, SwiGluDownRecomputesTheProductInput) {
+  torch::manual_seed(6);
+  check_fused_swiglu_down(torch::kCPU, torch::kFloat32, 1e-5);
+  check_fused_swiglu_down(torch::kCPU, torch::kBFloat16, 1e-2);
+}
+
 TEST(FusedOps, AddRmsNormMatchesTheFormula) {
   torch::manual_seed(4);
   for (bool h_used : {true, false}) {

@@ -30,6 +30,13 @@ TEST(GpuFusedOps, SwiGluMatchesSiluTimesUp) {
   }
 }
 
+TEST(GpuFusedOps, SwiGluDownRecomputesTheProductInput) {
+  SKIP_WITHOUT_GPU();
+  torch::manual_seed(6);
+  check_fused_swiglu_down(torch::kCUDA, torch::kFloat32, 1e-5);
+  check_fused_swiglu_down(torch::kCUDA, torch::kBFloat16, 1e-2);
+}
+
 TEST(GpuFusedOps, AddRmsNormMatchesTheFormula) {
   SKIP_WITHOUT_GPU();
   torch::manual_seed(4);
