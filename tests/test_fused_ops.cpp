@@ -54,6 +54,9 @@ TEST(FusedOps, ChunkedLinearCrossEntropyMatchesTheFullLogits) {
 TEST(FusedOps, LlamaLossAndGradientsEqualTheUnfusedModel) {
   check_fused_llama(torch::kCPU, /*bf16=*/false, 1e-5, 1e-5);
   check_fused_llama(torch::kCPU, /*bf16=*/false, 1e-5, 1e-5, /*loss_chunk=*/7);
+  // bf16 autocast on the CPU: the dtypes the GPU path sees (bf16 norm outputs, products, logits).
+  check_fused_llama(torch::kCPU, /*bf16=*/true, 1e-2, 2e-2);
+  check_fused_llama(torch::kCPU, /*bf16=*/true, 1e-2, 2e-2, /*loss_chunk=*/7);
 }
 
 TEST(FusedOps, OtherDtypesAreRefusedWithAMessage) {
