@@ -75,3 +75,18 @@ cw_setup() {
   cw_install_system
   cw_install_python
 }
+
+# The quickstart corpus (Python docs) as HDF5 stores in $CW_ROOT/runs/data/pydocs: fetch, a 4,096-piece
+# tokenizer, prepare. Skips what exists. $1: the chunkwise binary.
+cw_prepare_pydocs() {
+  local bin="$1" data="$CW_ROOT/runs/data/pydocs" corpus
+  corpus=$("$bin" data fetch pydocs)
+  mkdir -p "$data"
+  if [ ! -f "$data/tokenizer.model" ]; then
+    "$bin" data tokenizer --out "$data/tokenizer.model" --vocab-size 4096 --max-sentences 300000 "$corpus" \
+      2> >(grep -v "LOG(INFO)" >&2)
+  fi
+  if [ ! -f "$data/train.h5" ] || [ ! -f "$data/val.h5" ]; then
+    "$bin" data prepare --tokenizer "$data/tokenizer.model" --out "$data" "$corpus"
+  fi
+}
