@@ -23,7 +23,7 @@ class CausalLM : public torch::nn::Module {
   virtual torch::Tensor loss_sum(const Batch& b);
   // > 0: families that support it compute the loss in chunks of this many tokens, never holding all logits.
   int64_t loss_chunk_rows = 0;
-  // Fused RoPE, SwiGLU and cross-entropy (models/fused_ops.h) where the family and dtype support them.
+  // Fused RoPE, SwiGLU, add+RMSNorm and cross-entropy (models/fused_ops.h) where family and dtype allow.
   bool fused_kernels = false;
 };
 

@@ -403,6 +403,16 @@ void cross_entropy_grad_(const torch::Tensor& logits, const torch::Tensor& targe
   });
 }
 
+torch::ScalarType compute_dtype(const torch::Tensor& x) {
+  const auto type = x.device().type();
+  return at::autocast::is_autocast_enabled(type) ? at::autocast::get_autocast_dtype(type) : x.scalar_type();
+}
+
+AutocastOff::AutocastOff(c10::DeviceType type) : type_(type), was_on_(at::autocast::is_autocast_enabled(type)) {
+  at::autocast::set_autocast_enabled(type_, false);
+}
+AutocastOff::~AutocastOff() { at::autocast::set_autocast_enabled(type_, was_on_); }
+
 bool fused_ops_support(const torch::Tensor& x) {
   const bool dtype_ok = x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kBFloat16;
 #ifdef CHUNKWISE_CUDA
@@ -422,20 +432,9 @@ std::array<torch::Tensor, 3> fused_rope_qkv(const torch::Tensor& qkv, const torc
 torch::Tensor fused_swiglu(const torch::Tensor& gate_up) { return SwiGlu::apply(gate_up); }
 
 torch::Tensor fused_swiglu_down(const torch::Tensor& gate_up, const torch::Tensor& down_weight) {
-  // Under autocast the product runs in the autocast dtype: cast explicitly so forward and backward agree.
-  const auto device_type = gate_up.device().type();
-  const bool autocast = at::autocast::is_autocast_enabled(device_type);
-  const auto dtype = autocast ? at::autocast::get_autocast_dtype(device_type) : gate_up.scalar_type();
-  at::autocast::set_autocast_enabled(device_type, false);
-  torch::Tensor out;
-  try {
-    out = SwiGluDown::apply(gate_up.to(dtype), down_weight.to(dtype));
-  } catch (...) {
-    at::autocast::set_autocast_enabled(device_type, autocast);
-    throw;
-  }
-  at::autocast::set_autocast_enabled(device_type, autocast);
-  return out;
+  const auto dtype = compute_dtype(gate_up);
+  AutocastOff off(gate_up.device().type());
+  return SwiGluDown::apply(gate_up.to(dtype), down_weight.to(dtype));
 }
 
 bool fused_add_rmsnorm_support(const torch::Tensor& x, const torch::Tensor& delta, const torch::Tensor& w) {

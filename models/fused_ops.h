@@ -11,6 +11,23 @@
 
 namespace cw {
 
+// The dtype X's matrix products run in: the autocast dtype while autocast is on for X's device, else X's.
+torch::ScalarType compute_dtype(const torch::Tensor& x);
+
+// Autocast off for a device type while alive, restored after (also on exceptions): for ops that cast their
+// inputs explicitly so that their forward and backward passes agree.
+class AutocastOff {
+ public:
+  explicit AutocastOff(c10::DeviceType type);
+  ~AutocastOff();
+  AutocastOff(const AutocastOff&) = delete;
+  AutocastOff& operator=(const AutocastOff&) = delete;
+
+ private:
+  c10::DeviceType type_;
+  bool was_on_;
+};
+
 // True when X's dtype (fp32, bf16) and device (CPU, CUDA in a CUDA build) have fused kernels.
 bool fused_ops_support(const torch::Tensor& x);
 

@@ -1,8 +1,6 @@
 // Implementation of models/linear_cross_entropy.h as a LibTorch autograd function.
 #include "models/linear_cross_entropy.h"
 
-#include <ATen/autocast_mode.h>
-
 #include "data/batch.h"
 #include "models/fused_ops.h"
 
@@ -78,11 +76,9 @@ struct LinearCrossEntropy : torch::autograd::Function<LinearCrossEntropy> {
 torch::Tensor linear_cross_entropy(const torch::Tensor& h, const torch::Tensor& weight, const torch::Tensor& targets,
                                    int64_t chunk_rows, bool fused) {
   // Under autocast the products run in bf16: cast explicitly so forward and backward agree.
-  const bool autocast = at::autocast::is_autocast_enabled(h.device().type());
-  auto dtype = autocast ? at::autocast::get_autocast_dtype(h.device().type()) : h.scalar_type();
-  at::autocast::set_autocast_enabled(h.device().type(), false);
+  const auto dtype = compute_dtype(h);
+  AutocastOff off(h.device().type());
   auto loss = LinearCrossEntropy::apply(h.to(dtype), weight.to(dtype), targets, chunk_rows, fused);
-  at::autocast::set_autocast_enabled(h.device().type(), autocast);
   return loss;
 }
 

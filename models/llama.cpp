@@ -1,8 +1,6 @@
 // Implementation of models/llama.h and of the model registry.
 #include "models/llama.h"
 
-#include <ATen/autocast_mode.h>
-
 #include <cmath>
 #include <map>
 #include <mutex>
@@ -78,7 +76,7 @@ LlamaAttentionImpl::LlamaAttentionImpl(const ModelConfig& c)
 }
 
 torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
-                                          const torch::Tensor& sin, const AttnMask& mask) {
+                                          const torch::Tensor& sin, const AttnMask& mask, bool fused) {
   const int64_t B = x.size(0), T = x.size(1);
   // One matrix product for q, k and v (the weights stay separate parameters under their export names).
   auto qkv = torch::linear(x, torch::cat({q_proj->weight, k_proj->weight, v_proj->weight}));
@@ -101,7 +99,7 @@ LlamaMLPImpl::LlamaMLPImpl(const ModelConfig& c) {
   up_proj = register_module("up_proj", linear(c.d_model, c.d_ff));
   down_proj = register_module("down_proj", linear(c.d_ff, c.d_model));
 }
-torch::Tensor LlamaMLPImpl::forward(const torch::Tensor& x) {
+torch::Tensor LlamaMLPImpl::forward(const torch::Tensor& x, bool fused) {
   auto gate_up = torch::linear(x, torch::cat({gate_proj->weight, up_proj->weight}));  // one product
   if (fused && fused_ops_support(gate_up)) return fused_swiglu_down(gate_up, down_proj->weight);
   auto parts = gate_up.chunk(2, -1);
@@ -115,9 +113,9 @@ LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const ModelConfig& c) {
   post_attention_layernorm = register_module("post_attention_layernorm", RMSNorm(c.d_model, c.norm_eps));
 }
 torch::Tensor LlamaDecoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
-                                             const torch::Tensor& sin, const AttnMask& mask) {
-  auto h = x + self_attn(input_layernorm(x), cos, sin, mask);
-  return h + mlp(post_attention_layernorm(h));
+                                             const torch::Tensor& sin, const AttnMask& mask, bool fused) {
+  auto h = x + self_attn(input_layernorm(x), cos, sin, mask, fused);
+  return h + mlp(post_attention_layernorm(h), fused);
 }
 
 LlamaBodyImpl::LlamaBodyImpl(const ModelConfig& c) {
@@ -170,12 +168,8 @@ torch::Tensor Llama::hidden(const torch::Tensor& tokens, const torch::Tensor& po
   }
   auto [cos, sin] = rope_tables(positions, cfg_.head_dim(), cfg_.rope_theta);
   auto x = model_->embed_tokens(tokens);
-  for (auto& module : *model_->layers) {
-    auto* layer = module->as<LlamaDecoderLayer>();
-    layer->self_attn->fused = layer->mlp->fused = fused_kernels;
-  }
   if (fused_kernels && fused_add_rmsnorm_support(x, x, model_->norm->weight)) return hidden_fused(x, cos, sin, mask);
-  for (auto& module : *model_->layers) x = module->as<LlamaDecoderLayer>()->forward(x, cos, sin, mask);
+  for (auto& module : *model_->layers) x = module->as<LlamaDecoderLayer>()->forward(x, cos, sin, mask, fused_kernels);
   return model_->norm(x);
 }
 
@@ -183,9 +177,7 @@ torch::Tensor Llama::hidden(const torch::Tensor& tokens, const torch::Tensor& po
 // outputs come out in the autocast dtype, so no separate cast or add kernels run.
 torch::Tensor Llama::hidden_fused(torch::Tensor x, const torch::Tensor& cos, const torch::Tensor& sin,
                                   const AttnMask& mask) {
-  const auto device_type = x.device().type();
-  const auto out_dtype = at::autocast::is_autocast_enabled(device_type) ? at::autocast::get_autocast_dtype(device_type)
-                                                                        : x.scalar_type();
+  const auto out_dtype = compute_dtype(x);
   auto add_norm = [&](const torch::Tensor& delta, const RMSNorm& norm) {
     auto out = fused_add_rmsnorm(x, delta, norm->weight, norm->eps, out_dtype);
     x = out[0];
@@ -195,8 +187,8 @@ torch::Tensor Llama::hidden_fused(torch::Tensor x, const torch::Tensor& cos, con
   for (auto& module : *model_->layers) {
     auto* layer = module->as<LlamaDecoderLayer>();
     auto n1 = pending.defined() ? add_norm(pending, layer->input_layernorm) : layer->input_layernorm(x);
-    auto n2 = add_norm(layer->self_attn(n1, cos, sin, mask), layer->post_attention_layernorm);
-    pending = layer->mlp(n2);
+    auto n2 = add_norm(layer->self_attn(n1, cos, sin, mask, /*fused=*/true), layer->post_attention_layernorm);
+    pending = layer->mlp(n2, /*fused=*/true);
   }
   return pending.defined() ? add_norm(pending, model_->norm) : model_->norm(x);
 }
