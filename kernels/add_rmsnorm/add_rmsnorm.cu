@@ -2,12 +2,9 @@
 // models/fused_ops.cpp; reference: x + delta, at::rms_norm, cast). Blocks stride over rows; the backward
 // pass keeps each thread's share of the weight gradient in registers and writes one partial row per block,
 // which the wrapper sums.
-#include <algorithm>
-
 #include "kernels/add_rmsnorm/add_rmsnorm_math.h"
-#include "kernels/common/device.cuh"
+#include "kernels/common/train_dispatch.cuh"
 #include "kernels/cuda.h"
-#include "kernels/train_ops.h"
 
 namespace cw::kern::cuda {
 
@@ -74,25 +71,20 @@ __global__ void __launch_bounds__(kThreads) add_rmsnorm_backward_kernel(const fl
   }
 }
 
+// Runs f(TD{}, TY{}) for the storages of delta and y.
 template <typename F>
 void with_types(Storage a, Storage b, F&& f) {
-  if (a == Storage::BF16) {
-    if (b == Storage::BF16) f(uint16_t{}, uint16_t{});
-    else f(uint16_t{}, float{});
-  } else {
-    if (b == Storage::BF16) f(float{}, uint16_t{});
-    else f(float{}, float{});
-  }
+  with_storage(a, [&](auto ta) { with_storage(b, [&](auto tb) { f(ta, tb); }); });
 }
 
 }  // namespace
 
-int add_rmsnorm_backward_blocks(int64_t rows) { return int(std::min<int64_t>(rows, 1024)); }
+int add_rmsnorm_backward_blocks(int64_t rows) { return row_blocks(rows, 1024); }
 
 void add_rmsnorm_forward(Storage delta_st, Storage y_st, const float* x, const void* delta, const float* w,
                          int64_t rows, int d, float eps, float* h, void* y, float* rstd, cudaStream_t s) {
   if (rows == 0) return;
-  const int blocks = int(std::min<int64_t>(rows, 8192));
+  const int blocks = row_blocks(rows, 8192);
   with_types(delta_st, y_st, [&](auto td, auto ty) {
     using TD = decltype(td);
     using TY = decltype(ty);

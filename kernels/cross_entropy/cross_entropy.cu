@@ -2,12 +2,9 @@
 // models/fused_ops.cpp; reference: torch's cross_entropy on fp32 logits). One block per row: the forward
 // pass reads the row once (online max and sum, 16-byte loads where the row allows), the backward pass reads
 // it again and writes (softmax - onehot) * scale, possibly over the logits themselves.
-#include <algorithm>
-
-#include "kernels/common/device.cuh"
+#include "kernels/common/train_dispatch.cuh"
 #include "kernels/cross_entropy/cross_entropy_math.h"
 #include "kernels/cuda.h"
-#include "kernels/train_ops.h"
 
 namespace cw::kern::cuda {
 
@@ -86,31 +83,18 @@ __global__ void __launch_bounds__(kThreads) ce_backward_kernel(const T* logits, 
   }
 }
 
-// 16-byte packs when every row starts on a 16-byte boundary and holds whole packs; else one element.
-template <typename T>
-bool packs_fit(const void* p, int64_t V, int64_t stride) {
-  constexpr int n = 16 / sizeof(T);
-  return dev::aligned16(p) && V % n == 0 && stride % n == 0;
-}
-
 }  // namespace
 
+// 16-byte packs when every row starts on a 16-byte boundary and holds whole packs; else one element.
 void cross_entropy_forward(Storage st, const void* logits, int64_t rows, int64_t V, int64_t stride,
                            const int64_t* targets, int64_t ignore_index, float* loss, float* lse, cudaStream_t s) {
   if (rows == 0) return;
-  if (st == Storage::BF16) {
-    auto x = static_cast<const uint16_t*>(logits);
-    if (packs_fit<uint16_t>(x, V, stride))
-      ce_forward_kernel<uint16_t, 8><<<unsigned(rows), kThreads, 0, s>>>(x, V, stride, targets, ignore_index, loss, lse);
-    else
-      ce_forward_kernel<uint16_t, 1><<<unsigned(rows), kThreads, 0, s>>>(x, V, stride, targets, ignore_index, loss, lse);
-  } else {
-    auto x = static_cast<const float*>(logits);
-    if (packs_fit<float>(x, V, stride))
-      ce_forward_kernel<float, 4><<<unsigned(rows), kThreads, 0, s>>>(x, V, stride, targets, ignore_index, loss, lse);
-    else
-      ce_forward_kernel<float, 1><<<unsigned(rows), kThreads, 0, s>>>(x, V, stride, targets, ignore_index, loss, lse);
-  }
+  const auto fits = [&](int n) { return all_aligned16({logits}) && V % n == 0 && stride % n == 0; };
+  with_storage_pack(st, fits, [&](auto tag, auto n) {
+    using T = decltype(tag);
+    ce_forward_kernel<T, decltype(n)::value><<<unsigned(rows), kThreads, 0, s>>>(
+        static_cast<const T*>(logits), V, stride, targets, ignore_index, loss, lse);
+  });
   check_cuda(cudaGetLastError(), "cross_entropy forward kernel");
 }
 
@@ -118,25 +102,14 @@ void cross_entropy_backward(Storage st, const void* logits, int64_t rows, int64_
                             const int64_t* targets, int64_t ignore_index, const float* lse, const float* scale,
                             void* grad, int64_t grad_stride, cudaStream_t s) {
   if (rows == 0) return;
-  if (st == Storage::BF16) {
-    auto x = static_cast<const uint16_t*>(logits);
-    auto g = static_cast<uint16_t*>(grad);
-    if (packs_fit<uint16_t>(x, V, stride) && packs_fit<uint16_t>(g, V, grad_stride))
-      ce_backward_kernel<uint16_t, 8><<<unsigned(rows), kThreads, 0, s>>>(x, V, stride, targets, ignore_index, lse, scale, g,
-                                                                 grad_stride);
-    else
-      ce_backward_kernel<uint16_t, 1><<<unsigned(rows), kThreads, 0, s>>>(x, V, stride, targets, ignore_index, lse, scale, g,
-                                                                 grad_stride);
-  } else {
-    auto x = static_cast<const float*>(logits);
-    auto g = static_cast<float*>(grad);
-    if (packs_fit<float>(x, V, stride) && packs_fit<float>(g, V, grad_stride))
-      ce_backward_kernel<float, 4><<<unsigned(rows), kThreads, 0, s>>>(x, V, stride, targets, ignore_index, lse, scale, g,
-                                                              grad_stride);
-    else
-      ce_backward_kernel<float, 1><<<unsigned(rows), kThreads, 0, s>>>(x, V, stride, targets, ignore_index, lse, scale, g,
-                                                              grad_stride);
-  }
+  const auto fits = [&](int n) {
+    return all_aligned16({logits, grad}) && V % n == 0 && stride % n == 0 && grad_stride % n == 0;
+  };
+  with_storage_pack(st, fits, [&](auto tag, auto n) {
+    using T = decltype(tag);
+    ce_backward_kernel<T, decltype(n)::value><<<unsigned(rows), kThreads, 0, s>>>(
+        static_cast<const T*>(logits), V, stride, targets, ignore_index, lse, scale, static_cast<T*>(grad), grad_stride);
+  });
   check_cuda(cudaGetLastError(), "cross_entropy backward kernel");
 }
 

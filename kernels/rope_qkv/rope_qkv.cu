@@ -1,19 +1,12 @@
 // Fused RoPE on the q/k/v product for training, forward and backward (unit functions: rope_qkv_math.h; CPU
 // path: models/fused_ops.cpp; reference: apply_rope in models/llama.cpp). Blocks stride over rows, threads over
 // a row's units, moved as 16-byte packs; N = 1 when head_dim/2, the row stride or a pointer does not allow it.
-#include <algorithm>
-#include <initializer_list>
-#include <type_traits>
-
-#include "kernels/common/device.cuh"
+#include "kernels/common/train_dispatch.cuh"
 #include "kernels/cuda.h"
-#include "kernels/train_ops.h"
 
 namespace cw::kern::cuda {
 
 namespace {
-
-int grid_for(int64_t rows) { return int(std::min<int64_t>(rows, 132 * 16)); }
 
 template <typename T, int N>
 __global__ void rope_qkv_forward_kernel(const T* qkv, const float* cos, const float* sin, RopeQkvShape s, T* q, T* k,
@@ -33,30 +26,17 @@ __global__ void rope_qkv_backward_kernel(const T* dq, const T* dk, const T* dv, 
       rope_qkv_backward_unit<T, N, dev::PackIo>(r, j, s, dq, dk, dv, cos, sin, dqkv);
 }
 
-// Runs f(T{}, std::integral_constant<int, N>{}): N elements per 16 bytes when head_dim/2 and the row stride
-// hold whole packs and every pointer is 16-byte aligned, else N = 1.
-template <typename F>
-void with_pack(Storage st, const RopeQkvShape& shape, int64_t stride, std::initializer_list<const void*> ptrs, F&& f) {
-  bool aligned = true;
-  for (const void* p : ptrs) aligned = aligned && dev::aligned16(p);
-  const int n = aligned ? rope_qkv_pack(st == Storage::BF16, shape, stride) : 1;
-  if (st == Storage::BF16) {
-    if (n == 8) f(uint16_t{}, std::integral_constant<int, 8>{});
-    else f(uint16_t{}, std::integral_constant<int, 1>{});
-  } else {
-    if (n == 4) f(float{}, std::integral_constant<int, 4>{});
-    else f(float{}, std::integral_constant<int, 1>{});
-  }
-}
-
 }  // namespace
 
 void rope_qkv_forward(Storage st, const void* qkv, const float* cos, const float* sin, const RopeQkvShape& shape,
                       void* q, void* k, void* v, cudaStream_t s) {
   if (shape.rows == 0) return;
-  with_pack(st, shape, shape.qkv_stride, {qkv, q, k, v}, [&](auto tag, auto n) {
+  const auto fits = [&](int n) {
+    return all_aligned16({qkv, q, k, v}) && rope_qkv_pack(st == Storage::BF16, shape, shape.qkv_stride) == n;
+  };
+  with_storage_pack(st, fits, [&](auto tag, auto n) {
     using T = decltype(tag);
-    rope_qkv_forward_kernel<T, decltype(n)::value><<<grid_for(shape.rows), 256, 0, s>>>(
+    rope_qkv_forward_kernel<T, decltype(n)::value><<<row_blocks(shape.rows), 256, 0, s>>>(
         static_cast<const T*>(qkv), cos, sin, shape, static_cast<T*>(q), static_cast<T*>(k), static_cast<T*>(v));
   });
   check_cuda(cudaGetLastError(), "rope_qkv forward kernel");
@@ -66,9 +46,12 @@ void rope_qkv_backward(Storage st, const void* dq, const void* dk, const void* d
                        const RopeQkvShape& shape, void* dqkv, cudaStream_t s) {
   if (shape.rows == 0) return;
   const int64_t stride = int64_t(shape.heads + 2 * shape.kv_heads) * shape.head_dim;
-  with_pack(st, shape, stride, {dq, dk, dv, dqkv}, [&](auto tag, auto n) {
+  const auto fits = [&](int n) {
+    return all_aligned16({dq, dk, dv, dqkv}) && rope_qkv_pack(st == Storage::BF16, shape, stride) == n;
+  };
+  with_storage_pack(st, fits, [&](auto tag, auto n) {
     using T = decltype(tag);
-    rope_qkv_backward_kernel<T, decltype(n)::value><<<grid_for(shape.rows), 256, 0, s>>>(
+    rope_qkv_backward_kernel<T, decltype(n)::value><<<row_blocks(shape.rows), 256, 0, s>>>(
         static_cast<const T*>(dq), static_cast<const T*>(dk), static_cast<const T*>(dv), cos, sin, shape,
         static_cast<T*>(dqkv));
   });

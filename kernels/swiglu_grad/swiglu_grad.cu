@@ -1,20 +1,13 @@
 // SwiGLU for training on the GPU, forward and backward (value math: swiglu_grad_math.h; CPU path:
 // models/fused_ops.cpp; reference: torch::silu(g) * u under autograd). Blocks stride over rows, threads over
 // a row's elements in 16-byte packs when the row width and pointers allow it, else one element at a time.
-#include <algorithm>
-#include <initializer_list>
-#include <type_traits>
-
-#include "kernels/common/device.cuh"
+#include "kernels/common/train_dispatch.cuh"
 #include "kernels/cuda.h"
 #include "kernels/swiglu_grad/swiglu_grad_math.h"
-#include "kernels/train_ops.h"
 
 namespace cw::kern::cuda {
 
 namespace {
-
-int grid_for(int64_t rows) { return int(std::min<int64_t>(rows, 132 * 16)); }
 
 template <typename T, int N>
 __global__ void swiglu_forward_kernel(const T* gate_up, int64_t rows, int64_t ff, T* h) {
@@ -49,29 +42,15 @@ __global__ void swiglu_backward_kernel(const T* gate_up, const T* dh, int64_t ro
   }
 }
 
-// Runs f(T{}, std::integral_constant<int, N>{}) with N elements per 16 bytes when every pointer is aligned and
-// ff holds whole packs, else N = 1.
-template <typename F>
-void with_pack(Storage st, int64_t ff, std::initializer_list<const void*> ptrs, F&& f) {
-  bool aligned = true;
-  for (const void* p : ptrs) aligned = aligned && dev::aligned16(p);
-  if (st == Storage::BF16) {
-    if (aligned && ff % 8 == 0) f(uint16_t{}, std::integral_constant<int, 8>{});
-    else f(uint16_t{}, std::integral_constant<int, 1>{});
-  } else {
-    if (aligned && ff % 4 == 0) f(float{}, std::integral_constant<int, 4>{});
-    else f(float{}, std::integral_constant<int, 1>{});
-  }
-}
-
 }  // namespace
 
 void swiglu_forward(Storage st, const void* gate_up, int64_t rows, int64_t ff, void* h, cudaStream_t s) {
   if (rows * ff == 0) return;
-  with_pack(st, ff, {gate_up, h}, [&](auto tag, auto n) {
+  const auto fits = [&](int n) { return all_aligned16({gate_up, h}) && ff % n == 0; };
+  with_storage_pack(st, fits, [&](auto tag, auto n) {
     using T = decltype(tag);
     swiglu_forward_kernel<T, decltype(n)::value>
-        <<<grid_for(rows), 256, 0, s>>>(static_cast<const T*>(gate_up), rows, ff, static_cast<T*>(h));
+        <<<row_blocks(rows), 256, 0, s>>>(static_cast<const T*>(gate_up), rows, ff, static_cast<T*>(h));
   });
   check_cuda(cudaGetLastError(), "swiglu forward kernel");
 }
@@ -79,9 +58,10 @@ void swiglu_forward(Storage st, const void* gate_up, int64_t rows, int64_t ff, v
 void swiglu_backward(Storage st, const void* gate_up, const void* dh, int64_t rows, int64_t ff, void* dgate_up,
                      cudaStream_t s) {
   if (rows * ff == 0) return;
-  with_pack(st, ff, {gate_up, dh, dgate_up}, [&](auto tag, auto n) {
+  const auto fits = [&](int n) { return all_aligned16({gate_up, dh, dgate_up}) && ff % n == 0; };
+  with_storage_pack(st, fits, [&](auto tag, auto n) {
     using T = decltype(tag);
-    swiglu_backward_kernel<T, decltype(n)::value><<<grid_for(rows), 256, 0, s>>>(
+    swiglu_backward_kernel<T, decltype(n)::value><<<row_blocks(rows), 256, 0, s>>>(
         static_cast<const T*>(gate_up), static_cast<const T*>(dh), rows, ff, static_cast<T*>(dgate_up));
   });
   check_cuda(cudaGetLastError(), "swiglu backward kernel");
