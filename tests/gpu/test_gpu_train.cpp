@@ -4,6 +4,8 @@
 // Must not: run without a GPU (every test skips when CUDA is absent).
 #include <c10/cuda/CUDACachingAllocator.h>
 
+#include <functional>
+
 #include "tests/fused_ops_checks.h"
 
 namespace cw::test {
@@ -74,6 +76,24 @@ TEST(GpuFusedOps, LlamaLossAndGradientsEqualTheUnfusedModel) {
   check_fused_llama(torch::kCUDA, /*bf16=*/true, 1e-2, 2e-2, /*loss_chunk=*/7);
 }
 
+// FAST(q, k, v) equals attend_reference(q, k, v, REF_MASK) within bf16 tolerance, output and gradients of a
+// random weighted sum.
+static void expect_attention_matches_reference(torch::Tensor q, torch::Tensor k, torch::Tensor v,
+                                               const AttnMask& ref_mask,
+                                               const std::function<torch::Tensor()>& fast) {
+  auto w = torch::randn(q.sizes(), q.options().dtype(torch::kFloat32));
+  auto out = fast();
+  (out.to(torch::kFloat32) * w).sum().backward();
+  std::vector<torch::Tensor> got = {q.grad().clone(), k.grad().clone(), v.grad().clone()};
+  for (auto* t : {&q, &k, &v}) t->mutable_grad() = torch::Tensor();
+  auto ref = attend_reference(q, k, v, ref_mask);
+  (ref.to(torch::kFloat32) * w).sum().backward();
+  EXPECT_LE(max_relative_error(out, ref), 1e-2);
+  EXPECT_LE(max_relative_error(got[0], q.grad()), 1e-2) << "dq";
+  EXPECT_LE(max_relative_error(got[1], k.grad()), 1e-2) << "dk";
+  EXPECT_LE(max_relative_error(got[2], v.grad()), 1e-2) << "dv";
+}
+
 // Document masks through flash attention's variable-length kernel (runs of segment ids) equal the softmax
 // reference with the segment mask, forward and gradients, with grouped-query heads.
 TEST(GpuFusedOps, VarlenFlashAttentionEqualsTheSegmentMask) {
@@ -93,17 +113,7 @@ TEST(GpuFusedOps, VarlenFlashAttentionEqualsTheSegmentMask) {
   AttnMask plain = m;
   attach_segment_runs(m);
   EXPECT_EQ(m.max_seqlen, 39);
-  auto w = torch::randn({B, H, T, D}, opts.dtype(torch::kFloat32));
-  auto out = attend(q, k, v, m);
-  (out.to(torch::kFloat32) * w).sum().backward();
-  std::vector<torch::Tensor> got = {q.grad().clone(), k.grad().clone(), v.grad().clone()};
-  for (auto* t : {&q, &k, &v}) t->mutable_grad() = torch::Tensor();
-  auto ref = attend_reference(q, k, v, plain);
-  (ref.to(torch::kFloat32) * w).sum().backward();
-  EXPECT_LE(max_relative_error(out, ref), 1e-2);
-  EXPECT_LE(max_relative_error(got[0], q.grad()), 1e-2) << "dq";
-  EXPECT_LE(max_relative_error(got[1], k.grad()), 1e-2) << "dk";
-  EXPECT_LE(max_relative_error(got[2], v.grad()), 1e-2) << "dv";
+  expect_attention_matches_reference(q, k, v, plain, [&] { return attend(q, k, v, m); });
 }
 
 // cuDNN's fused attention first (train.attention = cudnn): picked for the bench shapes on this card, and equal
@@ -119,20 +129,12 @@ TEST(GpuFusedOps, CudnnAttentionEqualsTheReference) {
   m.q_offset = 0;
   EXPECT_EQ(attention_backend_for(q, k, v), "flash");
   set_attention_backend("cudnn");
-  const std::string picked = attention_backend_for(q, k, v);
-  auto w = torch::randn({B, H, T, D}, opts.dtype(torch::kFloat32));
-  auto out = attend(q, k, v, m);
-  (out.to(torch::kFloat32) * w).sum().backward();
-  set_attention_backend("flash");
-  EXPECT_EQ(picked, "cudnn");
-  std::vector<torch::Tensor> got = {q.grad().clone(), k.grad().clone(), v.grad().clone()};
-  for (auto* t : {&q, &k, &v}) t->mutable_grad() = torch::Tensor();
-  auto ref = attend_reference(q, k, v, m);
-  (ref.to(torch::kFloat32) * w).sum().backward();
-  EXPECT_LE(max_relative_error(out, ref), 1e-2);
-  EXPECT_LE(max_relative_error(got[0], q.grad()), 1e-2) << "dq";
-  EXPECT_LE(max_relative_error(got[1], k.grad()), 1e-2) << "dk";
-  EXPECT_LE(max_relative_error(got[2], v.grad()), 1e-2) << "dv";
+  EXPECT_EQ(attention_backend_for(q, k, v), "cudnn");
+  expect_attention_matches_reference(q, k, v, m, [&] {
+    auto out = attend(q, k, v, m);
+    set_attention_backend("flash");  // the backward pass runs the kernels the forward pass picked
+    return out;
+  });
 }
 
 // 8,192 rows of 32,000 bf16 logits: the fused loss and gradient allocate well under torch's path (fp32 copy,
