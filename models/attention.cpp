@@ -70,11 +70,18 @@ torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch
 
 void set_attention_backend(const std::string& name) {
   using B = at::SDPBackend;
+  // LibTorch's own order, as found before the first change.
+  static const std::vector<int64_t> libtorch_order = [] {
+    std::vector<int64_t> ids;
+    for (B b : at::globalContext().sDPPriorityOrder()) ids.push_back(int64_t(b));
+    return ids;
+  }();
   std::vector<B> order;
-  if (name == "flash") order = {B::flash_attention, B::efficient_attention, B::math, B::cudnn_attention, B::overrideable};
+  if (name == "auto") return at::globalContext().setSDPPriorityOrder(libtorch_order);
+  if (name == "flash") order = {B::flash_attention, B::cudnn_attention, B::efficient_attention, B::math, B::overrideable};
   else if (name == "cudnn")
     order = {B::cudnn_attention, B::flash_attention, B::efficient_attention, B::math, B::overrideable};
-  else fail("attention backend '", name, "': use flash or cudnn");
+  else fail("attention backend '", name, "': use auto, flash or cudnn");
   std::vector<int64_t> ids;
   for (B b : order) ids.push_back(int64_t(b));
   at::globalContext().setSDPPriorityOrder(ids);

@@ -29,9 +29,10 @@ void attach_segment_runs(AttnMask& m);
 
 torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const AttnMask& m);
 
-// The fused kernel LibTorch's scaled-dot-product attention tries first on CUDA, process-wide: "flash"
-// (FlashAttention-2; LibTorch's default order) or "cudnn" (cuDNN's fused attention first; where its
-// constraints fail, flash and the others follow in the default order). `[train] attention`.
+// The fused kernel LibTorch's scaled-dot-product attention tries first on CUDA, process-wide: "auto"
+// (LibTorch's own order; torch 2.11 on an H200 picks cuDNN for causal bf16), "flash" (FlashAttention-2 first)
+// or "cudnn" (cuDNN's fused attention first); where the first one's constraints fail, the others follow.
+// `[train] attention`.
 void set_attention_backend(const std::string& name);
 // The backend SDPA would pick for these inputs with a plain causal mask ("flash", "cudnn", ...).
 std::string attention_backend_for(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);

@@ -25,7 +25,12 @@ class CausalLM : public torch::nn::Module {
   int64_t loss_chunk_rows = 0;
   // Fused RoPE, SwiGLU, add+RMSNorm and cross-entropy (models/fused_ops.h) where family and dtype allow.
   bool fused_kernels = false;
+  // With fused_kernels: the backward pass recomputes the SwiGLU product instead of keeping it.
+  bool recompute_swiglu = false;
 };
+
+// train.fused_kernels: "true", "false", or "auto" (on for CUDA devices).
+bool fused_kernels_wanted(const std::string& setting, const torch::Device& device);
 
 using ModelBuilder = std::function<std::shared_ptr<CausalLM>(const ModelConfig&)>;
 void register_model_family(const std::string& family, ModelBuilder builder);

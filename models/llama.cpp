@@ -25,6 +25,12 @@ std::shared_ptr<CausalLM> build_model(const ModelConfig& config) {
   return it->second(config);
 }
 
+bool fused_kernels_wanted(const std::string& setting, const torch::Device& device) {
+  if (setting == "auto") return device.is_cuda();
+  check(setting == "true" || setting == "false", "train.fused_kernels = '", setting, "': use auto, true or false");
+  return setting == "true";
+}
+
 // Low-precision activations are promoted to fp32 for norms and losses; fp32 and fp64 stay as they are.
 static torch::Tensor at_least_fp32(const torch::Tensor& x) {
   return x.scalar_type() == torch::kFloat64 ? x : x.to(torch::kFloat32);
@@ -99,9 +105,10 @@ LlamaMLPImpl::LlamaMLPImpl(const ModelConfig& c) {
   up_proj = register_module("up_proj", linear(c.d_model, c.d_ff));
   down_proj = register_module("down_proj", linear(c.d_ff, c.d_model));
 }
-torch::Tensor LlamaMLPImpl::forward(const torch::Tensor& x, bool fused) {
+torch::Tensor LlamaMLPImpl::forward(const torch::Tensor& x, bool fused, bool recompute) {
   auto gate_up = torch::linear(x, torch::cat({gate_proj->weight, up_proj->weight}));  // one product
-  if (fused && fused_ops_support(gate_up)) return fused_swiglu_down(gate_up, down_proj->weight);
+  if (fused && fused_ops_support(gate_up))
+    return recompute ? fused_swiglu_down(gate_up, down_proj->weight) : down_proj(fused_swiglu(gate_up));
   auto parts = gate_up.chunk(2, -1);
   return down_proj(torch::silu(parts[0]) * parts[1]);
 }
@@ -113,9 +120,10 @@ LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const ModelConfig& c) {
   post_attention_layernorm = register_module("post_attention_layernorm", RMSNorm(c.d_model, c.norm_eps));
 }
 torch::Tensor LlamaDecoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
-                                             const torch::Tensor& sin, const AttnMask& mask, bool fused) {
+                                             const torch::Tensor& sin, const AttnMask& mask, bool fused,
+                                             bool recompute_swiglu) {
   auto h = x + self_attn(input_layernorm(x), cos, sin, mask, fused);
-  return h + mlp(post_attention_layernorm(h), fused);
+  return h + mlp(post_attention_layernorm(h), fused, recompute_swiglu);
 }
 
 LlamaBodyImpl::LlamaBodyImpl(const ModelConfig& c) {
@@ -169,7 +177,8 @@ torch::Tensor Llama::hidden(const torch::Tensor& tokens, const torch::Tensor& po
   auto [cos, sin] = rope_tables(positions, cfg_.head_dim(), cfg_.rope_theta);
   auto x = model_->embed_tokens(tokens);
   if (fused_kernels && fused_add_rmsnorm_support(x, x, model_->norm->weight)) return hidden_fused(x, cos, sin, mask);
-  for (auto& module : *model_->layers) x = module->as<LlamaDecoderLayer>()->forward(x, cos, sin, mask, fused_kernels);
+  for (auto& module : *model_->layers)
+    x = module->as<LlamaDecoderLayer>()->forward(x, cos, sin, mask, fused_kernels, recompute_swiglu);
   return model_->norm(x);
 }
 
@@ -188,7 +197,7 @@ torch::Tensor Llama::hidden_fused(torch::Tensor x, const torch::Tensor& cos, con
     auto* layer = module->as<LlamaDecoderLayer>();
     auto n1 = pending.defined() ? add_norm(pending, layer->input_layernorm) : layer->input_layernorm(x);
     auto n2 = add_norm(layer->self_attn(n1, cos, sin, mask, /*fused=*/true), layer->post_attention_layernorm);
-    pending = layer->mlp(n2, /*fused=*/true);
+    pending = layer->mlp(n2, /*fused=*/true, recompute_swiglu);
   }
   return pending.defined() ? add_norm(pending, model_->norm) : model_->norm(x);
 }

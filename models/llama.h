@@ -35,7 +35,9 @@ TORCH_MODULE(LlamaAttention);
 
 struct LlamaMLPImpl : torch::nn::Module {
   explicit LlamaMLPImpl(const ModelConfig& c);
-  torch::Tensor forward(const torch::Tensor& x, bool fused = false);  // fused: fused_swiglu_down
+  // fused: fused_swiglu (its product kept for the down projection's backward), or with recompute
+  // fused_swiglu_down (only gate_up kept; the product recomputed in the backward pass).
+  torch::Tensor forward(const torch::Tensor& x, bool fused = false, bool recompute = false);
   torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 };
 TORCH_MODULE(LlamaMLP);
@@ -43,7 +45,7 @@ TORCH_MODULE(LlamaMLP);
 struct LlamaDecoderLayerImpl : torch::nn::Module {
   explicit LlamaDecoderLayerImpl(const ModelConfig& c);
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        const AttnMask& mask, bool fused = false);
+                        const AttnMask& mask, bool fused = false, bool recompute_swiglu = false);
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   LlamaAttention self_attn{nullptr};
   LlamaMLP mlp{nullptr};

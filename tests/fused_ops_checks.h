@@ -171,8 +171,8 @@ inline void check_fused_linear_cross_entropy(torch::Device device, torch::Scalar
   }
 }
 
-// A small Llama with fused_kernels on and off, one row holding two documents: the same loss and parameter
-// gradients (bf16: under autocast).
+// A small Llama with fused_kernels on (SwiGLU product kept, or recomputed in the backward pass) and off, one
+// row holding two documents: the same loss and parameter gradients (bf16: under autocast).
 inline void check_fused_llama(torch::Device device, bool bf16, double loss_tol, double grad_tol, int64_t loss_chunk = 0) {
   ModelConfig c;
   c.vocab_size = 96, c.d_model = 64, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.d_ff = 96, c.max_seq_len = 32;
@@ -192,8 +192,9 @@ inline void check_fused_llama(torch::Device device, bool bf16, double loss_tol, 
   b.segments.index_put_({1, torch::indexing::Slice(9, 16)}, 1);
   b.positions.index_put_({1, torch::indexing::Slice(9, 16)}, torch::arange(7, iopts));
   b.has_segments = true;
-  auto run = [&](bool fused) {
+  auto run = [&](bool fused, bool recompute = false) {
     model->fused_kernels = fused;
+    model->recompute_swiglu = recompute;
     model->zero_grad();
     torch::Tensor loss;
     {
@@ -206,10 +207,13 @@ inline void check_fused_llama(torch::Device device, bool bf16, double loss_tol, 
     return std::make_pair(loss.detach(), grads);
   };
   auto [ref_loss, ref_grads] = run(false);
-  auto [loss, grads] = run(true);
-  EXPECT_LE(max_relative_error(loss, ref_loss), loss_tol) << "loss";
-  for (size_t i = 0; i < grads.size(); ++i)
-    EXPECT_LE(norm_relative_error(grads[i], ref_grads[i]), grad_tol) << "gradient of parameter " << i;
+  for (bool recompute : {false, true}) {
+    SCOPED_TRACE(recompute ? "SwiGLU recomputed" : "SwiGLU kept");
+    auto [loss, grads] = run(true, recompute);
+    EXPECT_LE(max_relative_error(loss, ref_loss), loss_tol) << "loss";
+    for (size_t i = 0; i < grads.size(); ++i)
+      EXPECT_LE(norm_relative_error(grads[i], ref_grads[i]), grad_tol) << "gradient of parameter " << i;
+  }
 }
 
 }  // namespace cw::test

@@ -11,6 +11,7 @@
 #include "common/files.h"
 #include "common/json.h"
 #include "data/tokenizer.h"
+#include "models/causal_lm.h"
 #include "tests/test_util.h"
 #include "train/recipe.h"
 #include "train/trainer.h"
@@ -77,10 +78,14 @@ TEST(Training, FusedKernelsTrainLikeTheUnfusedOps) {  // [train] fused_kernels t
   std::ostringstream log;
   TrainOptions o;
   o.out = &log;
-  TrainResult plain = train(tiny_recipe(out, "plain", 6), o);
+  Recipe p = tiny_recipe(out, "plain", 6);
+  p.set("train.fused_kernels", "false");
+  TrainResult plain = train(p, o);
   Recipe r = tiny_recipe(out, "fused", 6);
   r.set("train.fused_kernels", "true");
   TrainResult fused = train(r, o);
+  EXPECT_EQ(fused_kernels_wanted("auto", torch::Device(torch::kCPU)), false);  // auto: CUDA only
+  EXPECT_EQ(fused_kernels_wanted("auto", torch::Device(torch::kCUDA, 0)), true);
   ASSERT_EQ(fused.losses.size(), plain.losses.size());
   for (size_t i = 0; i < plain.losses.size(); ++i)
     EXPECT_NEAR(fused.losses[i], plain.losses[i], 1e-4 * std::abs(plain.losses[i])) << "step " << i + 1;

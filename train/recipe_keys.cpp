@@ -73,10 +73,13 @@ const std::vector<KeySpec>& recipe_keys() {
       {"train.keep", K::Int, "3", "checkpoints to keep (older ones are deleted)"},
       {"train.loss_chunk", K::Int, "0", "compute the loss in chunks of this many tokens without holding all logits "
        "(0 = all at once)"},
-      {"train.fused_kernels", K::Bool, "false", "fused RoPE, SwiGLU, add+RMSNorm and cross-entropy kernels "
-       "(fp32/bf16; the cross-entropy keeps no fp32 logits)"},
-      {"train.attention", K::String, "flash", "fused attention LibTorch tries first on CUDA (cudnn: cuDNN's, then "
-       "flash where cuDNN does not apply)", {"flash", "cudnn"}},
+      {"train.fused_kernels", K::String, "auto", "fused RoPE, SwiGLU, add+RMSNorm and cross-entropy kernels "
+       "(fp32/bf16; the cross-entropy keeps no fp32 logits); auto = on for CUDA, off on the CPU",
+       {"auto", "true", "false"}},
+      {"train.recompute_swiglu", K::Bool, "false", "fused kernels: recompute silu(gate) * up in the backward pass "
+       "instead of keeping it (saves 2 x d_ff bytes per token and layer, costs one more SwiGLU pass)"},
+      {"train.attention", K::String, "auto", "fused attention LibTorch tries first on CUDA (auto: LibTorch's own "
+       "order; flash or cudnn first, the others where it does not apply)", {"auto", "flash", "cudnn"}},
       {"train.max_bad_steps", K::Int, "5", "stop after this many non-finite steps in a row"},
       {"dist.zero", K::Int, "0", "data-parallel runs (torchrun): 1 = shard AdamW moments over ranks (ZeRO-1)",
        {"0", "1"}},

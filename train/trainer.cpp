@@ -163,7 +163,8 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
           "; set [data] tokenizer to the bundle's tokenizer.model and prepare the data with it");
   auto model = build_model(mc);
   model->loss_chunk_rows = r.i("train.loss_chunk");
-  model->fused_kernels = r.b("train.fused_kernels");
+  model->fused_kernels = fused_kernels_wanted(r.s("train.fused_kernels"), device);
+  model->recompute_swiglu = r.b("train.recompute_swiglu");
   set_attention_backend(r.s("train.attention"));
   NamedTensors params = named_parameters_of(*model);
   std::vector<bool> decay;

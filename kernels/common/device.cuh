@@ -70,7 +70,7 @@ __device__ __forceinline__ uint16_t float_to_bf(float f) {
   return u;
 }
 
-// N elements of T moved as one 16-byte access (N * sizeof(T) == 16, address 16-byte aligned), as fp32.
+// N elements of T moved as 16-byte accesses (N * sizeof(T) a multiple of 16, address 16-byte aligned), as fp32.
 template <typename T, int N>
 struct alignas(16) Pack {
   T v[N];

@@ -1,6 +1,7 @@
 // Fused RoPE on the q/k/v product for training, forward and backward (unit functions: rope_qkv_math.h; CPU
 // path: models/fused_ops.cpp; reference: apply_rope in models/llama.cpp). Blocks stride over rows, threads over
-// a row's units, moved as 16-byte packs; N = 1 when head_dim/2, the row stride or a pointer does not allow it.
+// a row's output units (a warp stores one contiguous run), moved as 16-byte packs (the fp32 tables as 2 x 16
+// bytes under bf16); N = 1 when head_dim/2, the row stride or a pointer does not allow it.
 #include "kernels/common/train_dispatch.cuh"
 #include "kernels/cuda.h"
 
@@ -32,7 +33,7 @@ void rope_qkv_forward(Storage st, const void* qkv, const float* cos, const float
                       void* q, void* k, void* v, cudaStream_t s) {
   if (shape.rows == 0) return;
   const auto fits = [&](int n) {
-    return all_aligned16({qkv, q, k, v}) && rope_qkv_pack(st == Storage::BF16, shape, shape.qkv_stride) == n;
+    return all_aligned16({qkv, q, k, v, cos, sin}) && rope_qkv_pack(st == Storage::BF16, shape, shape.qkv_stride) == n;
   };
   with_storage_pack(st, fits, [&](auto tag, auto n) {
     using T = decltype(tag);
@@ -47,7 +48,7 @@ void rope_qkv_backward(Storage st, const void* dq, const void* dk, const void* d
   if (shape.rows == 0) return;
   const int64_t stride = int64_t(shape.heads + 2 * shape.kv_heads) * shape.head_dim;
   const auto fits = [&](int n) {
-    return all_aligned16({dq, dk, dv, dqkv}) && rope_qkv_pack(st == Storage::BF16, shape, stride) == n;
+    return all_aligned16({dq, dk, dv, dqkv, cos, sin}) && rope_qkv_pack(st == Storage::BF16, shape, stride) == n;
   };
   with_storage_pack(st, fits, [&](auto tag, auto n) {
     using T = decltype(tag);

@@ -81,6 +81,7 @@ TEST(GpuFusedOps, LlamaLossAndGradientsEqualTheUnfusedModel) {
 static void expect_attention_matches_reference(torch::Tensor q, torch::Tensor k, torch::Tensor v,
                                                const AttnMask& ref_mask,
                                                const std::function<torch::Tensor()>& fast) {
+  for (auto* t : {&q, &k, &v}) t->mutable_grad() = torch::Tensor();
   auto w = torch::randn(q.sizes(), q.options().dtype(torch::kFloat32));
   auto out = fast();
   (out.to(torch::kFloat32) * w).sum().backward();
@@ -116,9 +117,9 @@ TEST(GpuFusedOps, VarlenFlashAttentionEqualsTheSegmentMask) {
   expect_attention_matches_reference(q, k, v, plain, [&] { return attend(q, k, v, m); });
 }
 
-// cuDNN's fused attention first (train.attention = cudnn): picked for the bench shapes on this card, and equal
-// to the softmax reference, forward and gradients; the default order picks flash.
-TEST(GpuFusedOps, CudnnAttentionEqualsTheReference) {
+// train.attention = flash | cudnn: each puts its kernel first, the pick follows, and both equal the softmax
+// reference, forward and gradients; auto restores LibTorch's own pick.
+TEST(GpuFusedOps, ChosenAttentionBackendEqualsTheReference) {
   SKIP_WITHOUT_GPU();
   torch::manual_seed(7);
   auto opts = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
@@ -127,14 +128,18 @@ TEST(GpuFusedOps, CudnnAttentionEqualsTheReference) {
   auto q = make(), k = make(), v = make();
   AttnMask m;
   m.q_offset = 0;
-  EXPECT_EQ(attention_backend_for(q, k, v), "flash");
-  set_attention_backend("cudnn");
-  EXPECT_EQ(attention_backend_for(q, k, v), "cudnn");
-  expect_attention_matches_reference(q, k, v, m, [&] {
-    auto out = attend(q, k, v, m);
-    set_attention_backend("flash");  // the backward pass runs the kernels the forward pass picked
-    return out;
-  });
+  const std::string libtorch_pick = attention_backend_for(q, k, v);
+  for (std::string backend : {"flash", "cudnn"}) {
+    SCOPED_TRACE(backend);
+    set_attention_backend(backend);
+    EXPECT_EQ(attention_backend_for(q, k, v), backend);
+    expect_attention_matches_reference(q, k, v, m, [&] {
+      auto out = attend(q, k, v, m);
+      set_attention_backend("auto");  // the backward pass runs the kernels the forward pass picked
+      return out;
+    });
+    EXPECT_EQ(attention_backend_for(q, k, v), libtorch_pick);
+  }
 }
 
 // 8,192 rows of 32,000 bf16 logits: the fused loss and gradient allocate well under torch's path (fp32 copy,

@@ -65,17 +65,21 @@ static int bench_order(const Args& args) {
 
 static int bench_train(const Args& args) {
   po::options_description desc("bench train options");
-  std::string config, device_name, precision_name, attention;
+  std::string config, device_name, precision_name, attention, fused_setting;
   int64_t steps, warmup, loss_chunk, profile_runs;
-  bool fused = false;
+  bool recompute_swiglu = false;
   desc.add_options()("config", po::value(&config)->default_value("124m"), "124m (32 x 1024) | 350m (16 x 2048) | tiny")(
       "steps", po::value(&steps)->default_value(20), "timed steps")(
       "warmup", po::value(&warmup)->default_value(5), "untimed steps first")(
       "device", po::value(&device_name)->default_value("auto"), "auto | cpu | cuda")(
       "precision", po::value(&precision_name)->default_value("auto"), "auto | fp32 | bf16")(
       "loss-chunk", po::value(&loss_chunk)->default_value(0), "tokens per loss chunk (0 = all logits at once)")(
-      "fused", po::bool_switch(&fused), "fused RoPE, SwiGLU, add+RMSNorm and cross-entropy kernels (train.fused_kernels)")(
-      "attention", po::value(&attention)->default_value("flash"), "flash | cudnn: SDPA's first choice (train.attention)")(
+      "fused-kernels", po::value(&fused_setting)->default_value("auto"),
+      "auto | true | false: fused RoPE, SwiGLU, add+RMSNorm and cross-entropy kernels (train.fused_kernels)")(
+      "recompute-swiglu", po::bool_switch(&recompute_swiglu), "recompute the SwiGLU product in the backward pass "
+      "(train.recompute_swiglu)")(
+      "attention", po::value(&attention)->default_value("auto"), "auto | flash | cudnn: SDPA's first choice "
+      "(train.attention)")(
       "profile", po::value(&profile_runs)->default_value(0), "also profile this many steps: time per kernel and category");
   po::positional_options_description pos;
   po::variables_map vm;
@@ -94,7 +98,9 @@ static int bench_train(const Args& args) {
   torch::manual_seed(0);
   auto model = build_model(c);
   model->loss_chunk_rows = loss_chunk;
+  const bool fused = fused_kernels_wanted(fused_setting, device);
   model->fused_kernels = fused;
+  model->recompute_swiglu = recompute_swiglu;
   set_attention_backend(attention);
   // The kernel SDPA picks for this shape (in the step's dtype), printed so the figures say what ran.
   const auto probe_dtype = precision == "bf16" ? torch::kBFloat16 : torch::kFloat32;
@@ -141,6 +147,7 @@ static int bench_train(const Args& args) {
 #endif
   std::cout << "{\"bench\": \"train\", \"config\": \"" << config << "\", \"device\": \"" << device.str()
             << "\", \"precision\": \"" << precision << "\", \"loss_chunk\": " << loss_chunk << ", \"fused\": " << (fused ? "true" : "false")
+            << ", \"recompute_swiglu\": " << (recompute_swiglu ? "true" : "false")
             << ", \"attention\": \"" << attention << "\", \"attention_kernel\": \"" << attention_kernel << "\""
             << ", \"B\": " << B << ", \"T\": " << T << ", \"tok_s\": "
             << std::llround(tok_s) << ", \"tflops\": " << tok_s * flops / 1e12 << ", \"mfu_vs_989\": "
