@@ -10,10 +10,15 @@ namespace cw {
 
 Batch Batch::to(const torch::Device& d) const {
   Batch b = *this;
-  b.tokens = tokens.to(d);
-  b.targets = targets.to(d);
-  b.positions = positions.to(d);
-  if (segments.defined()) b.segments = segments.to(d);
+  auto move = [&](const torch::Tensor& t) {
+    // From pinned memory the copy queues behind the device's work instead of waiting for it to finish.
+    if (d.is_cuda() && t.is_cpu()) return t.pin_memory().to(d, /*non_blocking=*/true);
+    return t.to(d);
+  };
+  b.tokens = move(tokens);
+  b.targets = move(targets);
+  b.positions = move(positions);
+  if (segments.defined()) b.segments = move(segments);
   return b;
 }
 

@@ -48,6 +48,32 @@ TEST(AdamW, FusedKernelMatchesTheLoop) {
   EXPECT_TRUE(torch::allclose(loop.slots()[0].exp_avg_sq, fused.slots()[0].exp_avg_sq, 1e-6, 1e-9));
 }
 
+// step(lr, skip) with skip = 1 changes nothing, the step count included, on both paths: equal to a run
+// that never saw those steps (whose gradients are garbage).
+TEST(AdamW, SkippedStepsChangeNothing) {
+  for (bool fused : {false, true}) {
+    SCOPED_TRACE(fused ? "fused" : "loop");
+    torch::manual_seed(5);
+    auto a = torch::randn({6, 5}, torch::requires_grad());
+    auto b = a.detach().clone().requires_grad_();
+    AdamW skipping({{"w", a}}, {true}, {0.9, 0.95, 1e-8, 0.1, fused});
+    AdamW plain({{"w", b}}, {true}, {0.9, 0.95, 1e-8, 0.1, fused});
+    for (int step = 0; step < 8; ++step) {
+      const bool bad = step == 2 || step == 3;
+      auto g = torch::randn({6, 5});
+      a.mutable_grad() = bad ? torch::full({6, 5}, NAN) : g.clone();
+      skipping.step(1e-2, torch::full({1}, bad ? 1.0f : 0.0f));
+      if (bad) continue;
+      b.mutable_grad() = g.clone();
+      plain.step(1e-2);
+    }
+    EXPECT_TRUE(torch::equal(a, b)) << (a - b).abs().max();
+    EXPECT_TRUE(torch::equal(skipping.slots()[0].exp_avg, plain.slots()[0].exp_avg));
+    EXPECT_EQ(skipping.steps(), 6);
+    EXPECT_EQ(plain.steps(), 6);
+  }
+}
+
 TEST(AdamW, DefaultDecayPolicy) {
   auto m = torch::zeros({2, 2}), v = torch::zeros({2});
   EXPECT_TRUE(default_weight_decay("model.layers.0.self_attn.q_proj.weight", m, false, false));

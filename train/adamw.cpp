@@ -23,10 +23,13 @@ AdamW::AdamW(const std::vector<std::pair<std::string, torch::Tensor>>& params, c
   }
 }
 
-void AdamW::fused_step(double lr) {
-  if (!step_tensor_.defined() && !slots_.empty())
-    step_tensor_ = torch::zeros({}, slots_.front().param.options().dtype(torch::kFloat32));
-  step_tensor_.fill_(double(steps_));
+void AdamW::fused_step(double lr, const torch::Tensor& skip) {
+  if (slots_.empty()) return;
+  if (!device_counts_) {
+    step_tensor_ = torch::full({}, double(steps_), slots_.front().param.options().dtype(torch::kFloat32));
+    device_counts_ = true;
+  }
+  step_tensor_.add_(1.0);  // the kernel reads the count including this step
   for (bool decay : {true, false}) {
     std::vector<torch::Tensor> p, g, m, v, steps;
     for (size_t i = 0; i < slots_.size(); ++i) {
@@ -36,15 +39,25 @@ void AdamW::fused_step(double lr) {
             steps.push_back(step_tensor_);
     }
     if (p.empty()) continue;
+    std::optional<torch::Tensor> found_inf;
+    if (skip.defined()) found_inf = skip.reshape({1});
     at::_fused_adamw_(p, g, m, v, {}, steps, lr, opt_.beta1, opt_.beta2, decay ? opt_.weight_decay : 0.0, opt_.eps,
-                      /*amsgrad=*/false, /*maximize=*/false);
+                      /*amsgrad=*/false, /*maximize=*/false, /*grad_scale=*/std::nullopt, found_inf);
   }
+  if (skip.defined()) step_tensor_.sub_(skip.reshape({}));  // a skipped step does not count
 }
 
-void AdamW::step(double lr) {
+int64_t AdamW::steps() const {
+  return device_counts_ ? int64_t(std::llround(step_tensor_.item<double>())) : steps_;
+}
+
+void AdamW::step(double lr) { step(lr, torch::Tensor()); }
+
+void AdamW::step(double lr, const torch::Tensor& skip) {
   torch::NoGradGuard ng;
+  if (opt_.fused) return fused_step(lr, skip);
+  if (skip.defined() && skip.item<double>() != 0) return;  // the reference path reads the flag back
   ++steps_;
-  if (opt_.fused) return fused_step(lr);
   const double bc1 = 1.0 - std::pow(opt_.beta1, double(steps_));
   const double bc2 = 1.0 - std::pow(opt_.beta2, double(steps_));
   for (size_t i = 0; i < slots_.size(); ++i) {
@@ -87,6 +100,7 @@ void AdamW::load_state(const std::map<std::string, torch::Tensor>& tensors, int6
   check(tensors.size() == 2 * slots_.size(), what, ": optimizer state has ", tensors.size(),
         " tensors, expected ", 2 * slots_.size(), " (different model?)");
   steps_ = steps;
+  device_counts_ = false;
   release_unowned();
 }
 

@@ -27,8 +27,11 @@ class AdamW {
   AdamW(const std::vector<std::pair<std::string, torch::Tensor>>& params, const std::vector<bool>& decay,
         AdamWOptions opt);
   void step(double lr);  // skips parameters without a gradient
+  // The same, unless SKIP (a one-element fp32 tensor on the parameters' device) holds a non-zero value: then
+  // nothing changes, step count included. On the fused path the test runs on the device (no read-back).
+  void step(double lr, const torch::Tensor& skip);
   void zero_grad();
-  int64_t steps() const { return steps_; }
+  int64_t steps() const;  // completed steps (reads the device's count back on the fused path)
   const std::vector<Slot>& slots() const { return slots_; }
   // "exp_avg.NAME" / "exp_avg_sq.NAME" tensors, and the step count.
   std::vector<std::pair<std::string, torch::Tensor>> state_tensors() const;
@@ -40,13 +43,14 @@ class AdamW {
   void release_unowned();    // free them again
 
  private:
-  void fused_step(double lr);
+  void fused_step(double lr, const torch::Tensor& skip);
   std::vector<Slot> slots_;
   bool updates(size_t i) const { return owned_.empty() || owned_[i]; }
   AdamWOptions opt_;
   std::vector<bool> owned_;  // empty: every slot
-  int64_t steps_ = 0;
-  torch::Tensor step_tensor_;  // the step count as the fused kernel reads it
+  int64_t steps_ = 0;          // the count while step_tensor_ does not hold it
+  torch::Tensor step_tensor_;  // fused path: the step count as the kernel reads it, kept on the device
+  bool device_counts_ = false;  // step_tensor_ is the count (false before the first fused step, after loads)
 };
 
 // Default policy: matrices decay; embeddings only if DECAY_EMBEDDINGS; norms and biases only if DECAY_NORMS.

@@ -118,6 +118,8 @@ double DataParallel::sum(double x) {
   return t.item<double>();
 }
 
+void DataParallel::sum_(torch::Tensor& t) { comm_->allreduce_sum(t)->wait(); }
+
 void DataParallel::broadcast_group(const std::vector<size_t>& idx, int root,
                                    const std::function<torch::Tensor(size_t)>& get) {
   if (idx.empty()) return;

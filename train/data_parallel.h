@@ -39,6 +39,7 @@ class DataParallel {
   void arm();                              // the next backward pass reduces the gradients
   void finish();                           // after it: every .grad holds the sum over ranks
   double sum(double x);                    // a scalar summed over ranks
+  void sum_(torch::Tensor& t);             // a device tensor summed over ranks in place (no read-back)
   void barrier() { comm_->barrier(); }
   int num_buckets() const { return int(buckets_.size()); }
 

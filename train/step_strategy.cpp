@@ -1,6 +1,8 @@
 // Implementation of train/step_strategy.h.
 #include "train/step_strategy.h"
 
+#include <cmath>
+
 #include "common/error.h"
 
 namespace cw {
@@ -17,7 +19,8 @@ StepResult StandardStep::run(CausalLM& model, const std::vector<Batch>& micro, c
     loss.backward();
     loss_sum = loss_sum.defined() ? loss_sum + loss.detach().to(torch::kFloat64) : loss.detach().to(torch::kFloat64);
   }
-  r.loss = loss_sum.item<double>();
+  r.loss_value = loss_sum;
+  r.loss = ctx.defer_readback ? NAN : loss_sum.item<double>();
   return r;
 }
 

@@ -15,7 +15,8 @@
 namespace cw {
 
 struct StepResult {
-  double loss = 0;           // mean token cross-entropy over the step
+  double loss = 0;           // mean token cross-entropy over the step (NaN when the read-back is deferred)
+  torch::Tensor loss_value;  // the same as an fp64 scalar on the model's device
   int64_t tokens = 0;        // input tokens processed
   int64_t target_tokens = 0;
 };
@@ -26,6 +27,7 @@ struct StepResult {
 struct StepContext {
   int64_t target_tokens = 0;                 // 0: the micro-batches' own count
   std::function<void()> before_last_backward;  // may be empty
+  bool defer_readback = false;               // leave the loss on the device (StepResult::loss_value only)
 };
 
 class StepStrategy {

@@ -2,6 +2,7 @@
 #include "train/trainer.h"
 
 #include <chrono>
+#include <deque>
 #include <cmath>
 #include <iomanip>
 #include <set>
@@ -17,6 +18,7 @@
 #include "train/collectives.h"
 #include "train/data_parallel.h"
 #include "train/data_setup.h"
+#include "train/deferred_values.h"
 #include "train/grad_clip.h"
 #include "train/metrics.h"
 #include "train/model_setup.h"
@@ -287,16 +289,71 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
     out << line.str() << "\n";
   };
 
-  // 4. The loop.
+  // 4. The loop. The host never waits for a step's values: the loss and gradient norm stay on the device, a
+  // non-finite one makes the optimizer skip the step there, and they are read back (and reported) one step
+  // later, while the next step runs. Checkpoints, evaluations and the end read everything first.
   result.first_step = step + 1;
   const auto t_start = Clock::now();
   auto t_log = t_start;
   int64_t tokens_since_log = 0;
+  struct Launched {
+    int64_t step;
+    double lr;
+    int64_t tokens;
+  };
+  std::deque<Launched> launched;
+  DeferredValues values;  // [loss, grad norm] of each launched step, in order
+  auto report = [&] {     // the oldest launched step's values are in: count, log, guard
+    const Launched l = launched.front();
+    launched.pop_front();
+    const std::vector<double> v = values.pop();
+    const double loss = v[0], gnorm = v[1];
+    tokens_seen += l.tokens;
+    tokens_since_log += l.tokens;
+    if (!std::isfinite(loss) || !std::isfinite(gnorm)) {  // NaN guard: the optimizer skipped it on the device
+      ++skipped;
+      ++bad_in_row;
+      result.losses.push_back(NAN);
+      metrics.write({{"step", l.step}, {"skipped", true}, {"loss", nullptr}, {"grad_norm", nullptr}});
+      out << "step " << l.step << ": non-finite loss or gradient, step skipped (" << bad_in_row << " in a row)\n";
+      check(bad_in_row < r.i("train.max_bad_steps"), "stopped at step ", l.step, ": ", bad_in_row,
+            " non-finite steps in a row. The weights and checkpoints hold no NaN; lower [optim] lr, check the "
+            "data, or resume from the last checkpoint with --resume.");
+      return;
+    }
+    bad_in_row = 0;
+    result.losses.push_back(loss);
+    const auto now = Clock::now();
+    const double elapsed = std::chrono::duration<double>(now - t_start).count();
+    const double since_log = std::chrono::duration<double>(now - t_log).count();
+    const double tok_s = double(tokens_since_log) / std::max(since_log, 1e-9);
+    // tok_s counts the global batch; MFU is per accelerator.
+    const double mfu = device.is_cuda() ? tok_s * flops_per_token / (double(denv.world) * r.f("run.peak_tflops") * 1e12) : NAN;
+    const int64_t done_here = l.step - result.first_step + 1;
+    const double eta = elapsed / double(done_here) * double(total_steps - l.step);
+    json rec = {{"step", l.step}, {"loss", loss}, {"lr", l.lr}, {"grad_norm", gnorm}, {"tokens", tokens_seen},
+                {"tok_s", tok_s}, {"elapsed_s", elapsed}};
+    if (device.is_cuda()) rec["mfu"] = mfu;
+    metrics.write(rec);
+    if (l.step % r.i("train.log_every") == 0 || l.step == total_steps || l.step == result.first_step) {
+      char mfu_text[16] = "-";
+      if (device.is_cuda()) std::snprintf(mfu_text, sizeof mfu_text, "%.1f%%", mfu * 100);
+      std::ostringstream line;
+      line << "step " << l.step << "/" << total_steps << " | loss " << std::fixed << std::setprecision(4) << loss
+           << " | lr " << std::scientific << std::setprecision(2) << l.lr << " | gnorm " << std::fixed
+           << std::setprecision(3) << gnorm << " | " << format_count(tok_s) << " tok/s | MFU " << mfu_text
+           << " | ETA " << format_duration(eta);
+      out << line.str() << "\n" << std::flush;
+      t_log = now;
+      tokens_since_log = 0;
+    }
+  };
   while (step < total_steps) {
     ++step;
     const double lr = schedule->lr(step);
     std::vector<Batch> micro;
     StepContext ctx;
+    ctx.defer_readback = true;
     int64_t step_tokens = 0;
     for (int64_t a = 0; a < accum; ++a) {
       Batch global = sampler.next();  // every rank draws the same global batch and keeps its rows
@@ -312,11 +369,10 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
     }
     if (dp) {  // gradients summed over ranks (each normalised by the global token count); the global loss
       dp->finish();
-      sr.loss = dp->sum(sr.loss);
+      dp->sum_(sr.loss_value);
     }
-    sr.tokens = step_tokens;
     if (inject_nan.count(step)) {  // test hook: poison this step
-      sr.loss = NAN;
+      sr.loss_value.fill_(NAN);
       params.front().second.mutable_grad().fill_(NAN);
     }
     masks.apply_to_grads();
@@ -324,57 +380,24 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
     for (auto& [n, p] : params)
       if (p.grad().defined()) grads.push_back(p);
     double clip = r.f("optim.grad_clip");
-    const double gnorm = clip_grad_norm(grads, clip > 0 ? clip : INFINITY).item<double>();
-    tokens_seen += sr.tokens;
-    tokens_since_log += sr.tokens;
-    const bool last = step == total_steps;
-    const bool ckpt_due = last || (r.i("train.ckpt_every") > 0 && step % r.i("train.ckpt_every") == 0);
-    if (!std::isfinite(sr.loss) || !std::isfinite(gnorm)) {  // NaN guard: nothing reaches the weights
-      optimizer.zero_grad();
-      ++skipped;
-      ++bad_in_row;
-      result.losses.push_back(NAN);
-      metrics.write({{"step", step}, {"skipped", true}, {"loss", nullptr}, {"grad_norm", nullptr}});
-      out << "step " << step << ": non-finite loss or gradient, step skipped (" << bad_in_row << " in a row)\n";
-      check(bad_in_row < r.i("train.max_bad_steps"), "stopped at step ", step, ": ", bad_in_row,
-            " non-finite steps in a row. The weights and checkpoints hold no NaN; lower [optim] lr, check the "
-            "data, or resume from the last checkpoint with --resume.");
-      if (ckpt_due) checkpoint(step);
-      continue;
-    }
-    bad_in_row = 0;
-    optimizer.step(lr);
+    const torch::Tensor gnorm = clip_grad_norm(grads, clip > 0 ? clip : INFINITY);
+    const torch::Tensor finite = torch::isfinite(sr.loss_value) & torch::isfinite(gnorm);
+    optimizer.step(lr, finite.logical_not().to(torch::kFloat32));  // nothing reaches the weights when not finite
     if (dp && r.i("dist.zero") == 1) dp->broadcast_updated_parameters();
     masks.apply_to_weights();
     masks.apply_to_optimizer(optimizer);
-    result.losses.push_back(sr.loss);
+    values.push(torch::stack({sr.loss_value.reshape({}), gnorm.reshape({}).to(torch::kFloat64)}));
+    launched.push_back({step, lr, step_tokens});
+    while (launched.size() > 1) report();  // the previous step's values: ready while this step runs
 
-    const auto now = Clock::now();
-    const double elapsed = std::chrono::duration<double>(now - t_start).count();
-    const double since_log = std::chrono::duration<double>(now - t_log).count();
-    const double tok_s = double(tokens_since_log) / std::max(since_log, 1e-9);
-    // tok_s counts the global batch; MFU is per accelerator.
-    const double mfu = device.is_cuda() ? tok_s * flops_per_token / (double(denv.world) * r.f("run.peak_tflops") * 1e12) : NAN;
-    const int64_t done_here = step - result.first_step + 1;
-    const double eta = elapsed / double(done_here) * double(total_steps - step);
-    json rec = {{"step", step}, {"loss", sr.loss}, {"lr", lr}, {"grad_norm", gnorm}, {"tokens", tokens_seen},
-                {"tok_s", tok_s}, {"elapsed_s", elapsed}};
-    if (device.is_cuda()) rec["mfu"] = mfu;
-    metrics.write(rec);
-    if (step % r.i("train.log_every") == 0 || last || step == result.first_step) {
-      char mfu_text[16] = "-";
-      if (device.is_cuda()) std::snprintf(mfu_text, sizeof mfu_text, "%.1f%%", mfu * 100);
-      std::ostringstream line;
-      line << "step " << step << "/" << total_steps << " | loss " << std::fixed << std::setprecision(4) << sr.loss
-           << " | lr " << std::scientific << std::setprecision(2) << lr << " | gnorm " << std::fixed
-           << std::setprecision(3) << gnorm << " | " << format_count(tok_s) << " tok/s | MFU " << mfu_text
-           << " | ETA " << format_duration(eta);
-      out << line.str() << "\n" << std::flush;
-      t_log = now;
-      tokens_since_log = 0;
-    }
-    if (r.i("train.eval_every") > 0 && step % r.i("train.eval_every") == 0 && !last) run_eval(step);
-    if (opt.stop_at > 0 && step >= opt.stop_at && !last) {  // simulated crash: no final checkpoint
+    const bool last = step == total_steps;
+    const bool ckpt_due = last || (r.i("train.ckpt_every") > 0 && step % r.i("train.ckpt_every") == 0);
+    const bool eval_due = r.i("train.eval_every") > 0 && step % r.i("train.eval_every") == 0 && !last;
+    const bool stop = opt.stop_at > 0 && step >= opt.stop_at && !last;
+    if (last || ckpt_due || eval_due || stop)
+      while (!launched.empty()) report();
+    if (eval_due) run_eval(step);
+    if (stop) {  // simulated crash: no final checkpoint
       result.last_step = step;
       result.skipped_steps = skipped;
       return result;

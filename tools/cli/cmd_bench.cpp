@@ -15,6 +15,7 @@
 #include "models/attention.h"
 #include "models/causal_lm.h"
 #include "train/adamw.h"
+#include "train/deferred_values.h"
 #include "train/grad_clip.h"
 #include "train/precision.h"
 #include "train/step_profile.h"
@@ -120,14 +121,20 @@ static int bench_train(const Args& args) {
   b.n_target_tokens = B * T;
   std::vector<torch::Tensor> tensors;
   for (auto& [n, p] : params) tensors.push_back(p);
-  auto one = [&] {  // the trainer's step: forward/backward, clip, AdamW
+  DeferredValues values;
+  auto one = [&] {  // the trainer's step: forward/backward, clip, AdamW (skipped on the device if not finite)
     opt.zero_grad();
+    StepContext ctx;
+    ctx.defer_readback = true;
+    StepResult sr;
     {
       AutocastScope autocast(device, precision);
-      step.run(*model, {b});
+      sr = step.run(*model, {b}, ctx);
     }
-    clip_grad_norm(tensors, 1.0).item<double>();  // the trainer reads the norm back every step too
-    opt.step(3e-4);
+    const auto norm = clip_grad_norm(tensors, 1.0);
+    opt.step(3e-4, (torch::isfinite(sr.loss_value) & torch::isfinite(norm)).logical_not().to(torch::kFloat32));
+    values.push(torch::stack({sr.loss_value.reshape({}), norm.reshape({}).to(torch::kFloat64)}));
+    while (values.size() > 1) values.pop();  // like the trainer: each step's values read one step late
   };
   for (int64_t i = 0; i < warmup; ++i) one();
 #ifdef CHUNKWISE_CUDA
