@@ -74,6 +74,25 @@ TEST(AdamW, SkippedStepsChangeNothing) {
   }
 }
 
+// The fused path with the learning rate as a tensor (what a captured CUDA graph replays) equals the double.
+TEST(AdamW, LearningRateTensorEqualsTheNumber) {
+  torch::manual_seed(6);
+  auto a = torch::randn({6, 5}, torch::requires_grad());
+  auto b = a.detach().clone().requires_grad_();
+  AdamW by_number({{"w", a}}, {true}, {0.9, 0.95, 1e-8, 0.1, true});
+  AdamW by_tensor({{"w", b}}, {true}, {0.9, 0.95, 1e-8, 0.1, true});
+  auto lr = torch::zeros({1});
+  for (int step = 0; step < 5; ++step) {
+    auto g = torch::randn({6, 5});
+    a.mutable_grad() = g.clone(), b.mutable_grad() = g.clone();
+    by_number.step(1e-2 * (step + 1), torch::zeros({1}));
+    lr.fill_(1e-2 * (step + 1));
+    by_tensor.step(lr, torch::zeros({1}));
+  }
+  EXPECT_LE((a - b).abs().max().item<double>(), 1e-7);
+  EXPECT_EQ(by_tensor.steps(), 5);
+}
+
 TEST(AdamW, DefaultDecayPolicy) {
   auto m = torch::zeros({2, 2}), v = torch::zeros({2});
   EXPECT_TRUE(default_weight_decay("model.layers.0.self_attn.q_proj.weight", m, false, false));

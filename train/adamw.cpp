@@ -23,7 +23,7 @@ AdamW::AdamW(const std::vector<std::pair<std::string, torch::Tensor>>& params, c
   }
 }
 
-void AdamW::fused_step(double lr, const torch::Tensor& skip) {
+void AdamW::fused_step(double lr, const torch::Tensor& lr_tensor, const torch::Tensor& skip) {
   if (slots_.empty()) return;
   if (!device_counts_) {
     step_tensor_ = torch::full({}, double(steps_), slots_.front().param.options().dtype(torch::kFloat32));
@@ -41,8 +41,13 @@ void AdamW::fused_step(double lr, const torch::Tensor& skip) {
     if (p.empty()) continue;
     std::optional<torch::Tensor> found_inf;
     if (skip.defined()) found_inf = skip.reshape({1});
-    at::_fused_adamw_(p, g, m, v, {}, steps, lr, opt_.beta1, opt_.beta2, decay ? opt_.weight_decay : 0.0, opt_.eps,
-                      /*amsgrad=*/false, /*maximize=*/false, /*grad_scale=*/std::nullopt, found_inf);
+    const double wd = decay ? opt_.weight_decay : 0.0;
+    if (lr_tensor.defined())
+      at::_fused_adamw_(p, g, m, v, {}, steps, lr_tensor, opt_.beta1, opt_.beta2, wd, opt_.eps, /*amsgrad=*/false,
+                        /*maximize=*/false, /*grad_scale=*/std::nullopt, found_inf);
+    else
+      at::_fused_adamw_(p, g, m, v, {}, steps, lr, opt_.beta1, opt_.beta2, wd, opt_.eps, /*amsgrad=*/false,
+                        /*maximize=*/false, /*grad_scale=*/std::nullopt, found_inf);
   }
   if (skip.defined()) step_tensor_.sub_(skip.reshape({}));  // a skipped step does not count
 }
@@ -53,9 +58,15 @@ int64_t AdamW::steps() const {
 
 void AdamW::step(double lr) { step(lr, torch::Tensor()); }
 
+void AdamW::step(const torch::Tensor& lr, const torch::Tensor& skip) {
+  if (!opt_.fused) return step(lr.item<double>(), skip);  // the reference loop reads it back
+  torch::NoGradGuard ng;
+  fused_step(0.0, lr.reshape({1}).to(torch::kFloat32), skip);
+}
+
 void AdamW::step(double lr, const torch::Tensor& skip) {
   torch::NoGradGuard ng;
-  if (opt_.fused) return fused_step(lr, skip);
+  if (opt_.fused) return fused_step(lr, torch::Tensor(), skip);
   if (skip.defined() && skip.item<double>() != 0) return;  // the reference path reads the flag back
   ++steps_;
   const double bc1 = 1.0 - std::pow(opt_.beta1, double(steps_));

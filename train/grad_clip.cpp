@@ -24,4 +24,8 @@ torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double ma
   return total;
 }
 
+torch::Tensor nonfinite_flag(const torch::Tensor& loss, const torch::Tensor& grad_norm) {
+  return (torch::isfinite(loss) & torch::isfinite(grad_norm)).logical_not().to(torch::kFloat32).reshape({1});
+}
+
 }  // namespace cw

@@ -13,4 +13,7 @@ namespace cw {
 // before scaling as a 0-dim fp32 tensor on the gradients' device (0 when no gradient is defined).
 torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm);
 
+// 1.0 (fp32, one element, on the device) when LOSS or GRAD_NORM is not finite, else 0.0: AdamW's skip flag.
+torch::Tensor nonfinite_flag(const torch::Tensor& loss, const torch::Tensor& grad_norm);
+
 }  // namespace cw

@@ -78,6 +78,9 @@ const std::vector<KeySpec>& recipe_keys() {
        {"auto", "true", "false"}},
       {"train.recompute_swiglu", K::Bool, "false", "fused kernels: recompute silu(gate) * up in the backward pass "
        "instead of keeping it (saves 2 x d_ff bytes per token and layer, costs one more SwiGLU pass)"},
+      {"train.cuda_graph", K::String, "auto", "capture the step (forward, backward, clipping, AdamW) in a CUDA graph "
+       "after 3 eager steps and replay it (auto: on CUDA in single-process runs without sparsity; steps with "
+       "document masks run eagerly)", {"auto", "true", "false"}},
       {"train.attention", K::String, "auto", "fused attention LibTorch tries first on CUDA (auto: LibTorch's own "
        "order; flash or cudnn first, the others where it does not apply)", {"auto", "flash", "cudnn"}},
       {"train.max_bad_steps", K::Int, "5", "stop after this many non-finite steps in a row"},

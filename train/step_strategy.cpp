@@ -14,7 +14,8 @@ StepResult StandardStep::run(CausalLM& model, const std::vector<Batch>& micro, c
   check(normaliser > 0, "a training step has no target tokens");
   torch::Tensor loss_sum;  // summed on the device: one read-back per step, not one per micro-batch
   for (size_t i = 0; i < micro.size(); ++i) {
-    auto loss = model.loss_sum(micro[i]) / double(normaliser);
+    auto sum = model.loss_sum(micro[i]);
+    auto loss = ctx.normaliser.defined() ? sum / ctx.normaliser : sum / double(normaliser);
     if (i + 1 == micro.size() && ctx.before_last_backward) ctx.before_last_backward();
     loss.backward();
     loss_sum = loss_sum.defined() ? loss_sum + loss.detach().to(torch::kFloat64) : loss.detach().to(torch::kFloat64);

@@ -28,6 +28,7 @@ struct StepContext {
   int64_t target_tokens = 0;                 // 0: the micro-batches' own count
   std::function<void()> before_last_backward;  // may be empty
   bool defer_readback = false;               // leave the loss on the device (StepResult::loss_value only)
+  torch::Tensor normaliser;                  // defined: the target-token count as a device scalar (CUDA graphs)
 };
 
 class StepStrategy {

@@ -20,6 +20,7 @@
 #include "train/data_setup.h"
 #include "train/deferred_values.h"
 #include "train/grad_clip.h"
+#include "train/graphed_step.h"
 #include "train/metrics.h"
 #include "train/model_setup.h"
 #include "train/precision.h"
@@ -348,6 +349,38 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
       tokens_since_log = 0;
     }
   };
+  // CUDA graphs: the whole step replayed from one capture where nothing in it talks to the host or other ranks.
+  const std::string graph_setting = r.s("train.cuda_graph");
+  const bool graph_possible = cuda_graphs_built() && device.is_cuda() && !dp && !masks.active() && inject_nan.empty();
+  check(graph_setting != "true" || graph_possible, "train.cuda_graph = true needs a CUDA build and device, one process, ",
+        "no sparsity masks and no debug.inject_nan_steps; use auto or false");
+  const double clip = r.f("optim.grad_clip") > 0 ? r.f("optim.grad_clip") : INFINITY;
+  auto grads_of_params = [&] {
+    std::vector<torch::Tensor> grads;
+    for (auto& [n, p] : params)
+      if (p.grad().defined()) grads.push_back(p);
+    return grads;
+  };
+  std::unique_ptr<CaptureStreamScope> capture_stream;
+  std::unique_ptr<GraphedStep> graphed;
+  if (graph_possible && graph_setting != "false") {
+    capture_stream = std::make_unique<CaptureStreamScope>(device);
+    graphed = std::make_unique<GraphedStep>(
+        [&](const std::vector<Batch>& mb, const torch::Tensor& lr_t, const torch::Tensor& normaliser) {
+          StepContext c;
+          c.defer_readback = true;
+          c.normaliser = normaliser;
+          StepResult res;
+          {
+            AutocastScope autocast(device, precision);
+            res = strategy->run(*model, mb, c);
+          }
+          auto gn = clip_grad_norm(grads_of_params(), clip);
+          optimizer.step(lr_t, nonfinite_flag(res.loss_value, gn));
+          return StepTensors{res.loss_value, gn};
+        },
+        [&] { optimizer.zero_grad(); }, device);
+  }
   while (step < total_steps) {
     ++step;
     const double lr = schedule->lr(step);
@@ -360,33 +393,35 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
       ctx.target_tokens += global.n_target_tokens, step_tokens += global.tokens.numel();
       micro.push_back((dp ? dp->shard(global) : global).to(device));
     }
-    if (dp) ctx.before_last_backward = [&] { dp->arm(); };
-    optimizer.zero_grad();
-    StepResult sr;
-    {
-      AutocastScope autocast(device, precision);
-      sr = strategy->run(*model, micro, ctx);
+    torch::Tensor loss_value, gnorm;
+    if (graphed && graphed->graphable(micro)) {
+      StepTensors t = graphed->run(micro, lr, ctx.target_tokens);
+      loss_value = t.loss, gnorm = t.grad_norm;
+    } else {
+      if (dp) ctx.before_last_backward = [&] { dp->arm(); };
+      optimizer.zero_grad();
+      StepResult sr;
+      {
+        AutocastScope autocast(device, precision);
+        sr = strategy->run(*model, micro, ctx);
+      }
+      if (dp) {  // gradients summed over ranks (each normalised by the global token count); the global loss
+        dp->finish();
+        dp->sum_(sr.loss_value);
+      }
+      if (inject_nan.count(step)) {  // test hook: poison this step
+        sr.loss_value.fill_(NAN);
+        params.front().second.mutable_grad().fill_(NAN);
+      }
+      masks.apply_to_grads();
+      gnorm = clip_grad_norm(grads_of_params(), clip);
+      loss_value = sr.loss_value;
+      optimizer.step(lr, nonfinite_flag(loss_value, gnorm));  // nothing reaches the weights when not finite
+      if (dp && r.i("dist.zero") == 1) dp->broadcast_updated_parameters();
+      masks.apply_to_weights();
+      masks.apply_to_optimizer(optimizer);
     }
-    if (dp) {  // gradients summed over ranks (each normalised by the global token count); the global loss
-      dp->finish();
-      dp->sum_(sr.loss_value);
-    }
-    if (inject_nan.count(step)) {  // test hook: poison this step
-      sr.loss_value.fill_(NAN);
-      params.front().second.mutable_grad().fill_(NAN);
-    }
-    masks.apply_to_grads();
-    std::vector<torch::Tensor> grads;
-    for (auto& [n, p] : params)
-      if (p.grad().defined()) grads.push_back(p);
-    double clip = r.f("optim.grad_clip");
-    const torch::Tensor gnorm = clip_grad_norm(grads, clip > 0 ? clip : INFINITY);
-    const torch::Tensor finite = torch::isfinite(sr.loss_value) & torch::isfinite(gnorm);
-    optimizer.step(lr, finite.logical_not().to(torch::kFloat32));  // nothing reaches the weights when not finite
-    if (dp && r.i("dist.zero") == 1) dp->broadcast_updated_parameters();
-    masks.apply_to_weights();
-    masks.apply_to_optimizer(optimizer);
-    values.push(torch::stack({sr.loss_value.reshape({}), gnorm.reshape({}).to(torch::kFloat64)}));
+    values.push(torch::stack({loss_value.reshape({}), gnorm.reshape({}).to(torch::kFloat64)}));
     launched.push_back({step, lr, step_tokens});
     while (launched.size() > 1) report();  // the previous step's values: ready while this step runs
 

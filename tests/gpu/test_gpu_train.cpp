@@ -1,12 +1,17 @@
 // GPU test binary of the fused training kernels (kernels/train_ops.h through models/fused_ops.h): each kernel
 // against LibTorch's unfused ops on fresh random inputs (fp32 within 1e-5, bf16 within 1e-2), a model with
-// fused_kernels on and off under bf16 autocast, and the memory the fused cross-entropy saves.
+// fused_kernels on and off under bf16 autocast, the memory the fused cross-entropy saves, and training steps
+// replayed from a CUDA graph against the same steps run eagerly.
 // Must not: run without a GPU (every test skips when CUDA is absent).
 #include <c10/cuda/CUDACachingAllocator.h>
 
 #include <functional>
 
 #include "tests/fused_ops_checks.h"
+#include "train/adamw.h"
+#include "train/grad_clip.h"
+#include "train/graphed_step.h"
+#include "train/step_strategy.h"
 
 namespace cw::test {
 
@@ -169,6 +174,99 @@ TEST(GpuFusedOps, CrossEntropyAllocatesNoFp32Logits) {
             << " x\n";
   EXPECT_LE(fused, 2.1 * logits_bytes);  // the logits and base's gradient, nothing of fp32 size
   EXPECT_LT(fused, 0.5 * unfused);
+}
+
+// Eight training steps of a small Llama (fused kernels, clipping, AdamW with a changing learning rate, one
+// step with a non-finite loss that must be skipped), eagerly and through GraphedStep (3 eager steps, then the
+// capture and replays with new batches): the same losses, gradient norms, weights and step count.
+TEST(GpuFusedSteps, CudaGraphReplaysTheEagerSteps) {
+  SKIP_WITHOUT_GPU();
+  for (bool bf16 : {false, true}) {
+    SCOPED_TRACE(bf16 ? "bf16 autocast" : "fp32");
+    const torch::Device device(torch::kCUDA, 0);
+    const std::string precision = bf16 ? "bf16" : "fp32";
+    ModelConfig c;
+    c.vocab_size = 128, c.d_model = 64, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.d_ff = 96;
+    c.max_seq_len = 32;
+    auto iopts = torch::TensorOptions().dtype(torch::kInt64).device(device);
+    torch::manual_seed(11);
+    std::vector<Batch> data;
+    for (int i = 0; i < 8; ++i) {
+      Batch b;
+      b.tokens = torch::randint(0, c.vocab_size, {2, 32}, iopts);
+      b.targets = torch::randint(0, c.vocab_size, {2, 32}, iopts);
+      b.targets.index_put_({0, torch::indexing::Slice(0, i)}, kIgnoreIndex);  // the normaliser changes per step
+      b.positions = torch::arange(32, iopts).unsqueeze(0).expand({2, 32}).contiguous();
+      b.n_target_tokens = (b.targets != kIgnoreIndex).sum().item<int64_t>();
+      data.push_back(b);
+    }
+    struct Run {
+      std::vector<double> losses, norms;
+      std::vector<torch::Tensor> weights;
+      int64_t steps;
+    };
+    auto train = [&](bool graphed_run) {
+      CaptureStreamScope stream_scope(device);
+      torch::manual_seed(12);
+      auto model = std::make_shared<Llama>(c);
+      model->to(device);
+      model->fused_kernels = true;
+      std::vector<std::pair<std::string, torch::Tensor>> params;
+      std::vector<bool> decay;
+      for (auto& p : model->named_parameters()) params.emplace_back(p.key(), p.value()), decay.push_back(p.value().dim() > 1);
+      AdamW opt(params, decay, {0.9, 0.95, 1e-8, 0.1, true});
+      StandardStep strategy;
+      auto body = [&](const std::vector<Batch>& mb, const torch::Tensor& lr, const torch::Tensor& normaliser) {
+        StepContext ctx;
+        ctx.defer_readback = true;
+        ctx.normaliser = normaliser;
+        StepResult sr;
+        {
+          AutocastScope autocast(device, precision);
+          sr = strategy.run(*model, mb, ctx);
+        }
+        std::vector<torch::Tensor> ps;
+        for (auto& [n, p] : params) ps.push_back(p);
+        auto norm = clip_grad_norm(ps, 0.5);
+        opt.step(lr, nonfinite_flag(sr.loss_value, norm));
+        return StepTensors{sr.loss_value, norm};
+      };
+      GraphedStep graphed(body, [&] { opt.zero_grad(); }, device, 3);
+      auto lr_t = torch::zeros({1}, torch::TensorOptions().dtype(torch::kFloat32).device(device));
+      Run run;
+      for (int i = 0; i < 8; ++i) {
+        const double lr = 1e-3 * (1 + i % 3);
+        const int64_t normaliser = i == 5 ? 0 : data[i].n_target_tokens;  // step 6: loss / 0, not finite
+        StepTensors out;
+        if (graphed_run) {
+          out = graphed.run({data[i]}, lr, normaliser);
+        } else {
+          opt.zero_grad();
+          lr_t.fill_(lr);
+          auto n = torch::full({1}, double(normaliser), lr_t.options());
+          out = body({data[i]}, lr_t, n);
+        }
+        run.losses.push_back(out.loss.item<double>());
+        run.norms.push_back(out.grad_norm.item<double>());
+      }
+      EXPECT_EQ(graphed.captured(), graphed_run);
+      for (auto& [n, p] : params) run.weights.push_back(p.detach().clone());
+      run.steps = opt.steps();
+      return run;
+    };
+    Run eager = train(false), graphed = train(true);
+    EXPECT_EQ(eager.steps, 7);  // step 6 skipped
+    EXPECT_EQ(graphed.steps, 7);
+    EXPECT_FALSE(std::isfinite(graphed.losses[5]));
+    const double tol = bf16 ? 1e-2 : 1e-5;
+    for (int i = 0; i < 8; ++i) {
+      if (i == 5) continue;
+      EXPECT_NEAR(graphed.losses[i], eager.losses[i], tol * std::abs(eager.losses[i])) << "step " << i + 1;
+      EXPECT_NEAR(graphed.norms[i], eager.norms[i], tol * std::abs(eager.norms[i]) + 1e-7) << "step " << i + 1;
+    }
+    for (size_t k = 0; k < eager.weights.size(); ++k)
+      EXPECT_LE(max_relative_error(graphed.weights[k], eager.weights[k]), tol) << "parameter " << k;
+  }
 }
 
 }  // namespace cw::test

@@ -17,6 +17,7 @@
 #include "train/adamw.h"
 #include "train/deferred_values.h"
 #include "train/grad_clip.h"
+#include "train/graphed_step.h"
 #include "train/precision.h"
 #include "train/step_profile.h"
 #include "train/step_strategy.h"
@@ -66,7 +67,7 @@ static int bench_order(const Args& args) {
 
 static int bench_train(const Args& args) {
   po::options_description desc("bench train options");
-  std::string config, device_name, precision_name, attention, fused_setting;
+  std::string config, device_name, precision_name, attention, fused_setting, graph_setting;
   int64_t steps, warmup, loss_chunk, profile_runs;
   bool recompute_swiglu = false;
   desc.add_options()("config", po::value(&config)->default_value("124m"), "124m (32 x 1024) | 350m (16 x 2048) | tiny")(
@@ -79,6 +80,8 @@ static int bench_train(const Args& args) {
       "auto | true | false: fused RoPE, SwiGLU, add+RMSNorm and cross-entropy kernels (train.fused_kernels)")(
       "recompute-swiglu", po::bool_switch(&recompute_swiglu), "recompute the SwiGLU product in the backward pass "
       "(train.recompute_swiglu)")(
+      "cuda-graph", po::value(&graph_setting)->default_value("auto"), "auto | true | false: replay the step from a "
+      "CUDA graph (train.cuda_graph; auto: on CUDA)")(
       "attention", po::value(&attention)->default_value("auto"), "auto | flash | cudnn: SDPA's first choice "
       "(train.attention)")(
       "profile", po::value(&profile_runs)->default_value(0), "also profile this many steps: time per kernel and category");
@@ -121,19 +124,35 @@ static int bench_train(const Args& args) {
   b.n_target_tokens = B * T;
   std::vector<torch::Tensor> tensors;
   for (auto& [n, p] : params) tensors.push_back(p);
-  DeferredValues values;
-  auto one = [&] {  // the trainer's step: forward/backward, clip, AdamW (skipped on the device if not finite)
-    opt.zero_grad();
+  const bool graphs = device.is_cuda() && cuda_graphs_built() && graph_setting != "false";
+  check(graph_setting != "true" || graphs, "--cuda-graph true needs a CUDA build and device");
+  auto body = [&](const std::vector<Batch>& mb, const torch::Tensor& lr, const torch::Tensor& normaliser) {
     StepContext ctx;
     ctx.defer_readback = true;
+    ctx.normaliser = normaliser;
     StepResult sr;
     {
       AutocastScope autocast(device, precision);
-      sr = step.run(*model, {b}, ctx);
+      sr = step.run(*model, mb, ctx);
     }
     const auto norm = clip_grad_norm(tensors, 1.0);
-    opt.step(3e-4, (torch::isfinite(sr.loss_value) & torch::isfinite(norm)).logical_not().to(torch::kFloat32));
-    values.push(torch::stack({sr.loss_value.reshape({}), norm.reshape({}).to(torch::kFloat64)}));
+    opt.step(lr, nonfinite_flag(sr.loss_value, norm));
+    return StepTensors{sr.loss_value, norm};
+  };
+  CaptureStreamScope stream_scope(device);
+  std::unique_ptr<GraphedStep> graphed;
+  if (graphs) graphed = std::make_unique<GraphedStep>(body, [&] { opt.zero_grad(); }, device);
+  const auto lr_tensor = torch::full({1}, 3e-4, torch::TensorOptions().dtype(torch::kFloat32).device(device));
+  DeferredValues values;
+  auto one = [&] {  // the trainer's step: forward/backward, clip, AdamW (skipped on the device if not finite)
+    StepTensors out;
+    if (graphed) {
+      out = graphed->run({b}, 3e-4, B * T);
+    } else {
+      opt.zero_grad();
+      out = body({b}, lr_tensor, torch::Tensor());
+    }
+    values.push(torch::stack({out.loss.reshape({}), out.grad_norm.reshape({}).to(torch::kFloat64)}));
     while (values.size() > 1) values.pop();  // like the trainer: each step's values read one step late
   };
   for (int64_t i = 0; i < warmup; ++i) one();
@@ -155,6 +174,7 @@ static int bench_train(const Args& args) {
   std::cout << "{\"bench\": \"train\", \"config\": \"" << config << "\", \"device\": \"" << device.str()
             << "\", \"precision\": \"" << precision << "\", \"loss_chunk\": " << loss_chunk << ", \"fused\": " << (fused ? "true" : "false")
             << ", \"recompute_swiglu\": " << (recompute_swiglu ? "true" : "false")
+            << ", \"cuda_graph\": " << (graphs ? "true" : "false")
             << ", \"attention\": \"" << attention << "\", \"attention_kernel\": \"" << attention_kernel << "\""
             << ", \"B\": " << B << ", \"T\": " << T << ", \"tok_s\": "
             << std::llround(tok_s) << ", \"tflops\": " << tok_s * flops / 1e12 << ", \"mfu_vs_989\": "
