@@ -155,10 +155,12 @@ static int bench_train(const Args& args) {
     values.push(torch::stack({out.loss.reshape({}), out.grad_norm.reshape({}).to(torch::kFloat64)}));
     while (values.size() > 1) values.pop();  // like the trainer: each step's values read one step late
   };
-  for (int64_t i = 0; i < warmup; ++i) one();
+  // Peak memory over every step, warm-up included: a CUDA graph allocates its private pool while it is
+  // captured (in the warm-up) and nothing afterwards, so a peak taken after the warm-up would miss it.
 #ifdef CHUNKWISE_CUDA
   if (device.is_cuda()) torch::cuda::synchronize(), c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());
 #endif
+  for (int64_t i = 0; i < warmup; ++i) one();
   auto t0 = std::chrono::steady_clock::now();
   for (int64_t i = 0; i < steps; ++i) one();
   if (device.is_cuda()) torch::cuda::synchronize();
