@@ -68,8 +68,22 @@ torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch
   return at::scaled_dot_product_attention(q, k, v, opt_mask, 0.0, false, std::nullopt, gqa);
 }
 
+// LibTorch settles its priority order on its first scaled-dot-product dispatch (priority_order() in
+// sdp_utils.cpp puts cuDNN first on some cards then), overwriting an order set before. One dispatch decision
+// on tiny inputs first makes that happen now, so the order set afterwards stays.
+static void settle_libtorch_sdp_order() {
+  static const bool settled = [] {
+    if (!torch::cuda::is_available()) return true;
+    auto t = torch::zeros({1, 1, 8, 64}, torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA));
+    at::_fused_sdp_choice(t, t, t, std::nullopt, 0.0, true, std::nullopt, false);
+    return true;
+  }();
+  (void)settled;
+}
+
 void set_attention_backend(const std::string& name) {
   using B = at::SDPBackend;
+  settle_libtorch_sdp_order();
   // LibTorch's own order, as found before the first change.
   static const std::vector<int64_t> libtorch_order = [] {
     std::vector<int64_t> ids;
