@@ -1,8 +1,6 @@
 // Implementation of train/trainer.h. Read `train()` top to bottom: it is the whole loop.
 #include "train/trainer.h"
 
-#include <chrono>
-#include <deque>
 #include <cmath>
 #include <iomanip>
 #include <set>
@@ -26,6 +24,7 @@
 #include "train/precision.h"
 #include "train/schedule.h"
 #include "train/sparsity.h"
+#include "train/step_log.h"
 #include "train/step_strategy.h"
 
 namespace cw {
@@ -41,7 +40,6 @@ double unigram_entropy(const std::vector<uint32_t>& tokens, int64_t vocab_size) 
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
 
 std::set<int64_t> parse_step_list(const std::string& s) {
   std::set<int64_t> out;
@@ -212,7 +210,7 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
   const std::set<int64_t> inject_nan = parse_step_list(r.s("debug.inject_nan_steps"));
 
   // 3. Resume: weights, optimizer, masks, data position, random states, counters.
-  int64_t step = 0, skipped = 0, bad_in_row = 0, tokens_seen = 0;
+  int64_t step = 0, skipped = 0, tokens_seen = 0;  // the counters a resumed run starts from
   fs::create_directories(run_dir);
   if (resuming) {
     LoadedCheckpoint ck = load_checkpoint(*latest);
@@ -258,9 +256,16 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
         << dense / sparse << "x fewer)\n";
   }
 
+  StepLogSettings log_settings;
+  log_settings.first_step = step + 1, log_settings.total_steps = total_steps;
+  log_settings.log_every = r.i("train.log_every"), log_settings.max_bad_steps = r.i("train.max_bad_steps");
+  log_settings.flops_per_token = flops_per_token;
+  log_settings.peak_flops = device.is_cuda() ? double(denv.world) * r.f("run.peak_tflops") * 1e12 : 0.0;
+  StepLog log(log_settings, metrics, out, tokens_seen, skipped);
   auto checkpoint = [&](int64_t at_step) {
     json st = {{"step", at_step}, {"optimizer_steps", optimizer.steps()}, {"sampler", json::parse(sampler.state())},
-               {"skipped_steps", skipped}, {"tokens_seen", tokens_seen}, {"tokenizer_hash", tok.identity().hash},
+               {"skipped_steps", log.skipped()}, {"tokens_seen", log.tokens_seen()},
+               {"tokenizer_hash", tok.identity().hash},
                {"init_from", r.s("init.from")}, {"sparsity", level},
                {"model_config", json::parse(mc.to_json())}};
     auto save = [&] {
@@ -294,60 +299,11 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
   // non-finite one makes the optimizer skip the step there, and they are read back (and reported) one step
   // later, while the next step runs. Checkpoints, evaluations and the end read everything first.
   result.first_step = step + 1;
-  const auto t_start = Clock::now();
-  auto t_log = t_start;
-  int64_t tokens_since_log = 0;
-  struct Launched {
-    int64_t step;
-    double lr;
-    int64_t tokens;
-  };
-  std::deque<Launched> launched;
-  DeferredValues values;  // [loss, grad norm] of each launched step, in order
-  auto report = [&] {     // the oldest launched step's values are in: count, log, guard
-    const Launched l = launched.front();
-    launched.pop_front();
-    const std::vector<double> v = values.pop();
-    const double loss = v[0], gnorm = v[1];
-    tokens_seen += l.tokens;
-    tokens_since_log += l.tokens;
-    if (!std::isfinite(loss) || !std::isfinite(gnorm)) {  // NaN guard: the optimizer skipped it on the device
-      ++skipped;
-      ++bad_in_row;
-      result.losses.push_back(NAN);
-      metrics.write({{"step", l.step}, {"skipped", true}, {"loss", nullptr}, {"grad_norm", nullptr}});
-      out << "step " << l.step << ": non-finite loss or gradient, step skipped (" << bad_in_row << " in a row)\n";
-      check(bad_in_row < r.i("train.max_bad_steps"), "stopped at step ", l.step, ": ", bad_in_row,
-            " non-finite steps in a row. The weights and checkpoints hold no NaN; lower [optim] lr, check the "
-            "data, or resume from the last checkpoint with --resume.");
-      return;
-    }
-    bad_in_row = 0;
-    result.losses.push_back(loss);
-    const auto now = Clock::now();
-    const double elapsed = std::chrono::duration<double>(now - t_start).count();
-    const double since_log = std::chrono::duration<double>(now - t_log).count();
-    const double tok_s = double(tokens_since_log) / std::max(since_log, 1e-9);
-    // tok_s counts the global batch; MFU is per accelerator.
-    const double mfu = device.is_cuda() ? tok_s * flops_per_token / (double(denv.world) * r.f("run.peak_tflops") * 1e12) : NAN;
-    const int64_t done_here = l.step - result.first_step + 1;
-    const double eta = elapsed / double(done_here) * double(total_steps - l.step);
-    json rec = {{"step", l.step}, {"loss", loss}, {"lr", l.lr}, {"grad_norm", gnorm}, {"tokens", tokens_seen},
-                {"tok_s", tok_s}, {"elapsed_s", elapsed}};
-    if (device.is_cuda()) rec["mfu"] = mfu;
-    metrics.write(rec);
-    if (l.step % r.i("train.log_every") == 0 || l.step == total_steps || l.step == result.first_step) {
-      char mfu_text[16] = "-";
-      if (device.is_cuda()) std::snprintf(mfu_text, sizeof mfu_text, "%.1f%%", mfu * 100);
-      std::ostringstream line;
-      line << "step " << l.step << "/" << total_steps << " | loss " << std::fixed << std::setprecision(4) << loss
-           << " | lr " << std::scientific << std::setprecision(2) << l.lr << " | gnorm " << std::fixed
-           << std::setprecision(3) << gnorm << " | " << format_count(tok_s) << " tok/s | MFU " << mfu_text
-           << " | ETA " << format_duration(eta);
-      out << line.str() << "\n" << std::flush;
-      t_log = now;
-      tokens_since_log = 0;
-    }
+  auto finish = [&] {  // the result's counters, once every launched step is recorded
+    result.losses = log.losses();
+    result.last_step = step;
+    result.skipped_steps = log.skipped();
+    return result;
   };
   // CUDA graphs: the whole step replayed from one capture where nothing in it talks to the host or other ranks.
   const std::string graph_setting = r.s("train.cuda_graph");
@@ -421,29 +377,21 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
       masks.apply_to_weights();
       masks.apply_to_optimizer(optimizer);
     }
-    values.push(torch::stack({loss_value.reshape({}), gnorm.reshape({}).to(torch::kFloat64)}));
-    launched.push_back({step, lr, step_tokens});
-    while (launched.size() > 1) report();  // the previous step's values: ready while this step runs
+    log.launched(step, lr, step_tokens, loss_value, gnorm);
+    log.settle(1);  // the previous step's values: ready while this step runs
 
     const bool last = step == total_steps;
     const bool ckpt_due = last || (r.i("train.ckpt_every") > 0 && step % r.i("train.ckpt_every") == 0);
     const bool eval_due = r.i("train.eval_every") > 0 && step % r.i("train.eval_every") == 0 && !last;
     const bool stop = opt.stop_at > 0 && step >= opt.stop_at && !last;
-    if (last || ckpt_due || eval_due || stop)
-      while (!launched.empty()) report();
+    if (last || ckpt_due || eval_due || stop) log.settle();
     if (eval_due) run_eval(step);
-    if (stop) {  // simulated crash: no final checkpoint
-      result.last_step = step;
-      result.skipped_steps = skipped;
-      return result;
-    }
+    if (stop) return finish();  // simulated crash: no final checkpoint
     if (ckpt_due) checkpoint(step);
   }
   run_eval(step);
-  result.last_step = step;
-  result.skipped_steps = skipped;
-  if (skipped) out << skipped << " step(s) were skipped for non-finite values\n";
-  return result;
+  if (log.skipped()) out << log.skipped() << " step(s) were skipped for non-finite values\n";
+  return finish();
 }
 
 }  // namespace cw
