@@ -15,13 +15,9 @@
 #include <vector>
 
 #include "data/batch.h"
+#include "train/train_step.h"
 
 namespace cw {
-
-struct StepTensors {
-  torch::Tensor loss;       // fp64 scalar: the step's mean loss
-  torch::Tensor grad_norm;  // the gradient norm before clipping
-};
 
 class GraphedStep {
  public:

@@ -17,7 +17,6 @@
 #include "train/data_parallel.h"
 #include "train/data_setup.h"
 #include "train/deferred_values.h"
-#include "train/grad_clip.h"
 #include "train/graphed_step.h"
 #include "train/metrics.h"
 #include "train/model_setup.h"
@@ -26,6 +25,7 @@
 #include "train/sparsity.h"
 #include "train/step_log.h"
 #include "train/step_strategy.h"
+#include "train/train_step.h"
 
 namespace cw {
 
@@ -311,12 +311,8 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
   check(graph_setting != "true" || graph_possible, "train.cuda_graph = true needs a CUDA build and device, one process, ",
         "no sparsity masks and no debug.inject_nan_steps; use auto or false");
   const double clip = r.f("optim.grad_clip") > 0 ? r.f("optim.grad_clip") : INFINITY;
-  auto grads_of_params = [&] {
-    std::vector<torch::Tensor> grads;
-    for (auto& [n, p] : params)
-      if (p.grad().defined()) grads.push_back(p);
-    return grads;
-  };
+  std::vector<torch::Tensor> param_tensors;
+  for (auto& [n, p] : params) param_tensors.push_back(p);
   std::unique_ptr<CaptureStreamScope> capture_stream;
   std::unique_ptr<GraphedStep> graphed;
   if (graph_possible && graph_setting != "false") {
@@ -326,14 +322,8 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
           StepContext c;
           c.defer_readback = true;
           c.normaliser = normaliser;
-          StepResult res;
-          {
-            AutocastScope autocast(device, precision);
-            res = strategy->run(*model, mb, c);
-          }
-          auto gn = clip_grad_norm(grads_of_params(), clip);
-          optimizer.step(lr_t, nonfinite_flag(res.loss_value, gn));
-          return StepTensors{res.loss_value, gn};
+          StepResult res = run_under_autocast(*strategy, *model, mb, c, device, precision);
+          return clip_and_step(param_tensors, clip, optimizer, res.loss_value, 0.0, lr_t);
         },
         [&] { optimizer.zero_grad(); }, device);
   }
@@ -349,18 +339,13 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
       ctx.target_tokens += global.n_target_tokens, step_tokens += global.tokens.numel();
       micro.push_back((dp ? dp->shard(global) : global).to(device));
     }
-    torch::Tensor loss_value, gnorm;
+    StepTensors t;
     if (graphed && graphed->graphable(micro)) {
-      StepTensors t = graphed->run(micro, lr, ctx.target_tokens);
-      loss_value = t.loss, gnorm = t.grad_norm;
+      t = graphed->run(micro, lr, ctx.target_tokens);
     } else {
       if (dp) ctx.before_last_backward = [&] { dp->arm(); };
       optimizer.zero_grad();
-      StepResult sr;
-      {
-        AutocastScope autocast(device, precision);
-        sr = strategy->run(*model, micro, ctx);
-      }
+      StepResult sr = run_under_autocast(*strategy, *model, micro, ctx, device, precision);
       if (dp) {  // gradients summed over ranks (each normalised by the global token count); the global loss
         dp->finish();
         dp->sum_(sr.loss_value);
@@ -370,14 +355,13 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
         params.front().second.mutable_grad().fill_(NAN);
       }
       masks.apply_to_grads();
-      gnorm = clip_grad_norm(grads_of_params(), clip);
-      loss_value = sr.loss_value;
-      optimizer.step(lr, nonfinite_flag(loss_value, gnorm));  // nothing reaches the weights when not finite
+      // Nothing reaches the weights when the loss or the norm is not finite.
+      t = clip_and_step(param_tensors, clip, optimizer, sr.loss_value, lr);
       if (dp && r.i("dist.zero") == 1) dp->broadcast_updated_parameters();
       masks.apply_to_weights();
       masks.apply_to_optimizer(optimizer);
     }
-    log.launched(step, lr, step_tokens, loss_value, gnorm);
+    log.launched(step, lr, step_tokens, t.loss, t.grad_norm);
     log.settle(1);  // the previous step's values: ready while this step runs
 
     const bool last = step == total_steps;

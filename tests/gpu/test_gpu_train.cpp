@@ -11,7 +11,6 @@
 #include "checkpoints/checkpoint.h"
 #include "tests/test_util.h"
 #include "train/adamw.h"
-#include "train/grad_clip.h"
 #include "train/graphed_step.h"
 #include "train/step_strategy.h"
 #include "train/trainer.h"
@@ -221,21 +220,15 @@ TEST(GpuFusedSteps, CudaGraphReplaysTheEagerSteps) {
       std::vector<bool> decay;
       for (auto& p : model->named_parameters()) params.emplace_back(p.key(), p.value()), decay.push_back(p.value().dim() > 1);
       AdamW opt(params, decay, {0.9, 0.95, 1e-8, 0.1, true});
+      std::vector<torch::Tensor> ps;
+      for (auto& [n, p] : params) ps.push_back(p);
       StandardStep strategy;
       auto body = [&](const std::vector<Batch>& mb, const torch::Tensor& lr, const torch::Tensor& normaliser) {
         StepContext ctx;
         ctx.defer_readback = true;
         ctx.normaliser = normaliser;
-        StepResult sr;
-        {
-          AutocastScope autocast(device, precision);
-          sr = strategy.run(*model, mb, ctx);
-        }
-        std::vector<torch::Tensor> ps;
-        for (auto& [n, p] : params) ps.push_back(p);
-        auto norm = clip_grad_norm(ps, 0.5);
-        opt.step(lr, nonfinite_flag(sr.loss_value, norm));
-        return StepTensors{sr.loss_value, norm};
+        StepResult sr = run_under_autocast(strategy, *model, mb, ctx, device, precision);
+        return clip_and_step(ps, 0.5, opt, sr.loss_value, 0.0, lr);
       };
       GraphedStep graphed(body, [&] { opt.zero_grad(); }, device, 3);
       auto lr_t = torch::zeros({1}, torch::TensorOptions().dtype(torch::kFloat32).device(device));

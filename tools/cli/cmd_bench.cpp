@@ -16,7 +16,6 @@
 #include "models/causal_lm.h"
 #include "train/adamw.h"
 #include "train/deferred_values.h"
-#include "train/grad_clip.h"
 #include "train/graphed_step.h"
 #include "train/precision.h"
 #include "train/step_profile.h"
@@ -130,14 +129,8 @@ static int bench_train(const Args& args) {
     StepContext ctx;
     ctx.defer_readback = true;
     ctx.normaliser = normaliser;
-    StepResult sr;
-    {
-      AutocastScope autocast(device, precision);
-      sr = step.run(*model, mb, ctx);
-    }
-    const auto norm = clip_grad_norm(tensors, 1.0);
-    opt.step(lr, nonfinite_flag(sr.loss_value, norm));
-    return StepTensors{sr.loss_value, norm};
+    StepResult sr = run_under_autocast(step, *model, mb, ctx, device, precision);
+    return clip_and_step(tensors, 1.0, opt, sr.loss_value, 0.0, lr);
   };
   CaptureStreamScope stream_scope(device);
   std::unique_ptr<GraphedStep> graphed;

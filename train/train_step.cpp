@@ -1,0 +1,24 @@
+// Implementation of train/train_step.h.
+#include "train/train_step.h"
+
+#include "train/grad_clip.h"
+#include "train/precision.h"
+
+namespace cw {
+
+StepResult run_under_autocast(StepStrategy& strategy, CausalLM& model, const std::vector<Batch>& batches,
+                              const StepContext& ctx, const torch::Device& device, const std::string& precision) {
+  AutocastScope autocast(device, precision);
+  return strategy.run(model, batches, ctx);
+}
+
+StepTensors clip_and_step(const std::vector<torch::Tensor>& params, double max_norm, AdamW& opt,
+                          const torch::Tensor& loss, double lr, const torch::Tensor& lr_tensor) {
+  auto norm = clip_grad_norm(params, max_norm);
+  const auto skip = nonfinite_flag(loss, norm);
+  if (lr_tensor.defined()) opt.step(lr_tensor, skip);
+  else opt.step(lr, skip);
+  return StepTensors{loss, norm};
+}
+
+}  // namespace cw

@@ -1,0 +1,32 @@
+// The two halves of a training step that the trainer, its CUDA graph, `bench train` and the GPU tests share:
+// the step strategy's forward and backward passes under autocast, then gradient clipping and AdamW, which
+// skips the step on the device when the loss or the gradient norm is not finite (nothing is read back).
+// Must not: read values back to the host, or touch data-parallel hooks and sparsity masks (the trainer runs
+// those between the halves).
+#pragma once
+#include <torch/torch.h>
+
+#include <string>
+#include <vector>
+
+#include "train/adamw.h"
+#include "train/step_strategy.h"
+
+namespace cw {
+
+struct StepTensors {
+  torch::Tensor loss;       // fp64 scalar: the step's mean loss
+  torch::Tensor grad_norm;  // the gradient norm before clipping
+};
+
+// STRATEGY over BATCHES with autocast on for PRECISION ("bf16") on DEVICE.
+StepResult run_under_autocast(StepStrategy& strategy, CausalLM& model, const std::vector<Batch>& batches,
+                              const StepContext& ctx, const torch::Device& device, const std::string& precision);
+
+// Clips the gradients of PARAMS (those without one are left out) to MAX_NORM, then steps OPT with LR, or with
+// LR_TENSOR (a one-element fp32 device tensor, what a CUDA graph replays) when defined, unless LOSS or the
+// norm is not finite. Returns {LOSS, the norm before clipping}.
+StepTensors clip_and_step(const std::vector<torch::Tensor>& params, double max_norm, AdamW& opt,
+                          const torch::Tensor& loss, double lr, const torch::Tensor& lr_tensor = {});
+
+}  // namespace cw
