@@ -90,8 +90,8 @@ void set_attention_backend(const std::string& name) {
     for (B b : at::globalContext().sDPPriorityOrder()) ids.push_back(int64_t(b));
     return ids;
   }();
-  std::vector<B> order;
   if (name == "auto") return at::globalContext().setSDPPriorityOrder(libtorch_order);
+  std::vector<B> order;
   if (name == "flash") order = {B::flash_attention, B::cudnn_attention, B::efficient_attention, B::math, B::overrideable};
   else if (name == "cudnn")
     order = {B::cudnn_attention, B::flash_attention, B::efficient_attention, B::math, B::overrideable};
