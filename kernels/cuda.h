@@ -75,6 +75,17 @@ void gemm_skinny(const uint16_t* W, int out, int in, const uint16_t* x, int T, f
 void gemv_rmsnorm(const uint16_t* W, int out, int in, const float* x, const uint16_t* norm_w, float eps, int T,
                   float beta, float* y, cudaStream_t s);
 void gemv_swiglu(const uint16_t* W, int out, int in, const float* gate_up, int T, float beta, float* y, cudaStream_t s);
+// Decode's products with the next elementwise step in their epilogue (one warp computes the two rows it needs):
+// qkv = RMSNorm(x) * norm_w times W, the fused [q; k; v] weight of (H + 2 Hkv) * hd rows, then q rotated into
+// qkv (fp32 [T][(H + 2 Hkv) * hd]; its k and v columns are not written) and k, v appended to the caches at
+// slot[t]: equal to gemv_rmsnorm then rope_append.
+void gemv_rmsnorm_rope_append(const uint16_t* W, int in, const float* x, const uint16_t* norm_w, float eps, int T,
+                              const int32_t* pos, const int32_t* slot, int H, int Hkv, int hd, float theta, float* qkv,
+                              uint16_t* k_cache, uint16_t* v_cache, cudaStream_t s);
+// h (bf16 [T][ff]) = silu(gate) * up of RMSNorm(x) * norm_w times W, the [gate; up] weight of 2 ff rows: equal
+// to gemv_rmsnorm then swiglu.
+void gemv_rmsnorm_swiglu(const uint16_t* W, int ff, int in, const float* x, const uint16_t* norm_w, float eps, int T,
+                         uint16_t* h, cudaStream_t s);
 void sample(const float* logits, int rows, int V, const SampleParams* params, int32_t* out, cudaStream_t s);
 
 }  // namespace cw::kern::cuda

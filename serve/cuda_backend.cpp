@@ -66,14 +66,21 @@ struct CudaBackend::Impl {
   kern::SampleParams *d_params = nullptr, *h_params = nullptr;
   size_t m_tokens = 0, m_pos = 0, m_slots = 0, m_sample = 0, small_end = 0, meta_total = 0, max_pages_listed = 0;
   LevelMeta lv[2];
-  std::map<int, cudaGraphExec_t> graphs;
+  // Captured steps by launch shape: decode-only steps padded to a power of two ({-1, B}), and any other step
+  // without cuBLAS attention items by every host value its launches take (staged_key), captured the second
+  // time that shape is seen. Replays read the new step's metadata from the same device buffers.
+  std::map<std::vector<int>, cudaGraphExec_t> graphs;
+  std::map<std::vector<int>, int> shapes_seen;
+  static constexpr size_t kMaxGraphs = 256;
   struct Staged {
-    bool graph = false;
+    bool graph = false;   // a padded decode-only step (B rows)
+    bool replay = false;  // run from a captured graph (decode-only, or a mixed step whose shape repeats)
     int B = 0, T = 0, R = 0, levels = 1, items[2] = {0, 0}, tiles[2] = {0, 0}, splits[2] = {1, 1}, rpt[2] = {1, 1};
     int wide_tiles[2] = {0, 0};  // tensor-core attention: chunk tiles, listed after the level's narrow tiles
     bool fused_merge = false;    // no cuBLAS items: the last level's attention launches merge their rows
   };
   Staged stage(const StepPlan& plan, bool allow_graph);  // fills and copies the step's metadata
+  static std::vector<int> staged_key(const Staged& st);   // every host value launch_all reads from st
   void execute(const Staged& st);                        // the graph replay or the launches
   // Attention on tensor cores (paged_attention_mma.cu) where the shape is built, unless CHUNKWISE_ATTENTION_SIMT
   // is set: decode rows in narrow tiles, chunks of at least kWideRows rows in wide tiles. Otherwise the CUDA-core
@@ -87,6 +94,8 @@ struct CudaBackend::Impl {
   // Products of 5 to 64 rows: cuBLAS, or our tensor-core kernel (gemm_skinny.cu) when CHUNKWISE_GEMM_SKINNY is
   // set; on an H200 it is still slower than cuBLAS (docs/BENCHMARKS.md).
   bool skinny = std::getenv("CHUNKWISE_GEMM_SKINNY") != nullptr;
+  bool unfused_decode = std::getenv("CHUNKWISE_DECODE_UNFUSED") != nullptr;
+  bool graphs_decode_only = std::getenv("CHUNKWISE_GRAPHS_DECODE_ONLY") != nullptr;  // to compare (bench)
   struct DenseItem {
     int row_begin, rows, kv_len, kv_pos0;
     size_t pages_off;
@@ -151,20 +160,28 @@ struct CudaBackend::Impl {
     mark("start");
     kern::cuda::embedding(embed, d_meta + m_tokens, T, d, x, stream);
     mark("embedding");
-    // Decode: the norms run inside the matrix-vector products. (SwiGLU inside the down product was slower on an
-    // H200: every block recomputes 5,632 activations; see docs/BENCHMARKS.md.)
-    const bool fuse = T <= 4;
+    // Decode: the norms run inside the matrix-vector products, RoPE with the KV append and SwiGLU in their
+    // epilogues. (SwiGLU inside the down product instead was slower on an H200: every block recomputes 5,632
+    // activations; see docs/BENCHMARKS.md.) CHUNKWISE_DECODE_UNFUSED keeps the separate kernels, to compare.
+    const bool fuse = T <= 4, fuse_epilogues = fuse && !unfused_decode;
+    const float theta = float(c.rope_theta);
     for (auto& L : layers) {
-      if (fuse) {
-        kern::cuda::gemv_rmsnorm(L.qkv, nqkv, d, x, L.ln1, eps, T, 0, qkv, stream);
+      if (fuse_epilogues) {
+        kern::cuda::gemv_rmsnorm_rope_append(L.qkv, d, x, L.ln1, eps, T, pos, d_meta + m_slots, H, Hkv, hd, theta,
+                                             qkv, L.k, L.v, stream);
+        mark("qkv product + rope + KV append");
       } else {
-        kern::cuda::rmsnorm(x, nullptr, T, d, L.ln1, eps, xn, stream);
-        mark("rmsnorm");
-        linear(xn, T, L.qkv, nqkv, d, 0, qkv);
+        if (fuse) {
+          kern::cuda::gemv_rmsnorm(L.qkv, nqkv, d, x, L.ln1, eps, T, 0, qkv, stream);
+        } else {
+          kern::cuda::rmsnorm(x, nullptr, T, d, L.ln1, eps, xn, stream);
+          mark("rmsnorm");
+          linear(xn, T, L.qkv, nqkv, d, 0, qkv);
+        }
+        mark("qkv product");
+        kern::cuda::rope_append(qkv, pos, d_meta + m_slots, T, H, Hkv, hd, theta, L.k, L.v, stream);
+        mark("rope + KV append");
       }
-      mark("qkv product");
-      kern::cuda::rope_append(qkv, pos, d_meta + m_slots, T, H, Hkv, hd, float(c.rope_theta), L.k, L.v, stream);
-      mark("rope + KV append");
       int slot0 = 0;
       for (int li = 0; li < levels; ++li) {
         kern::cuda::AttnMerge merge;
@@ -205,16 +222,21 @@ struct CudaBackend::Impl {
       }
       linear(att, T, L.o, d, H * hd, 1, x);
       mark("o product");
-      if (fuse) {
-        kern::cuda::gemv_rmsnorm(L.gate_up, 2 * ff, d, x, L.ln2, eps, T, 0, gu, stream);
+      if (fuse_epilogues) {
+        kern::cuda::gemv_rmsnorm_swiglu(L.gate_up, ff, d, x, L.ln2, eps, T, h, stream);
+        mark("gate/up product + swiglu");
       } else {
-        kern::cuda::rmsnorm(x, nullptr, T, d, L.ln2, eps, xn, stream);
-        mark("rmsnorm");
-        linear(xn, T, L.gate_up, 2 * ff, d, 0, gu);
+        if (fuse) {
+          kern::cuda::gemv_rmsnorm(L.gate_up, 2 * ff, d, x, L.ln2, eps, T, 0, gu, stream);
+        } else {
+          kern::cuda::rmsnorm(x, nullptr, T, d, L.ln2, eps, xn, stream);
+          mark("rmsnorm");
+          linear(xn, T, L.gate_up, 2 * ff, d, 0, gu);
+        }
+        mark("gate/up product");
+        kern::cuda::swiglu(gu, T, ff, h, stream);
+        mark("swiglu");
       }
-      mark("gate/up product");
-      kern::cuda::swiglu(gu, T, ff, h, stream);
-      mark("swiglu");
       linear(h, T, L.down, d, ff, 1, x);
       mark("down product");
     }
@@ -457,27 +479,38 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
   const int slots = levels == 2 ? splits[0] + splits[1] : splits[0];
   st.fused_merge = m.dense[0].empty() && m.dense[1].empty() &&
                    (wide_tiles[0] + wide_tiles[1] == 0 || slots == 1 || (m.mma && levels == 1));
+  // Mixed steps replay too where their launches take no per-step host values: the cuBLAS attention items do.
+  st.replay = graph || (allow_graph && m.opt.cuda_graphs && !m.graphs_decode_only && m.dense[0].empty() &&
+                        m.dense[1].empty());
   return st;
+}
+
+std::vector<int> CudaBackend::Impl::staged_key(const Staged& st) {
+  if (st.graph) return {-1, st.B};
+  return {st.T,        st.R,        st.levels,   st.items[0],      st.items[1],      st.tiles[0],
+          st.tiles[1], st.splits[0], st.splits[1], st.rpt[0],        st.rpt[1],        st.wide_tiles[0],
+          st.wide_tiles[1], int(st.fused_merge)};
 }
 
 void CudaBackend::Impl::execute(const Staged& st) {
   Impl& m = *this;
-  if (st.graph) {
-    auto it = m.graphs.find(st.B);
-    if (it == m.graphs.end()) {
-      cudaGraph_t g;
-      check_cuda(cudaStreamBeginCapture(m.stream, cudaStreamCaptureModeThreadLocal), "capturing a decode graph");
-      m.launch_all(st);
-      check_cuda(cudaStreamEndCapture(m.stream, &g), "capturing a decode graph");
-      cudaGraphExec_t exec;
-      check_cuda(cudaGraphInstantiate(&exec, g, 0), "instantiating a decode graph");
-      cudaGraphDestroy(g);
-      it = m.graphs.emplace(st.B, exec).first;
-    }
-    check_cuda(cudaGraphLaunch(it->second, m.stream), "replaying a decode graph");
-  } else {
+  if (!st.replay) return m.launch_all(st);
+  const std::vector<int> key = staged_key(st);
+  auto it = m.graphs.find(key);
+  if (it == m.graphs.end()) {
+    // Decode graphs at once (few shapes, every step); other shapes once seen twice, while there is room.
+    const bool capture = st.graph || (++m.shapes_seen[key] >= 2 && m.graphs.size() < kMaxGraphs);
+    if (!capture) return m.launch_all(st);
+    cudaGraph_t g;
+    check_cuda(cudaStreamBeginCapture(m.stream, cudaStreamCaptureModeThreadLocal), "capturing a step graph");
     m.launch_all(st);
+    check_cuda(cudaStreamEndCapture(m.stream, &g), "capturing a step graph");
+    cudaGraphExec_t exec;
+    check_cuda(cudaGraphInstantiate(&exec, g, 0), "instantiating a step graph");
+    cudaGraphDestroy(g);
+    it = m.graphs.emplace(key, exec).first;
   }
+  check_cuda(cudaGraphLaunch(it->second, m.stream), "replaying a step graph");
 }
 
 std::vector<int32_t> CudaBackend::forward(const StepPlan& plan, std::vector<float>* logits_out) {
@@ -498,14 +531,14 @@ std::vector<int32_t> CudaBackend::forward(const StepPlan& plan, std::vector<floa
 CudaBackend::StepProfile CudaBackend::profile(const StepPlan& plan, int reps) {
   Impl& m = *impl_;
   StepProfile p;
-  forward(plan, nullptr);  // warm-up (and graph capture)
+  for (int i = 0; i < 2; ++i) forward(plan, nullptr);  // warm-up (a graph is captured when the shape repeats)
   auto t0 = std::chrono::steady_clock::now();
   for (int i = 0; i < reps; ++i) forward(plan, nullptr);
   p.forward_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
   cudaEvent_t e0, e1;
   cudaEventCreate(&e0), cudaEventCreate(&e1);
   Impl::Staged st = m.stage(plan, true);
-  if (st.graph) {
+  if (st.replay && m.graphs.count(Impl::staged_key(st))) {
     m.execute(st);
     cudaEventRecord(e0, m.stream);
     for (int i = 0; i < reps; ++i) m.execute(st);

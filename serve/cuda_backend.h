@@ -1,6 +1,7 @@
 // The engine's CUDA backend: bf16 weights and KV pages on the GPU, fp32 accumulation, cuBLAS for matrix
-// products of more than four rows and kernels/ for everything else; decode-only steps run as CUDA graphs
-// captured once per padded batch size. Results are checked against CpuBackend (same plans, same math).
+// products of more than four rows and kernels/ for everything else. Steps run as CUDA graphs: decode-only
+// steps captured once per padded batch size, other steps (chunked prefill beside decodes) once their launch
+// shape repeats. Results are checked against CpuBackend (same plans, same math).
 // Must not: link LibTorch, or expose CUDA types in this header (serve/ users build without CUDA headers).
 #pragma once
 #include <memory>
@@ -19,7 +20,7 @@ struct CudaBackendOptions {
   int max_tokens = 1024;     // rows per step
   int max_sample_rows = 256;
   int max_splits = 16;       // split-KV parts per attention item
-  bool cuda_graphs = true;   // capture decode-only steps
+  bool cuda_graphs = true;   // replay steps from captured graphs
 };
 
 class CudaBackend : public Backend {
@@ -37,8 +38,8 @@ class CudaBackend : public Backend {
   double weight_bytes() const;  // bytes read per decode step for the weights
   int graphs_captured() const;
   std::vector<float> cached(bool key, int layer, int slot) const;  // for tests
-  // Where one step's time goes: the whole forward() (host work included), the graph replay alone (decode-only
-  // plans), and the GPU time of each operation summed over layers (events between launches, no graph).
+  // Where one step's time goes: the whole forward() (host work included), the graph replay alone (plans that
+  // replay), and the GPU time of each operation summed over layers (events between launches, no graph).
   struct StepProfile {
     double forward_ms = 0, graph_ms = 0, ops_total_ms = 0;
     std::vector<std::pair<std::string, double>> ops;

@@ -1,6 +1,8 @@
 // Matrix-vector products for decode (1 to 4 rows of x): bandwidth-bound, warps over output rows reading
-// each bf16 weight row once in 16-byte loads, fp32 accumulation, optional fused residual (beta = 1).
-// Reference: matmul_ref.cpp.
+// each bf16 weight row once in 16-byte loads, fp32 accumulation. What happens to a row's sums is the
+// epilogue's choice: stored (optional fused residual, beta = 1), or, for pairs of rows one warp computes,
+// RoPE with the KV append (the qkv product) or SwiGLU (the gate/up product), so decode runs no separate
+// rope_append or swiglu kernel. Reference: matmul_ref.cpp composed with rope_append_ref.cpp / swiglu_ref.cpp.
 #include <algorithm>
 
 #include "kernels/common/device.cuh"
@@ -23,87 +25,164 @@ __device__ __forceinline__ uint4 load_streaming(const uint4* p) {
   return v;
 }
 
-// Warps stride over output rows: y[t][row] = beta * y + W[row] . x[t], x given as 16-byte pieces (global or
-// shared). Each warp holds the first kPre 16-byte pieces per lane of its next row in registers: the first
-// row's are loaded before the predecessor finishes (weights do not depend on it; programmatic dependent
-// launch), later rows' while the current row is reduced. With one row of x a 2,048-wide row is read whole
-// that way; with more rows of x half of it (registers).
-constexpr int kWarpsPerBlock = 8, kBlocksPerSm = 3;
-
-template <int kPre>
-struct RowPieces {
-  uint4 w[kPre];
-  __device__ __forceinline__ void load(const uint16_t* W, int row, int out, int nvec, int in) {
-    const int lane = threadIdx.x % 32;
-    if (row >= out) return;
-    const uint4* wr = reinterpret_cast<const uint4*>(W + int64_t(row) * in);
-#pragma unroll
-    for (int i = 0; i < kPre; ++i)
-      if (lane + 32 * i < nvec) w[i] = load_streaming(wr + lane + 32 * i);
+// Epilogues. A unit is the kRows output rows one warp computes; store(u, t, s) receives their sums s[kRows]
+// for row t of x (lane 0 only). Step metadata (positions, slots) is read there, after pdl_wait().
+struct StoreRows {  // y[t][row] = s, or s + y[t][row] with beta = 1
+  static constexpr int kRows = 1;
+  int out;
+  float beta;
+  float* y;
+  __host__ __device__ int units() const { return out; }
+  __device__ int row(int u, int) const { return u; }
+  __device__ void store(int u, int t, const float* s) const {
+    float& dst = y[int64_t(t) * out + u];
+    dst = beta == 0.f ? s[0] : s[0] + beta * dst;
   }
 };
 
-template <int T, int kPre>
-__device__ __forceinline__ void gemv_rows(const uint16_t* W, int out, int in, const uint4* xv, float beta, float* y,
-                                          RowPieces<kPre>& pre) {
+// The fused [q; k; v] product: unit u is the pair (i, i + hd/2) of head u / (hd/2), rotated as
+// rope_append_kernel rotates it (same expressions); q into qkv (fp32), k and v to the caches in bf16.
+struct RopeAppendRows {
+  static constexpr int kRows = 2;
+  int H, Hkv, hd;
+  float theta;
+  const int32_t *pos, *slot;
+  float* qkv;
+  uint16_t *k_cache, *v_cache;
+  __host__ __device__ int units() const { return (H + 2 * Hkv) * hd / 2; }
+  __device__ int row(int u, int j) const {
+    const int half = hd / 2;
+    return (u / half) * hd + u % half + j * half;
+  }
+  __device__ void store(int u, int t, const float* s) const {
+    const int half = hd / 2, h = u / half, i = u % half;
+    const int64_t base = int64_t(slot[t]) * Hkv * hd;
+    if (h >= H + Hkv) {  // v: appended as it is
+      const int64_t o = base + int64_t(h - H - Hkv) * hd;
+      v_cache[o + i] = dev::float_to_bf(s[0]), v_cache[o + i + half] = dev::float_to_bf(s[1]);
+      return;
+    }
+    const float inv_freq = powf(theta, -float(2 * i) / float(hd));
+    float sn, cs;
+    sincosf(float(pos[t]) * inv_freq, &sn, &cs);
+    const float y1 = s[0] * cs - s[1] * sn, y2 = s[1] * cs + s[0] * sn;
+    if (h < H) {
+      float* q = qkv + int64_t(t) * (H + 2 * Hkv) * hd + int64_t(h) * hd;
+      q[i] = y1, q[i + half] = y2;
+    } else {
+      const int64_t o = base + int64_t(h - H) * hd;
+      k_cache[o + i] = dev::float_to_bf(y1), k_cache[o + i + half] = dev::float_to_bf(y2);
+    }
+  }
+};
+
+// The [gate; up] product: unit u is the pair (u, ff + u); h[t][u] = silu(gate) * up in bf16, as swiglu_kernel.
+struct SwigluRows {
+  static constexpr int kRows = 2;
+  int ff;
+  uint16_t* h;
+  __host__ __device__ int units() const { return ff; }
+  __device__ int row(int u, int j) const { return u + j * ff; }
+  __device__ void store(int u, int t, const float* s) const {
+    const float g = s[0], up = s[1];
+    h[int64_t(t) * ff + u] = dev::float_to_bf(g / (1.f + expf(-g)) * up);
+  }
+};
+
+// Warps stride over units, x given as 16-byte pieces (global or shared). Each warp holds the first kPre
+// 16-byte pieces per lane of each row of its next unit in registers: the first unit's are loaded before the
+// predecessor finishes (weights do not depend on it; programmatic dependent launch), later units' while the
+// current one is reduced. With one row of x and one row per unit a 2,048-wide row is read whole that way.
+constexpr int kWarpsPerBlock = 8, kBlocksPerSm = 3;
+
+template <int T, int kRows>
+constexpr int prefetch_pieces() {
+  return (T == 1 ? 8 : (T == 2 ? 4 : 2)) / kRows > 0 ? (T == 1 ? 8 : (T == 2 ? 4 : 2)) / kRows : 1;
+}
+
+template <int kPre, int kRows>
+struct UnitPieces {
+  uint4 w[kRows][kPre];
+  template <class Epi>
+  __device__ __forceinline__ void load(const uint16_t* W, const Epi& epi, int u, int nvec, int in) {
+    const int lane = threadIdx.x % 32;
+    if (u >= epi.units()) return;
+#pragma unroll
+    for (int j = 0; j < kRows; ++j) {
+      const uint4* wr = reinterpret_cast<const uint4*>(W + int64_t(epi.row(u, j)) * in);
+#pragma unroll
+      for (int i = 0; i < kPre; ++i)
+        if (lane + 32 * i < nvec) w[j][i] = load_streaming(wr + lane + 32 * i);
+    }
+  }
+};
+
+template <int T, int kPre, class Epi>
+__device__ __forceinline__ void gemv_units(const uint16_t* W, int in, const uint4* xv, const Epi& epi,
+                                           UnitPieces<kPre, Epi::kRows>& pre) {
+  constexpr int R = Epi::kRows;
   const int lane = threadIdx.x % 32, stride = gridDim.x * kWarpsPerBlock;
-  const int nvec = in / 8;
-  for (int row = blockIdx.x * kWarpsPerBlock + threadIdx.x / 32; row < out; row += stride) {
-    const uint4* w = reinterpret_cast<const uint4*>(W + int64_t(row) * in);
-    float acc[T];
+  const int nvec = in / 8, units = epi.units();
+  for (int u = blockIdx.x * kWarpsPerBlock + threadIdx.x / 32; u < units; u += stride) {
+    float acc[R][T];
 #pragma unroll
-    for (int t = 0; t < T; ++t) acc[t] = 0;
+    for (int j = 0; j < R; ++j) {
+      const uint4* w = reinterpret_cast<const uint4*>(W + int64_t(epi.row(u, j)) * in);
 #pragma unroll
-    for (int i = 0; i < kPre; ++i) {
-      const int v = lane + 32 * i;
-      if (v < nvec)
+      for (int t = 0; t < T; ++t) acc[j][t] = 0;
 #pragma unroll
-        for (int t = 0; t < T; ++t) acc[t] += dot8(pre.w[i], xv[t * nvec + v]);
+      for (int i = 0; i < kPre; ++i) {
+        const int v = lane + 32 * i;
+        if (v < nvec)
+#pragma unroll
+          for (int t = 0; t < T; ++t) acc[j][t] += dot8(pre.w[j][i], xv[t * nvec + v]);
+      }
+      int v = lane + 32 * kPre;
+      for (; v + 96 < nvec; v += 128) {  // four loads in flight per lane
+        uint4 w0 = load_streaming(w + v), w1 = load_streaming(w + v + 32), w2 = load_streaming(w + v + 64),
+              w3 = load_streaming(w + v + 96);
+#pragma unroll
+        for (int t = 0; t < T; ++t)
+          acc[j][t] += dot8(w0, xv[t * nvec + v]) + dot8(w1, xv[t * nvec + v + 32]) + dot8(w2, xv[t * nvec + v + 64]) +
+                       dot8(w3, xv[t * nvec + v + 96]);
+      }
+      for (; v < nvec; v += 32) {
+        uint4 w0 = load_streaming(w + v);
+#pragma unroll
+        for (int t = 0; t < T; ++t) acc[j][t] += dot8(w0, xv[t * nvec + v]);
+      }
     }
-    int v = lane + 32 * kPre;
-    for (; v + 96 < nvec; v += 128) {  // four loads in flight per lane
-      uint4 w0 = load_streaming(w + v), w1 = load_streaming(w + v + 32), w2 = load_streaming(w + v + 64),
-            w3 = load_streaming(w + v + 96);
-#pragma unroll
-      for (int t = 0; t < T; ++t)
-        acc[t] += dot8(w0, xv[t * nvec + v]) + dot8(w1, xv[t * nvec + v + 32]) + dot8(w2, xv[t * nvec + v + 64]) +
-                  dot8(w3, xv[t * nvec + v + 96]);
-    }
-    for (; v < nvec; v += 32) {
-      uint4 w0 = load_streaming(w + v);
-#pragma unroll
-      for (int t = 0; t < T; ++t) acc[t] += dot8(w0, xv[t * nvec + v]);
-    }
-    pre.load(W, row + stride, out, nvec, in);  // the next row's first pieces, in flight during the reductions
+    pre.load(W, epi, u + stride, nvec, in);  // the next unit's first pieces, in flight during the reductions
 #pragma unroll
     for (int t = 0; t < T; ++t) {
-      const float s = dev::warp_sum(acc[t]);
-      if (lane == 0) {
-        float& dst = y[int64_t(t) * out + row];
-        dst = beta == 0.f ? s : s + beta * dst;
-      }
+      float s[R];
+#pragma unroll
+      for (int j = 0; j < R; ++j) s[j] = dev::warp_sum(acc[j][t]);
+      if (lane == 0) epi.store(u, t, s);
     }
   }
 }
 
-template <int T>
-__global__ void __launch_bounds__(kWarpsPerBlock * 32, kBlocksPerSm) gemv_kernel(const uint16_t* W, int out, int in, const uint16_t* x, float beta, float* y) {
+template <int T, class Epi>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32, kBlocksPerSm) gemv_kernel(const uint16_t* W, int in, const uint16_t* x, Epi epi) {
   dev::pdl_trigger();
-  RowPieces<T == 1 ? 8 : (T == 2 ? 4 : 2)> pre;
-  pre.load(W, blockIdx.x * kWarpsPerBlock + threadIdx.x / 32, out, in / 8, in);
+  constexpr int kPre = prefetch_pieces<T, Epi::kRows>();
+  UnitPieces<kPre, Epi::kRows> pre;
+  pre.load(W, epi, blockIdx.x * kWarpsPerBlock + threadIdx.x / 32, in / 8, in);
   dev::pdl_wait();
-  gemv_rows<T, T == 1 ? 8 : (T == 2 ? 4 : 2)>(W, out, in, reinterpret_cast<const uint4*>(x), beta, y, pre);
+  gemv_units<T, kPre>(W, in, reinterpret_cast<const uint4*>(x), epi, pre);
 }
 
 // The input built per block in shared memory: kNorm = RMSNorm(x) * w, kSwiglu = silu(gate) * up (both as the
 // standalone rmsnorm / swiglu kernels compute them, rounded to bf16), then the same product.
 enum Prologue { kNorm, kSwiglu };
-template <int T, Prologue P>
-__global__ void __launch_bounds__(kWarpsPerBlock * 32, kBlocksPerSm) gemv_prologue_kernel(const uint16_t* W, int out, int in, const float* x,
-                                                            const uint16_t* nw, float eps, float beta, float* y) {
+template <int T, Prologue P, class Epi>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32, kBlocksPerSm) gemv_prologue_kernel(const uint16_t* W, int in, const float* x,
+                                                            const uint16_t* nw, float eps, Epi epi) {
   dev::pdl_trigger();
-  RowPieces<T == 1 ? 8 : (T == 2 ? 4 : 2)> pre;
-  pre.load(W, blockIdx.x * kWarpsPerBlock + threadIdx.x / 32, out, in / 8, in);
+  constexpr int kPre = prefetch_pieces<T, Epi::kRows>();
+  UnitPieces<kPre, Epi::kRows> pre;
+  pre.load(W, epi, blockIdx.x * kWarpsPerBlock + threadIdx.x / 32, in / 8, in);
   dev::pdl_wait();
   extern __shared__ uint4 xs4[];
   uint16_t* xs = reinterpret_cast<uint16_t*>(xs4);
@@ -121,55 +200,72 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, kBlocksPerSm) gemv_prolog
     }
   }
   __syncthreads();
-  gemv_rows<T, T == 1 ? 8 : (T == 2 ? 4 : 2)>(W, out, in, xs4, beta, y, pre);
+  gemv_units<T, kPre>(W, in, xs4, epi, pre);
 }
 
-// Blocks: one warp per row up to kBlocksPerSm resident blocks per SM, then warps take several rows.
-static int gemv_blocks(int out) {
+// Blocks: one warp per unit up to kBlocksPerSm resident blocks per SM, then warps take several units.
+static int gemv_blocks(int units) {
   static const int sms = [] {
     int dev = 0, n = 0;
     cuda::check_cuda(cudaGetDevice(&dev), "gemv: reading the device");
     cuda::check_cuda(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), "gemv: reading the SM count");
     return n;
   }();
-  return std::max(1, std::min((out + kWarpsPerBlock - 1) / kWarpsPerBlock, sms * kBlocksPerSm));
+  return std::max(1, std::min((units + kWarpsPerBlock - 1) / kWarpsPerBlock, sms * kBlocksPerSm));
 }
 
-template <Prologue P>
-static void launch_prologue(const uint16_t* W, int out, int in, const float* x, const uint16_t* nw, float eps, int T,
-                            float beta, float* y, cudaStream_t s) {
+static void check_rows(int T, int in) {
   check(in % 8 == 0, "gemv: the inner dimension (", in, ") must be a multiple of 8");
-  const int blocks = gemv_blocks(out);
+  check(T >= 1 && T <= 4, "gemv: ", T, " rows; 1 to 4 are built (use cuBLAS above)");
+}
+
+template <Prologue P, class Epi>
+static void launch_prologue(const uint16_t* W, int in, const float* x, const uint16_t* nw, float eps, int T,
+                            const Epi& epi, cudaStream_t s) {
+  check_rows(T, in);
+  const int blocks = gemv_blocks(epi.units());
   const size_t smem = size_t(T) * in * 2;
   check(smem <= 48 * 1024, "gemv: ", T, " rows of ", in, " do not fit in shared memory");
+  const char* what = "gemv kernel";
   switch (T) {
-    case 1: dev::launch_pdl(gemv_prologue_kernel<1, P>, blocks, 256, smem, s, "gemv kernel", W, out, in, x, nw, eps, beta, y); break;
-    case 2: dev::launch_pdl(gemv_prologue_kernel<2, P>, blocks, 256, smem, s, "gemv kernel", W, out, in, x, nw, eps, beta, y); break;
-    case 3: dev::launch_pdl(gemv_prologue_kernel<3, P>, blocks, 256, smem, s, "gemv kernel", W, out, in, x, nw, eps, beta, y); break;
-    case 4: dev::launch_pdl(gemv_prologue_kernel<4, P>, blocks, 256, smem, s, "gemv kernel", W, out, in, x, nw, eps, beta, y); break;
-    default: fail("gemv: ", T, " rows; 1 to 4 are built (use cuBLAS above)");
+    case 1: dev::launch_pdl(gemv_prologue_kernel<1, P, Epi>, blocks, 256, smem, s, what, W, in, x, nw, eps, epi); break;
+    case 2: dev::launch_pdl(gemv_prologue_kernel<2, P, Epi>, blocks, 256, smem, s, what, W, in, x, nw, eps, epi); break;
+    case 3: dev::launch_pdl(gemv_prologue_kernel<3, P, Epi>, blocks, 256, smem, s, what, W, in, x, nw, eps, epi); break;
+    default: dev::launch_pdl(gemv_prologue_kernel<4, P, Epi>, blocks, 256, smem, s, what, W, in, x, nw, eps, epi); break;
   }
   check_cuda(cudaGetLastError(), "gemv kernel");
 }
 
 void gemv_rmsnorm(const uint16_t* W, int out, int in, const float* x, const uint16_t* norm_w, float eps, int T,
                   float beta, float* y, cudaStream_t s) {
-  launch_prologue<kNorm>(W, out, in, x, norm_w, eps, T, beta, y, s);
+  launch_prologue<kNorm>(W, in, x, norm_w, eps, T, StoreRows{out, beta, y}, s);
 }
 
 void gemv_swiglu(const uint16_t* W, int out, int in, const float* gate_up, int T, float beta, float* y, cudaStream_t s) {
-  launch_prologue<kSwiglu>(W, out, in, gate_up, nullptr, 0.f, T, beta, y, s);
+  launch_prologue<kSwiglu>(W, in, gate_up, nullptr, 0.f, T, StoreRows{out, beta, y}, s);
+}
+
+void gemv_rmsnorm_rope_append(const uint16_t* W, int in, const float* x, const uint16_t* norm_w, float eps, int T,
+                              const int32_t* pos, const int32_t* slot, int H, int Hkv, int hd, float theta, float* qkv,
+                              uint16_t* k_cache, uint16_t* v_cache, cudaStream_t s) {
+  check(hd % 2 == 0, "gemv_rmsnorm_rope_append: the head dimension (", hd, ") must be even");
+  launch_prologue<kNorm>(W, in, x, norm_w, eps, T, RopeAppendRows{H, Hkv, hd, theta, pos, slot, qkv, k_cache, v_cache}, s);
+}
+
+void gemv_rmsnorm_swiglu(const uint16_t* W, int ff, int in, const float* x, const uint16_t* norm_w, float eps, int T,
+                         uint16_t* h, cudaStream_t s) {
+  launch_prologue<kNorm>(W, in, x, norm_w, eps, T, SwigluRows{ff, h}, s);
 }
 
 void gemv(const uint16_t* W, int out, int in, const uint16_t* x, int T, float beta, float* y, cudaStream_t s) {
-  check(in % 8 == 0, "gemv: the inner dimension (", in, ") must be a multiple of 8");
+  check_rows(T, in);
   const int blocks = gemv_blocks(out);
+  const StoreRows epi{out, beta, y};
   switch (T) {
-    case 1: dev::launch_pdl(gemv_kernel<1>, blocks, 256, 0, s, "gemv kernel", W, out, in, x, beta, y); break;
-    case 2: dev::launch_pdl(gemv_kernel<2>, blocks, 256, 0, s, "gemv kernel", W, out, in, x, beta, y); break;
-    case 3: dev::launch_pdl(gemv_kernel<3>, blocks, 256, 0, s, "gemv kernel", W, out, in, x, beta, y); break;
-    case 4: dev::launch_pdl(gemv_kernel<4>, blocks, 256, 0, s, "gemv kernel", W, out, in, x, beta, y); break;
-    default: fail("gemv: ", T, " rows; 1 to 4 are built (use cuBLAS above)");
+    case 1: dev::launch_pdl(gemv_kernel<1, StoreRows>, blocks, 256, 0, s, "gemv kernel", W, in, x, epi); break;
+    case 2: dev::launch_pdl(gemv_kernel<2, StoreRows>, blocks, 256, 0, s, "gemv kernel", W, in, x, epi); break;
+    case 3: dev::launch_pdl(gemv_kernel<3, StoreRows>, blocks, 256, 0, s, "gemv kernel", W, in, x, epi); break;
+    default: dev::launch_pdl(gemv_kernel<4, StoreRows>, blocks, 256, 0, s, "gemv kernel", W, in, x, epi); break;
   }
   check_cuda(cudaGetLastError(), "gemv kernel");
 }

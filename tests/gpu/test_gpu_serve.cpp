@@ -157,6 +157,45 @@ TEST(GpuKernels, GemvWithNormOrSwigluPrologueEqualsTheComposition) {
   }
 }
 
+TEST(GpuKernels, GemvWithRopeAppendOrSwigluEpilogueMatchesTheReferences) {
+  std::mt19937_64 rng(31);
+  const int d = 264, H = 6, Hkv = 2, hd = 64, nqkv = (H + 2 * Hkv) * hd, ff = 200, page = 16, pages = 8;
+  const std::vector<int32_t> pos_all = {0, 17, 300, 1999}, slot_all = {5, 100, 64, 127};
+  for (int T = 1; T <= 4; ++T) {
+    auto x = random_vec(size_t(T) * d, rng, 2.f);
+    auto nw = round_bf16(random_vec(size_t(d), rng));
+    auto Wqkv = round_bf16(random_vec(size_t(nqkv) * d, rng));
+    auto Wgu = round_bf16(random_vec(size_t(2 * ff) * d, rng));
+    const std::vector<int32_t> pos(pos_all.begin(), pos_all.begin() + T), slot(slot_all.begin(), slot_all.begin() + T);
+    // References: rmsnorm rounded to bf16 as the GPU stores it, the product, then rope_append / swiglu.
+    std::vector<float> xn(size_t(T) * d), want_qkv(size_t(T) * nqkv), gu(size_t(T) * 2 * ff), want_h(size_t(T) * ff);
+    kern::ref::rmsnorm(x.data(), nullptr, T, d, nw.data(), 1e-5f, xn.data());
+    xn = round_bf16(xn);
+    kern::ref::matmul(xn.data(), T, d, Wqkv.data(), nqkv, 0, want_qkv.data());
+    std::vector<float> want_k(size_t(pages) * page * Hkv * hd, 0.f), want_v = want_k;
+    kern::ref::rope_append(want_qkv.data(), pos.data(), slot.data(), T, H, Hkv, hd, 10000.f, want_k.data(), want_v.data());
+    kern::ref::matmul(xn.data(), T, d, Wgu.data(), 2 * ff, 0, gu.data());
+    kern::ref::swiglu(gu.data(), T, ff, want_h.data());
+
+    Dev<uint16_t> dWqkv(to_bf16(Wqkv)), dWgu(to_bf16(Wgu)), dnw(to_bf16(nw)), dh(size_t(T) * ff);
+    Dev<uint16_t> dk(std::vector<uint16_t>(want_k.size(), 0)), dv(std::vector<uint16_t>(want_k.size(), 0));
+    Dev<float> dx(x), dqkv(size_t(T) * nqkv);
+    Dev<int32_t> dpos(pos), dslot(slot);
+    kc::gemv_rmsnorm_rope_append(dWqkv.p, d, dx.p, dnw.p, 1e-5f, T, dpos.p, dslot.p, H, Hkv, hd, 10000.f, dqkv.p, dk.p,
+                                 dv.p, nullptr);
+    kc::gemv_rmsnorm_swiglu(dWgu.p, ff, d, dx.p, dnw.p, 1e-5f, T, dh.p, nullptr);
+    auto got_qkv = dqkv.get();
+    std::vector<float> gq, wq;  // the q columns (k and v go to the caches)
+    for (int t = 0; t < T; ++t)
+      for (int i = 0; i < H * hd; ++i) gq.push_back(got_qkv[size_t(t) * nqkv + i]), wq.push_back(want_qkv[size_t(t) * nqkv + i]);
+    for (float v : gq) ASSERT_FALSE(std::isnan(v)) << "rows " << T;
+    EXPECT_LE(rel_err(gq, wq), 1e-3) << "q, rows " << T;
+    EXPECT_LE(rel_err(from_bf16(dk.get()), want_k), 1e-2) << "k cache, rows " << T;
+    EXPECT_LE(rel_err(from_bf16(dv.get()), want_v), 1e-2) << "v cache, rows " << T;
+    EXPECT_LE(rel_err(from_bf16(dh.get()), want_h), 1e-2) << "swiglu, rows " << T;
+  }
+}
+
 TEST(GpuKernels, RopeAppendMatchesReference) {
   std::mt19937_64 rng(22);
   const int T = 6, H = 8, Hkv = 2, hd = 64, page = 16, pages = 8;
@@ -589,4 +628,44 @@ TEST(GpuEngine, GreedyAgreesAcrossBudgetsGraphsSharingAndWithTheCpu) {
       EXPECT_GT(gpu.graphs_captured(), 0) << v.name;
     }
   }
+}
+
+// Steps of one launch shape with different contents (tokens, positions, KV lengths): the graph-enabled
+// backend captures the shape on its second sight and replays it; the tokens drawn equal those of eager steps.
+TEST(GpuEngine, MixedStepsReplayedFromAGraphEqualEagerSteps) {
+  serve::Bundle b = bf16_bundle(small_serve_config(8, 2, 64), 33);
+  const int page = 16, pages_per_seq = 4, decodes = 3, chunk = 9;
+  serve::StepPlan plan;
+  auto item = [&](int seq, int rows, int kv_len, int salt) {  // sequence seq lives on its own 4 pages
+    serve::AttnItem it;
+    it.q_begin = plan.rows();
+    for (int p = 0; p < (kv_len + page - 1) / page; ++p) it.pages.push_back(1 + pages_per_seq * seq + p);
+    for (int r = 0; r < rows; ++r) {
+      const int pos = kv_len - rows + r;
+      plan.tokens.push_back((pos * 131 + r * 7 + salt * 29) % 512);
+      plan.positions.push_back(pos);
+      plan.slots.push_back(it.pages[size_t(pos / page)] * page + pos % page);
+    }
+    it.q_end = plan.rows(), it.kv_len = kv_len;
+    plan.sample_rows.push_back(plan.rows() - 1), plan.sample_params.push_back({});
+    plan.levels[0].push_back(it);
+  };
+  auto start = [&] { plan = serve::StepPlan{}, plan.levels.resize(1); };
+  serve::CudaBackendOptions go;
+  go.num_pages = 1 + pages_per_seq * (decodes + 1), go.max_tokens = 64;
+  serve::CudaBackendOptions eager_opt = go;
+  eager_opt.cuda_graphs = false;
+  serve::CudaBackend graphed(b, go), eager(b, eager_opt);
+  for (int seq = 0; seq <= decodes; ++seq) {  // every slot the steps read is written first
+    start(), item(seq, pages_per_seq * page, pages_per_seq * page, 0);
+    EXPECT_EQ(graphed.forward(plan, nullptr), eager.forward(plan, nullptr)) << "filling sequence " << seq;
+  }
+  for (int step = 0; step < 6; ++step) {  // 3 decode rows and a 9-row chunk
+    start();
+    for (int d = 0; d < decodes; ++d) item(d, 1, 20 + 5 * d + step, step);
+    item(decodes, chunk, 30 + 3 * step, step);
+    EXPECT_EQ(graphed.forward(plan, nullptr), eager.forward(plan, nullptr)) << "step " << step;
+  }
+  EXPECT_EQ(graphed.graphs_captured(), 2);  // the filling steps' shape and the mixed steps' shape
+  EXPECT_EQ(eager.graphs_captured(), 0);
 }

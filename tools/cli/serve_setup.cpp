@@ -28,7 +28,7 @@ void EngineFlags::add_to(po::options_description& desc) {
       "max-tokens", po::value(&max_tokens)->default_value(2048), "most rows one iteration may hold (buffers)")(
       "chunked-prefill", po::value(&chunked)->default_value("on"), "on | off (off: prefill-first)")(
       "prefix-sharing", po::value(&sharing)->default_value("off"), "off | on | flat (on: cascade attention)")(
-      "no-cuda-graphs", po::bool_switch(&no_graphs), "run decode steps without CUDA graphs");
+      "no-cuda-graphs", po::bool_switch(&no_graphs), "run every step without CUDA graphs");
 }
 
 void SamplingFlags::add_to(po::options_description& desc) {
