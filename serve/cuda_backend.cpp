@@ -14,6 +14,7 @@
 
 #include "common/error.h"
 #include "kernels/cuda.h"
+#include "serve/tuned_gemm.h"
 
 namespace cw::serve {
 
@@ -54,6 +55,7 @@ struct CudaBackend::Impl {
   cudaStream_t stream = nullptr;
   cublasHandle_t blas = nullptr;
   void* blas_ws = nullptr;
+  std::unique_ptr<TunedGemm> gemm;  // products of more than four rows, algorithm chosen per shape by timing
   int sms = 0;
   std::string device;
   double weight_bytes = 0;
@@ -130,11 +132,11 @@ struct CudaBackend::Impl {
     if (T == 0) return;
     if (T <= 4) return kern::cuda::gemv(W, out, in, xin, T, beta, y, stream);
     if (T <= 64 && skinny) return kern::cuda::gemm_skinny(W, out, in, xin, T, beta, y, stream);
-    const float alpha = 1;
-    check_blas(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, out, T, in, &alpha, W, CUDA_R_16BF, in, xin, CUDA_R_16BF,
-                            in, &beta, y, CUDA_R_32F, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-               "matrix product");
+    gemm->run(T, out, in, W, xin, beta, y);
   }
+  // Times the products at every power-of-two row count from 8 to max_tokens (the padded decode batches; other
+  // counts use the next tuned one), on the real weights and constant inputs, unless CHUNKWISE_GEMM_UNTUNED.
+  void tune_products();
 
   kern::AttnLevel level_view(int li, int items) const {
     kern::AttnLevel L;
@@ -355,7 +357,29 @@ CudaBackend::CudaBackend(const Bundle& b, CudaBackendOptions opt) : impl_(std::m
     L.k = m.alloc<uint16_t>(size_t(m.opt.num_pages) * page_bytes / 2, "KV pages");
     L.v = m.alloc<uint16_t>(size_t(m.opt.num_pages) * page_bytes / 2, "KV pages");
   }
+  m.gemm = std::make_unique<TunedGemm>(m.blas, m.stream, m.blas_ws, ws);
+  if (!std::getenv("CHUNKWISE_GEMM_UNTUNED")) m.tune_products();
   check_cuda(cudaDeviceSynchronize(), "loading the model");
+}
+
+void CudaBackend::Impl::tune_products() {
+  const int T_max = opt.max_tokens, R_max = std::min(opt.max_sample_rows, opt.max_tokens);
+  const int d = int(c.d_model), hd = int(c.head_dim()), H = int(c.n_heads), Hkv = int(c.n_kv_heads);
+  const int ff = int(c.d_ff), V = int(c.vocab_size), nqkv = (H + 2 * Hkv) * hd;
+  // bf16 0x3c3c (about 0.0115) everywhere: finite products whatever the weights.
+  check_cuda(cudaMemsetAsync(xn, 0x3c, size_t(T_max) * size_t(std::max(d, H * hd)) * 2, stream), "tuning products");
+  check_cuda(cudaMemsetAsync(h, 0x3c, size_t(T_max) * size_t(ff) * 2, stream), "tuning products");
+  const Layer& L = layers.front();
+  std::vector<int> counts;
+  for (int T = 8; T < T_max; T *= 2) counts.push_back(T);
+  if (T_max > 4) counts.push_back(T_max);
+  for (int T : counts) {  // scratch: gu holds T_max * 2 ff floats, logits R_max * V
+    gemm->tune(T, nqkv, d, L.qkv, xn, gu);
+    gemm->tune(T, d, H * hd, L.o, xn, gu);
+    gemm->tune(T, 2 * ff, d, L.gate_up, xn, gu);
+    gemm->tune(T, d, ff, L.down, h, gu);
+    if (T <= R_max) gemm->tune(T, V, d, lm_head, xn, logits);
+  }
 }
 
 CudaBackend::~CudaBackend() {
@@ -376,6 +400,7 @@ int CudaBackend::max_tokens() const { return impl_->opt.max_tokens; }
 std::string CudaBackend::device_name() const { return impl_->device; }
 double CudaBackend::weight_bytes() const { return impl_->weight_bytes; }
 int CudaBackend::graphs_captured() const { return int(impl_->graphs.size()); }
+std::string CudaBackend::tuning_summary() const { return impl_->gemm->summary(); }
 
 CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool allow_graph) {
   Impl& m = *this;

@@ -1,5 +1,6 @@
 // The engine's CUDA backend: bf16 weights and KV pages on the GPU, fp32 accumulation, cuBLAS for matrix
-// products of more than four rows and kernels/ for everything else. Steps run as CUDA graphs: decode-only
+// products of more than four rows (the algorithm per shape chosen by timing at start-up, serve/tuned_gemm.h)
+// and kernels/ for everything else. Steps run as CUDA graphs: decode-only
 // steps captured once per padded batch size, other steps (chunked prefill beside decodes) once their launch
 // shape repeats. Results are checked against CpuBackend (same plans, same math).
 // Must not: link LibTorch, or expose CUDA types in this header (serve/ users build without CUDA headers).
@@ -37,6 +38,7 @@ class CudaBackend : public Backend {
   std::string device_name() const;
   double weight_bytes() const;  // bytes read per decode step for the weights
   int graphs_captured() const;
+  std::string tuning_summary() const;  // what choosing the products' algorithms by timing found
   std::vector<float> cached(bool key, int layer, int slot) const;  // for tests
   // Where one step's time goes: the whole forward() (host work included), the graph replay alone (plans that
   // replay), and the GPU time of each operation summed over layers (events between launches, no graph).

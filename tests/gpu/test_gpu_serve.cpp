@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <iostream>
 #include <map>
 #include <numeric>
 
@@ -16,6 +17,7 @@
 #include "serve/cpu_model.h"
 #include "serve/cuda_backend.h"
 #include "serve/engine.h"
+#include "serve/tuned_gemm.h"
 #include "tests/serve_test_util.h"
 
 using namespace cw;
@@ -129,6 +131,36 @@ TEST(GpuKernels, SkinnyTensorCoreProductMatchesReference) {
         for (float v : got) ASSERT_FALSE(std::isnan(v)) << out << "x" << in << " rows " << T << " beta " << beta;
         EXPECT_LE(rel_err(got, want), 1e-5) << out << "x" << in << " rows " << T << " beta " << beta;
       }
+}
+
+// The backend's tuned products: whichever algorithm timing picked, at the tuned row counts and between them
+// (the next tuned count's algorithm, or the default where it does not take that many rows).
+TEST(GpuKernels, TunedProductsMatchReference) {
+  std::mt19937_64 rng(35);
+  cublasHandle_t blas;
+  ASSERT_EQ(cublasCreate(&blas), CUBLAS_STATUS_SUCCESS);
+  const size_t ws_bytes = size_t(32) << 20;
+  Dev<char> ws(ws_bytes);
+  serve::TunedGemm gemm(blas, nullptr, ws.p, ws_bytes);
+  for (auto [out, in] : std::vector<std::pair<int, int>>{{2560, 2048}, {11264, 2048}, {264, 5632}}) {
+    const int T_max = 64;
+    auto W = round_bf16(random_vec(size_t(out) * in, rng));
+    auto xin = round_bf16(random_vec(size_t(T_max) * in, rng));
+    Dev<uint16_t> dW(to_bf16(W)), dx(to_bf16(xin));
+    Dev<float> scratch(size_t(T_max) * out);
+    for (int T : {16, 64}) gemm.tune(T, out, in, dW.p, dx.p, scratch.p);
+    for (int T : {5, 13, 16, 40, 64})
+      for (float beta : {0.f, 1.f}) {
+        auto y0 = random_vec(size_t(T) * out, rng);
+        auto want = y0;
+        kern::ref::matmul(xin.data(), T, in, W.data(), out, beta, want.data());
+        Dev<float> dy(beta == 0 ? std::vector<float>(y0.size(), NAN) : y0);
+        gemm.run(T, out, in, dW.p, dx.p, beta, dy.p);
+        EXPECT_LE(rel_err(dy.get(), want), 1e-5) << out << "x" << in << " rows " << T << " beta " << beta;
+      }
+  }
+  std::cout << gemm.summary() << "\n";
+  cublasDestroy(blas);
 }
 
 TEST(GpuKernels, GemvWithNormOrSwigluPrologueEqualsTheComposition) {

@@ -164,6 +164,7 @@ int bench_serve_main(const Args& args) {
     card = cb->device_name();
     copy_bw = serve::CudaBackend::copy_bandwidth(size_t(1) << 30);
     weight_bytes = cb->weight_bytes();
+    std::cerr << "bench serve: " << cb->tuning_summary() << "\n";
   }
 #endif
   std::cerr << "bench serve: " << config << " on " << card << ", " << backend->num_pages() << " KV pages, built in "
