@@ -68,9 +68,10 @@ struct CudaBackend::Impl {
   kern::SampleParams *d_params = nullptr, *h_params = nullptr;
   size_t m_tokens = 0, m_pos = 0, m_slots = 0, m_sample = 0, small_end = 0, meta_total = 0, max_pages_listed = 0;
   LevelMeta lv[2];
-  // Captured steps by launch shape: decode-only steps padded to a power of two ({-1, B}), and any other step
-  // without cuBLAS attention items by every host value its launches take (staged_key), captured the second
-  // time that shape is seen. Replays read the new step's metadata from the same device buffers.
+  // Captured steps by launch shape: decode-only steps padded to a power of two ({-1, B}), and (with
+  // graph_mixed_steps) any other step without cuBLAS attention items by every host value its launches take
+  // (staged_key), captured the second time that shape is seen. Replays read the new step's metadata from the
+  // same device buffers.
   std::map<std::vector<int>, cudaGraphExec_t> graphs;
   std::map<std::vector<int>, int> shapes_seen;
   static constexpr size_t kMaxGraphs = 256;
@@ -97,7 +98,6 @@ struct CudaBackend::Impl {
   // set; on an H200 it is still slower than cuBLAS (docs/BENCHMARKS.md).
   bool skinny = std::getenv("CHUNKWISE_GEMM_SKINNY") != nullptr;
   bool unfused_decode = std::getenv("CHUNKWISE_DECODE_UNFUSED") != nullptr;
-  bool graphs_decode_only = std::getenv("CHUNKWISE_GRAPHS_DECODE_ONLY") != nullptr;  // to compare (bench)
   struct DenseItem {
     int row_begin, rows, kv_len, kv_pos0;
     size_t pages_off;
@@ -505,7 +505,7 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
   st.fused_merge = m.dense[0].empty() && m.dense[1].empty() &&
                    (wide_tiles[0] + wide_tiles[1] == 0 || slots == 1 || (m.mma && levels == 1));
   // Mixed steps replay too where their launches take no per-step host values: the cuBLAS attention items do.
-  st.replay = graph || (allow_graph && m.opt.cuda_graphs && !m.graphs_decode_only && m.dense[0].empty() &&
+  st.replay = graph || (allow_graph && m.opt.cuda_graphs && m.opt.graph_mixed_steps && m.dense[0].empty() &&
                         m.dense[1].empty());
   return st;
 }

@@ -1,8 +1,8 @@
 // The engine's CUDA backend: bf16 weights and KV pages on the GPU, fp32 accumulation, cuBLAS for matrix
 // products of more than four rows (the algorithm per shape chosen by timing at start-up, serve/tuned_gemm.h)
-// and kernels/ for everything else. Steps run as CUDA graphs: decode-only
-// steps captured once per padded batch size, other steps (chunked prefill beside decodes) once their launch
-// shape repeats. Results are checked against CpuBackend (same plans, same math).
+// and kernels/ for everything else. Decode-only steps run as CUDA graphs captured once per padded batch size;
+// other steps (chunked prefill beside decodes) optionally once their launch shape repeats. Results are checked
+// against CpuBackend (same plans, same math).
 // Must not: link LibTorch, or expose CUDA types in this header (serve/ users build without CUDA headers).
 #pragma once
 #include <memory>
@@ -21,7 +21,11 @@ struct CudaBackendOptions {
   int max_tokens = 1024;     // rows per step
   int max_sample_rows = 256;
   int max_splits = 16;       // split-KV parts per attention item
-  bool cuda_graphs = true;   // replay steps from captured graphs
+  bool cuda_graphs = true;   // replay decode-only steps from captured graphs (one per padded batch size)
+  // Also replay other steps (chunks beside decodes) whose launch shape repeats, captured on its second sight.
+  // Off by default: in bench serve's mixed scenario the shapes vary, and capturing on the first repeat cost
+  // more than the replays saved (docs/BENCHMARKS.md).
+  bool graph_mixed_steps = false;
 };
 
 class CudaBackend : public Backend {

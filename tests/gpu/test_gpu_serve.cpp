@@ -684,7 +684,7 @@ TEST(GpuEngine, MixedStepsReplayedFromAGraphEqualEagerSteps) {
   };
   auto start = [&] { plan = serve::StepPlan{}, plan.levels.resize(1); };
   serve::CudaBackendOptions go;
-  go.num_pages = 1 + pages_per_seq * (decodes + 1), go.max_tokens = 64;
+  go.num_pages = 1 + pages_per_seq * (decodes + 1), go.max_tokens = 64, go.graph_mixed_steps = true;
   serve::CudaBackendOptions eager_opt = go;
   eager_opt.cuda_graphs = false;
   serve::CudaBackend graphed(b, go), eager(b, eager_opt);
