@@ -86,14 +86,25 @@ struct CudaBackend::Impl {
   static std::vector<int> staged_key(const Staged& st);   // every host value launch_all reads from st
   void execute(const Staged& st);                        // the graph replay or the launches
   // Attention on tensor cores (paged_attention_mma.cu) where the shape is built, unless CHUNKWISE_ATTENTION_SIMT
-  // is set: decode rows in narrow tiles, chunks of at least kWideRows rows in wide tiles. Otherwise the CUDA-core
+  // is set: decode rows in narrow tiles, chunks of at least wide_rows rows in wide tiles. Otherwise the CUDA-core
   // kernel, with items of many query rows on the cuBLAS path (paged_prefill.cu).
   bool mma = false;
   int wide_rpt = 0;
-  static constexpr int kSimtTiles = 4;  // up to this many narrow tiles the CUDA-core kernel runs them
+  // The attention launch heuristics; each can be overridden from the environment for measurements (bench
+  // serve sweeps, docs/BENCHMARKS.md) and defaults to the value those measurements chose.
+  static int env_int(const char* name, int fallback) {
+    const char* v = std::getenv(name);
+    return v && *v ? std::max(0, std::atoi(v)) : fallback;
+  }
+  // Up to this many narrow tiles the CUDA-core kernel runs them (CHUNKWISE_ATTN_SIMT_TILES).
+  const int simt_tiles = env_int("CHUNKWISE_ATTN_SIMT_TILES", 4);
   // Chunks of fewer rows go to narrow tiles too: more blocks for a short chunk beside decodes (a wide tile
-  // holds 64 query rows, and a 96-row chunk would give only 12 tiles per KV head).
-  static constexpr int kWideRows = 256;
+  // holds 64 query rows, and a 96-row chunk would give only 12 tiles per KV head) (CHUNKWISE_ATTN_WIDE_ROWS).
+  const int wide_rows = env_int("CHUNKWISE_ATTN_WIDE_ROWS", 256);
+  // Split-KV targets this many blocks per SM: narrow tiles on tensor cores, others (CHUNKWISE_ATTN_WAVES_NARROW,
+  // CHUNKWISE_ATTN_WAVES_OTHER).
+  const int waves_narrow = std::max(1, env_int("CHUNKWISE_ATTN_WAVES_NARROW", 3));
+  const int waves_other = std::max(1, env_int("CHUNKWISE_ATTN_WAVES_OTHER", 8));
   // Products of 5 to 64 rows: cuBLAS, or our tensor-core kernel (gemm_skinny.cu) when CHUNKWISE_GEMM_SKINNY is
   // set; on an H200 it is still slower than cuBLAS (docs/BENCHMARKS.md).
   bool skinny = std::getenv("CHUNKWISE_GEMM_SKINNY") != nullptr;
@@ -194,7 +205,7 @@ struct CudaBackend::Impl {
                                                 L.k, L.v, splits[0], o_part, lse_part, merge, stream);
         } else if (mma) {
           const int32_t *ti = d_meta + lv[li].tile_item, *tr = d_meta + lv[li].tile_row0;
-          if (tiles[li] <= kSimtTiles)  // a handful of decode rows: latency-bound, the CUDA-core kernel is quicker
+          if (tiles[li] <= simt_tiles)  // a handful of decode rows: latency-bound, the CUDA-core kernel is quicker
             kern::cuda::paged_attention(qkv, pos, level_view(li, items[li]), ti, tr, tiles[li], st.rpt[li], shape, L.k,
                                         L.v, splits[li], slot0, o_part, lse_part, merge, stream);
           else
@@ -253,7 +264,7 @@ struct CudaBackend::Impl {
   int splits_for(int blocks, int max_kv, bool wide) const {
     // Decode rows on tensor cores: about one wave (3-5 blocks per SM stay resident; fewer splits, fewer
     // merges). Chunk tiles carry 4 times the rows, and the CUDA-core kernel is small: several waves.
-    const int per_sm = mma && !wide ? 3 : 8;
+    const int per_sm = mma && !wide ? waves_narrow : waves_other;
     int s = std::max(1, (per_sm * sms + blocks - 1) / std::max(1, blocks));
     if (max_kv >= 0) s = std::min(s, std::max(1, (max_kv + 63) / 64));
     return std::min(s, opt.max_splits);
@@ -433,7 +444,7 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
   const int rpt_multi = kern::attention_rows_per_tile(int(m.c.n_heads), int(m.c.n_kv_heads));
   int rpts[2] = {1, 1};
   auto dense_item = [&](const AttnItem& it) { return !m.mma && it.q_end - it.q_begin >= 16 && it.kv_len >= 1; };
-  auto wide_item = [&](const AttnItem& it) { return m.mma && it.q_end - it.q_begin >= std::max(m.wide_rpt, kWideRows); };
+  auto wide_item = [&](const AttnItem& it) { return m.mma && it.q_end - it.q_begin >= std::max(m.wide_rpt, m.wide_rows); };
   for (int li = 0; li < levels; ++li)
     for (const auto& it : plan.levels[size_t(li)])
       if (!dense_item(it) && !wide_item(it) && it.q_end - it.q_begin > 1) rpts[li] = rpt_multi;
