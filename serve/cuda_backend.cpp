@@ -535,7 +535,7 @@ void CudaBackend::Impl::execute(const Staged& st) {
   auto it = m.graphs.find(key);
   if (it == m.graphs.end()) {
     // Decode graphs at once (few shapes, every step); other shapes once seen twice, while there is room.
-    const bool capture = st.graph || (++m.shapes_seen[key] >= 2 && m.graphs.size() < kMaxGraphs);
+    const bool capture = st.graph || (m.graphs.size() < kMaxGraphs && ++m.shapes_seen[key] >= 2);
     if (!capture) return m.launch_all(st);
     cudaGraph_t g;
     check_cuda(cudaStreamBeginCapture(m.stream, cudaStreamCaptureModeThreadLocal), "capturing a step graph");
