@@ -96,8 +96,9 @@ struct SwigluRows {
 constexpr int kWarpsPerBlock = 8, kBlocksPerSm = 3;
 
 template <int T, int kRows>
-constexpr int prefetch_pieces() {
-  return (T == 1 ? 8 : (T == 2 ? 4 : 2)) / kRows > 0 ? (T == 1 ? 8 : (T == 2 ? 4 : 2)) / kRows : 1;
+constexpr int prefetch_pieces() {  // per row of the unit: 8, 4 or 2 pieces per warp lane in all, at least 1
+  constexpr int per_unit = T == 1 ? 8 : (T == 2 ? 4 : 2);
+  return per_unit / kRows > 0 ? per_unit / kRows : 1;
 }
 
 template <int kPre, int kRows>
