@@ -21,4 +21,15 @@ StepTensors clip_and_step(const std::vector<torch::Tensor>& params, double max_n
   return StepTensors{loss, norm};
 }
 
+StepTensors deferred_step(StepStrategy& strategy, CausalLM& model, const std::vector<Batch>& batches,
+                          const torch::Tensor& lr_tensor, const torch::Tensor& normaliser,
+                          const std::vector<torch::Tensor>& params, double max_norm, AdamW& opt,
+                          const torch::Device& device, const std::string& precision) {
+  StepContext ctx;
+  ctx.defer_readback = true;
+  ctx.normaliser = normaliser;
+  StepResult sr = run_under_autocast(strategy, model, batches, ctx, device, precision);
+  return clip_and_step(params, max_norm, opt, sr.loss_value, 0.0, lr_tensor);
+}
+
 }  // namespace cw

@@ -29,4 +29,11 @@ StepResult run_under_autocast(StepStrategy& strategy, CausalLM& model, const std
 StepTensors clip_and_step(const std::vector<torch::Tensor>& params, double max_norm, AdamW& opt,
                           const torch::Tensor& loss, double lr, const torch::Tensor& lr_tensor = {});
 
+// Both halves with nothing read back (defer_readback), the body a CUDA graph captures: LR_TENSOR as above,
+// NORMALISER a one-element device tensor of the target-token count (undefined: the batches' own count).
+StepTensors deferred_step(StepStrategy& strategy, CausalLM& model, const std::vector<Batch>& batches,
+                          const torch::Tensor& lr_tensor, const torch::Tensor& normaliser,
+                          const std::vector<torch::Tensor>& params, double max_norm, AdamW& opt,
+                          const torch::Device& device, const std::string& precision);
+
 }  // namespace cw

@@ -319,11 +319,8 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
     capture_stream = std::make_unique<CaptureStreamScope>(device);
     graphed = std::make_unique<GraphedStep>(
         [&](const std::vector<Batch>& mb, const torch::Tensor& lr_t, const torch::Tensor& normaliser) {
-          StepContext c;
-          c.defer_readback = true;
-          c.normaliser = normaliser;
-          StepResult res = run_under_autocast(*strategy, *model, mb, c, device, precision);
-          return clip_and_step(param_tensors, clip, optimizer, res.loss_value, 0.0, lr_t);
+          return deferred_step(*strategy, *model, mb, lr_t, normaliser, param_tensors, clip, optimizer, device,
+                               precision);
         },
         [&] { optimizer.zero_grad(); }, device);
   }

@@ -224,11 +224,7 @@ TEST(GpuFusedSteps, CudaGraphReplaysTheEagerSteps) {
       for (auto& [n, p] : params) ps.push_back(p);
       StandardStep strategy;
       auto body = [&](const std::vector<Batch>& mb, const torch::Tensor& lr, const torch::Tensor& normaliser) {
-        StepContext ctx;
-        ctx.defer_readback = true;
-        ctx.normaliser = normaliser;
-        StepResult sr = run_under_autocast(strategy, *model, mb, ctx, device, precision);
-        return clip_and_step(ps, 0.5, opt, sr.loss_value, 0.0, lr);
+        return deferred_step(strategy, *model, mb, lr, normaliser, ps, 0.5, opt, device, precision);
       };
       GraphedStep graphed(body, [&] { opt.zero_grad(); }, device, 3);
       auto lr_t = torch::zeros({1}, torch::TensorOptions().dtype(torch::kFloat32).device(device));

@@ -126,11 +126,7 @@ static int bench_train(const Args& args) {
   const bool graphs = device.is_cuda() && cuda_graphs_built() && graph_setting != "false";
   check(graph_setting != "true" || graphs, "--cuda-graph true needs a CUDA build and device");
   auto body = [&](const std::vector<Batch>& mb, const torch::Tensor& lr, const torch::Tensor& normaliser) {
-    StepContext ctx;
-    ctx.defer_readback = true;
-    ctx.normaliser = normaliser;
-    StepResult sr = run_under_autocast(step, *model, mb, ctx, device, precision);
-    return clip_and_step(tensors, 1.0, opt, sr.loss_value, 0.0, lr);
+    return deferred_step(step, *model, mb, lr, normaliser, tensors, 1.0, opt, device, precision);
   };
   CaptureStreamScope stream_scope(device);
   std::unique_ptr<GraphedStep> graphed;
