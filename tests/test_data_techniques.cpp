@@ -1,5 +1,5 @@
 // Dataset decomposition, the variable-length curriculum sampler, best-fit packing with document masks,
-// and in-context pretraining order: every check of the spec (data.md sections 1 and 2).
+// and in-context pretraining order: every check of the spec (data.md sections 1 and 2); re-cut stores.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -12,6 +12,7 @@
 #include "data/decompose.h"
 #include "data/icp_order.h"
 #include "data/packing_sampler.h"
+#include "data/recut.h"
 #include "models/llama.h"
 #include "tests/test_util.h"
 
@@ -296,4 +297,51 @@ TEST(Decomposition, WrittenIntoTheStoreAndReadBack) {
   EXPECT_EQ(back.kmin, 3);
   EXPECT_EQ(back.mode, "random");
   EXPECT_EQ(read_token_store(dir / "train.h5").tokens, store.tokens);
+}
+
+TEST(Recut, LengthsAreLogNormalAndTheSourceTextKeepsItsOrder) {
+  TokenStoreContents source;
+  source.tokenizer.eos_id = 2, source.tokenizer.vocab_size = 5000, source.split = "train";
+  for (uint32_t d = 0; d < 50; ++d) {  // 50 documents of 3..99 tokens, EOS (2) after each
+    for (uint32_t i = 0; i < 3 + d * 2; ++i) source.tokens.push_back(10 + (d * 31 + i) % 4000);
+    source.tokens.push_back(2);
+    source.doc_offsets.push_back(source.tokens.size());
+    source.doc_source.push_back("d" + std::to_string(d));
+  }
+  RecutOptions o;
+  o.docs = 4000, o.median = 300, o.sigma = 0.8, o.seed = 5;
+  TokenStoreContents out = recut_documents(source, o);
+  ASSERT_EQ(out.n_docs(), 4000);
+  EXPECT_TRUE(out.tokenizer == source.tokenizer);
+  std::vector<uint32_t> text;
+  for (uint32_t t : source.tokens)
+    if (t != 2) text.push_back(t);
+  std::vector<double> logs;
+  size_t next = 0;
+  for (int64_t d = 0; d < out.n_docs(); ++d) {
+    const uint64_t a = out.doc_offsets[d], b = out.doc_offsets[d + 1];
+    ASSERT_GE(b - a, 2u);
+    ASSERT_EQ(out.tokens[b - 1], 2u) << "document " << d << " ends in EOS";
+    for (uint64_t i = a; i + 1 < b; ++i, next = (next + 1) % text.size())
+      ASSERT_EQ(out.tokens[i], text[next]) << "the source's text continues in order, wrapping around";
+    logs.push_back(std::log(double(b - a)));
+  }
+  std::sort(logs.begin(), logs.end());
+  EXPECT_NEAR(std::exp(logs[logs.size() / 2]), 300, 300 * 0.06);  // median
+  double mean = 0, var = 0;
+  for (double l : logs) mean += l / double(logs.size());
+  for (double l : logs) var += (l - mean) * (l - mean) / double(logs.size());
+  EXPECT_NEAR(std::sqrt(var), 0.8, 0.04);
+
+  EXPECT_EQ(recut_documents(source, o).doc_offsets, out.doc_offsets);  // seeded
+  o.seed = 6;
+  EXPECT_NE(recut_documents(source, o).doc_offsets, out.doc_offsets);
+  o.median = 1;
+  EXPECT_THROW(recut_documents(source, o), UserError);
+  o.median = 300, o.docs = 0;
+  EXPECT_THROW(recut_documents(source, o), UserError);
+  TokenStoreContents only_eos = source;
+  only_eos.tokens.assign(only_eos.tokens.size(), 2);
+  o.docs = 10;
+  EXPECT_THROW(recut_documents(only_eos, o), UserError);
 }

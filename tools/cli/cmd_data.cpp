@@ -1,5 +1,6 @@
 // `chunkwise data ...`: fetch corpora, train tokenizers, prepare HDF5 stores, inspect them, and add the
-// dataset decomposition (dd/) and in-context order (icp/) to a store.
+// dataset decomposition (dd/) and in-context order (icp/) to a store, or re-cut a store into documents of
+// another length distribution.
 #include <iostream>
 
 #include "common/files.h"
@@ -8,6 +9,7 @@
 #include "data/icp_order.h"
 #include "data/fetch.h"
 #include "data/prepare.h"
+#include "data/recut.h"
 #include "data/token_store.h"
 #include "data/tokenizer.h"
 #include "train/model_setup.h"
@@ -140,8 +142,34 @@ static int order_main(const Args& args) {
   return 0;
 }
 
+static int recut_main(const Args& args) {
+  po::options_description desc("data recut options");
+  std::string source, out;
+  RecutOptions o;
+  desc.add_options()("source", po::value(&source)->required(), "token store (.h5) whose tokens are re-cut")(
+      "out", po::value(&out)->required(), "token store (.h5) to write")(
+      "docs", po::value(&o.docs)->default_value(o.docs), "documents to write")(
+      "median", po::value(&o.median)->default_value(o.median), "median document length in tokens")(
+      "sigma", po::value(&o.sigma)->default_value(o.sigma), "standard deviation of the log length")(
+      "max-len", po::value(&o.max_len)->default_value(o.max_len), "longest document")(
+      "seed", po::value(&o.seed)->default_value(o.seed), "seed of the lengths");
+  po::positional_options_description pos;
+  pos.add("source", 1).add("out", 1);
+  po::variables_map vm;
+  const char* usage =
+      "chunkwise data recut SOURCE OUT [--docs 20000] [--median 512] [--sigma 1.0]\n\n"
+      "Writes OUT with SOURCE's tokens cut into documents of log-normal lengths (for throughput\n"
+      "measurements of length-dependent data strategies; the boundaries are arbitrary).";
+  if (!parse_args(args, desc, pos, vm, usage)) return 0;
+  auto contents = recut_documents(read_token_store(expand_user(source)), o);
+  write_token_store(expand_user(out), contents);
+  std::cout << out << ": " << contents.n_docs() << " documents, " << contents.tokens.size() << " tokens (mean "
+            << double(contents.tokens.size()) / double(contents.n_docs()) << " per document)\n";
+  return 0;
+}
+
 int data_main(const Args& args) {
-  const char* usage = "usage: chunkwise data fetch|tokenizer|prepare|info|decompose|order ... (each takes --help)\n";
+  const char* usage = "usage: chunkwise data fetch|tokenizer|prepare|info|decompose|order|recut ... (each takes --help)\n";
   if (args.empty()) fail(usage);
   Args rest(args.begin() + 1, args.end());
   if (args[0] == "fetch") return fetch_main(rest);
@@ -150,6 +178,7 @@ int data_main(const Args& args) {
   if (args[0] == "info") return info_main(rest);
   if (args[0] == "decompose") return decompose_main(rest);
   if (args[0] == "order") return order_main(rest);
+  if (args[0] == "recut") return recut_main(rest);
   if (args[0] == "--help" || args[0] == "-h") {
     std::cout << usage;
     return 0;

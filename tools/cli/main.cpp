@@ -22,6 +22,7 @@ commands:
   data info STORE          print a store's contents and tokenizer identity
   data decompose STORE     dataset decomposition: power-of-two length buckets, written into the store
   data order STORE         in-context pretraining order (kNN graph + greedy walk), written into the store
+  data recut SOURCE OUT    a store's tokens re-cut into documents of log-normal lengths (throughput studies)
   train RECIPE [--resume] [--section.key=value ...]
                            train from a recipe
   sample RUN|CHECKPOINT    generate text from a trained model
