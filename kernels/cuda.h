@@ -48,9 +48,10 @@ void paged_attention_mma(const float* q, const int32_t* q_pos, const AttnLevel& 
                          const int32_t* tile_row0, int num_tiles, int rows_per_tile, bool wide, const AttnShape& shape,
                          const uint16_t* k_cache, const uint16_t* v_cache, int splits, int slot0, float* o_part,
                          float* lse_part, const AttnMerge& merge, cudaStream_t s);
-// One level in one launch: tiles [0, narrow_tiles) narrow with `splits` splits, merged in their last block,
-// then wide_tiles wide tiles of attention_mma_rows_per_tile(.., true) rows, unsplit, written to merge.out
-// directly. For a single attention level (merge.slots == splits); counters for the narrow tiles.
+// One level in one launch: tiles [0, narrow_tiles) narrow, then wide_tiles wide tiles of
+// attention_mma_rows_per_tile(.., true) rows, all with `splits` splits, each tile merged into merge.out by its
+// last block (written directly when splits == 1). For a single attention level (merge.slots == splits);
+// counters for every tile when splits > 1.
 void paged_attention_mma_mixed(const float* q, const int32_t* q_pos, const AttnLevel& level, const int32_t* tile_item,
                                const int32_t* tile_row0, int narrow_tiles, int narrow_rpt, int wide_tiles,
                                const AttnShape& shape, const uint16_t* k_cache, const uint16_t* v_cache, int splits,

@@ -459,7 +459,7 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
     q_indptr.assign(1, 0);
     tile_item.clear(), tile_row0.clear(), wide_item_of.clear(), wide_row0.clear();
     size_t np = 0;
-    int max_kv = 0, max_kv_narrow = 0;
+    int max_kv = 0;
     hm[L.kv_indptr] = 0;
     const int n_items = graph ? B : int(lvl.size());
     for (int i = 0; i < n_items; ++i) {
@@ -478,7 +478,6 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
         hm[L.kv_len + i] = it.kv_len, hm[L.kv_pos0 + i] = it.kv_pos0;
         q_indptr.push_back(it.q_end);
         if (!dense_item(it)) max_kv = std::max(max_kv, it.kv_len);
-        if (!dense_item(it) && !wide_item(it)) max_kv_narrow = std::max(max_kv_narrow, it.kv_len);
       } else {
         hm[L.kv_len + i] = 0, hm[L.kv_pos0 + i] = 0;
         q_indptr.push_back(i + 1);
@@ -495,8 +494,8 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
     items[li] = n_items, pages_used[li] = np;
     const int blocks = int(tile_item.size()) * int(m.c.n_kv_heads);
     splits[li] = blocks == 0 ? 1 : m.splits_for(blocks, graph ? -1 : max_kv, wide_tiles[li] > 0);
-    if (m.mma && levels == 1 && wide_tiles[li] > 0)  // one launch: chunk tiles unsplit, decode tiles split alone
-      splits[li] = tiles[li] == 0 ? 1 : m.splits_for(tiles[li] * int(m.c.n_kv_heads), max_kv_narrow, false);
+    if (m.mma && levels == 1 && wide_tiles[li] > 0)  // one launch, decode and chunk tiles split alike
+      splits[li] = m.splits_for(blocks, max_kv, false);
   }
   auto copy_in = [&](size_t off, size_t n) {
     if (n) check_cuda(cudaMemcpyAsync(m.d_meta + off, hm + off, n * 4, cudaMemcpyHostToDevice, m.stream), "copying step metadata");

@@ -304,8 +304,9 @@ __global__ void __launch_bounds__(kWarps * 32)
                       merge, merge.out && merge.slots == 1, blockIdx.x, blockIdx.z);
 }
 
-// Decode tiles (narrow, split) and chunk tiles (wide, unsplit, written directly) of one level in one launch:
-// blocks past the narrow tiles take the wide ones; their splits past the first have nothing to do.
+// Decode tiles (narrow) and chunk tiles (wide) of one level in one launch, both split over the keys alike:
+// blocks past the narrow tiles take the wide ones. Every tile is merged by its last block (or, with one
+// split, written directly), so a short chunk over a long prefix does not wait on one block per tile.
 template <int HD>
 __global__ void __launch_bounds__(kWarps * 32)
     paged_attention_mixed_kernel(const float* q, const int32_t* q_pos, AttnLevel L, const int32_t* tile_item,
@@ -315,9 +316,9 @@ __global__ void __launch_bounds__(kWarps * 32)
   if (int(blockIdx.x) < narrow_tiles)
     attend_tile<HD, 1>(q, q_pos, L, tile_item, tile_row0, narrow_rpt, S, k_cache, v_cache, splits, 0, o_part, lse_part,
                        merge, merge.slots == 1, blockIdx.x, blockIdx.z);
-  else if (blockIdx.z == 0)
-    attend_tile<HD, 4>(q, q_pos, L, tile_item, tile_row0, wide_rpt, S, k_cache, v_cache, 1, 0, o_part, lse_part, merge,
-                       true, blockIdx.x, 0);
+  else
+    attend_tile<HD, 4>(q, q_pos, L, tile_item, tile_row0, wide_rpt, S, k_cache, v_cache, splits, 0, o_part, lse_part,
+                       merge, merge.slots == 1, blockIdx.x, blockIdx.z);
 }
 
 template <typename Kernel>
@@ -390,7 +391,7 @@ void paged_attention_mma_mixed(const float* q, const int32_t* q_pos, const AttnL
   if (narrow_tiles + wide_tiles == 0) return;
   check(attention_mma_supported(shape), "paged attention (tensor cores): head dimension ", shape.head_dim, " and ",
         shape.heads / shape.kv_heads, " heads per KV head are not built (64 or 128; at most 16)");
-  check(merge.out && merge.slots == splits && (narrow_tiles == 0 || merge.counters),
+  check(merge.out && merge.slots == splits && (splits == 1 || merge.counters),
         "paged attention (tensor cores): a mixed launch merges its own rows (one level: slots = splits)");
   check(narrow_rpt >= 1 && narrow_rpt <= attention_mma_rows_per_tile(shape.heads, shape.kv_heads, false),
         "paged attention (tensor cores): ", narrow_rpt, " rows per tile do not fit the block");
