@@ -8,7 +8,7 @@
 //                            the four partial softmax states are combined in shared memory at the end.
 // Scores: S = Q K^T (q pre-scaled to base 2, rounded to bf16), online softmax per row, O += P V with P in
 // bf16; everything accumulates in fp32. Writes the partial state of paged_attention (o, lse per split slot)
-// and, when asked, merges all slots in the last block of a (tile, KV head) like paged_attention does; with a
+// and, when asked, merges all slots in the last block of a (tile, KV head), every thread at once; with a
 // single slot (one level, one split) and a merge output it writes the bf16 output directly.
 // Must not: read keys past a row's causal limit (they are masked to -inf, and keys past the block's range
 // are zero-filled so that P V never sees stale shared memory).
@@ -20,7 +20,6 @@
 #include "kernels/common/device.cuh"
 #include "kernels/common/launch.cuh"
 #include "kernels/cuda.h"
-#include "kernels/merge_states/merge_row.cuh"
 
 namespace cw::kern::cuda {
 
@@ -61,6 +60,51 @@ constexpr size_t smem_bytes() {
   const size_t tiles = size_t(2) * 2 * kKeys * (HD + 8) * 2;  // two stages of K and V, rows padded by 8
   const size_t reduce = size_t(kWarps) * 16 * (HD + 2) * 4;    // the narrow shape's partial states
   return tiles > reduce ? tiles : reduce;
+}
+
+// The fused merge of one tile, by all of the block's threads at once: each (row, head) pair of the tile gets
+// TPP threads, each combining HD / TPP dimensions over every slot, the loads of up to four slots in flight
+// (16 float4s per thread at most), so a tile's merge costs a few memory round trips rather than one per pair.
+// Empty slots (lse -inf) are not read.
+template <int HD, int PAIRS>
+__device__ __forceinline__ void merge_tile(const float* o_part, const float* lse_part, const AttnMerge& merge,
+                                           const AttnShape& S, int row0, int n_pairs, int group, int kvh) {
+  constexpr int TPP = kWarps * 32 / PAIRS, DPT = HD / TPP, U = DPT >= 64 ? 1 : DPT >= 32 ? 2 : 4;
+  static_assert(DPT % 4 == 0, "a thread's slice is whole float4s");
+  const int pair = threadIdx.x / TPP, part = threadIdx.x % TPP;
+  if (pair >= n_pairs) return;
+  const int r = row0 + pair / group, h = kvh * group + pair % group;
+  auto at = [&](int s) { return (int64_t(s) * S.rows + r) * S.heads + h; };
+  float m = -INFINITY;
+  for (int s = 0; s < merge.slots; ++s) m = fmaxf(m, __ldcg(lse_part + at(s)));
+  float acc[DPT], z = 0;
+#pragma unroll
+  for (int i = 0; i < DPT; ++i) acc[i] = 0;
+  if (m != -INFINITY)
+    for (int s0 = 0; s0 < merge.slots; s0 += U) {
+      float w[U];
+      float4 v[U][DPT / 4];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        w[u] = s0 + u < merge.slots ? expf(__ldcg(lse_part + at(s0 + u)) - m) : 0.f;
+        const float4* o = reinterpret_cast<const float4*>(o_part + (s0 + u < merge.slots ? at(s0 + u) : 0) * HD + part * DPT);
+#pragma unroll
+        for (int i = 0; i < DPT / 4; ++i) v[u][i] = w[u] != 0 ? __ldcg(o + i) : make_float4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        z += w[u];
+#pragma unroll
+        for (int i = 0; i < DPT / 4; ++i) {
+          acc[4 * i] += w[u] * v[u][i].x, acc[4 * i + 1] += w[u] * v[u][i].y;
+          acc[4 * i + 2] += w[u] * v[u][i].z, acc[4 * i + 3] += w[u] * v[u][i].w;
+        }
+      }
+    }
+  const float inv = z > 0 ? 1.f / z : 0.f;
+  uint32_t* out = reinterpret_cast<uint32_t*>(merge.out + (int64_t(r) * S.heads + h) * HD + part * DPT);
+#pragma unroll
+  for (int i = 0; i < DPT; i += 2) out[i / 2] = pack_bf16(acc[i] * inv, acc[i + 1] * inv);
 }
 
 // One block's work: tile `tile` of the list, split `split` of `splits`, KV head blockIdx.y.
@@ -284,14 +328,7 @@ __device__ __forceinline__ void attend_tile(const float* q, const int32_t* q_pos
   __syncthreads();
   if (!last) return;
   __threadfence();
-  for (int m = warp; m < (row_end - row0) * group; m += kWarps) {  // a warp per (row, head) of the tile
-    const int r = row0 + m / group, h = kvh * group + m % group;
-    float out[HD / 32];
-    const float lse = dev::merge_row<HD / 32>(o_part, lse_part, merge.slots, S.rows, S.heads, HD, r, h, out);
-#pragma unroll
-    for (int i = 0; i < HD / 32; ++i)
-      merge.out[(int64_t(r) * S.heads + h) * HD + lane + 32 * i] = dev::float_to_bf(lse == -INFINITY ? 0.f : out[i]);
-  }
+  merge_tile<HD, QW * 16>(o_part, lse_part, merge, S, row0, (row_end - row0) * group, group, kvh);
 }
 
 template <int HD, int QW>
