@@ -70,7 +70,8 @@ struct CudaBackend::Impl {
   LevelMeta lv[2];
   // Captured steps by launch shape: decode-only steps padded to a power of two ({-1, B}), and (with
   // graph_mixed_steps) any other step without cuBLAS attention items by every host value its launches take
-  // (staged_key), captured the second time that shape is seen. Replays read the new step's metadata from the
+  // (staged_key; single-level steps without wide tiles are padded to few shapes), captured the second time
+  // that shape is seen. Replays read the new step's metadata from the
   // same device buffers.
   std::map<std::vector<int>, cudaGraphExec_t> graphs;
   std::map<std::vector<int>, int> shapes_seen;
@@ -78,7 +79,8 @@ struct CudaBackend::Impl {
   struct Staged {
     bool graph = false;   // a padded decode-only step (B rows)
     bool replay = false;  // run from a captured graph (decode-only, or a mixed step whose shape repeats)
-    int B = 0, T = 0, R = 0, levels = 1, items[2] = {0, 0}, tiles[2] = {0, 0}, splits[2] = {1, 1}, rpt[2] = {1, 1};
+    // The launches run B rows and Rp sample rows: T and R, or more where the step is padded to a graph's shape.
+    int B = 0, Rp = 0, T = 0, R = 0, levels = 1, items[2] = {0, 0}, tiles[2] = {0, 0}, splits[2] = {1, 1}, rpt[2] = {1, 1};
     int wide_tiles[2] = {0, 0};  // tensor-core attention: chunk tiles, listed after the level's narrow tiles
     bool fused_merge = false;    // no cuBLAS items: the last level's attention launches merge their rows
   };
@@ -159,7 +161,7 @@ struct CudaBackend::Impl {
 
   // The whole forward for T rows and R sample rows, reading metadata from d_meta.
   void launch_all(const Staged& st) {
-    const int T = st.graph ? st.B : st.T, R = st.graph ? st.B : st.R, levels = st.levels;
+    const int T = st.B, R = st.Rp, levels = st.levels;
     const int *items = st.items, *tiles = st.tiles, *splits = st.splits;
     const int d = int(c.d_model), H = int(c.n_heads), Hkv = int(c.n_kv_heads), hd = int(c.head_dim());
     const int ff = int(c.d_ff), V = int(c.vocab_size), nqkv = (H + 2 * Hkv) * hd;
@@ -423,11 +425,25 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
   check(levels <= 2, "cuda backend: at most two attention levels");
   for (int32_t t : plan.tokens) check(t >= 0 && t < m.c.vocab_size, "token id ", t, " is outside the vocabulary");
   const bool graph = allow_graph && m.opt.cuda_graphs && plan.decode_only();
-  int B = T;
+  auto dense_item = [&](const AttnItem& it) { return !m.mma && it.q_end - it.q_begin >= 16 && it.kv_len >= 1; };
+  auto wide_item = [&](const AttnItem& it) { return m.mma && it.q_end - it.q_begin >= std::max(m.wide_rpt, m.wide_rows); };
+  // Other steps padded to a few launch shapes where their graphs are wanted (graph_mixed_steps; padded even
+  // without graphs, so that eager and replayed steps of one shape can be compared): rows to a multiple of 32,
+  // sample rows to a multiple of 16, narrow attention tiles to a multiple of 16 (no-op tiles), split-KV from the
+  // padded tile count. Single-level steps on tensor cores without wide tiles (decodes beside short chunks).
+  bool pad = !graph && allow_graph && m.opt.graph_mixed_steps && m.mma && levels == 1;
+  for (int li = 0; pad && li < levels; ++li)
+    for (const auto& it : plan.levels[size_t(li)]) pad = pad && !wide_item(it);
+  auto round_up = [](int n, int to) { return (n + to - 1) / to * to; };
+  int B = T, Rp = R;
   if (graph) {
     B = 1;
     while (B < T) B *= 2;
     B = std::min(B, std::min(m.opt.max_tokens, m.opt.max_sample_rows));
+    Rp = B;
+  } else if (pad) {
+    B = std::min(m.opt.max_tokens, round_up(T, 32));
+    Rp = std::min({B, m.opt.max_sample_rows, round_up(R, 16)});
   }
   int32_t* hm = m.h_meta;
   for (int r = 0; r < B; ++r) {
@@ -436,15 +452,12 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
     hm[m.m_pos + r] = real ? plan.positions[size_t(r)] : 0;
     hm[m.m_slots + r] = real ? plan.slots[size_t(r)] : 0;  // padding writes the scratch page
   }
-  const int rows_sampled = graph ? B : R;
-  for (int i = 0; i < rows_sampled; ++i) {
+  for (int i = 0; i < Rp; ++i) {
     hm[m.m_sample + i] = i < R ? plan.sample_rows[size_t(i)] : i;
     m.h_params[i] = i < R ? plan.sample_params[size_t(i)] : kern::SampleParams{};
   }
   const int rpt_multi = kern::attention_rows_per_tile(int(m.c.n_heads), int(m.c.n_kv_heads));
   int rpts[2] = {1, 1};
-  auto dense_item = [&](const AttnItem& it) { return !m.mma && it.q_end - it.q_begin >= 16 && it.kv_len >= 1; };
-  auto wide_item = [&](const AttnItem& it) { return m.mma && it.q_end - it.q_begin >= std::max(m.wide_rpt, m.wide_rows); };
   for (int li = 0; li < levels; ++li)
     for (const auto& it : plan.levels[size_t(li)])
       if (!dense_item(it) && !wide_item(it) && it.q_end - it.q_begin > 1) rpts[li] = rpt_multi;
@@ -461,7 +474,7 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
     size_t np = 0;
     int max_kv = 0;
     hm[L.kv_indptr] = 0;
-    const int n_items = graph ? B : int(lvl.size());
+    const int n_items = graph || pad ? B : int(lvl.size());
     for (int i = 0; i < n_items; ++i) {
       const bool real = i < int(lvl.size());
       if (real) {
@@ -478,13 +491,19 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
         hm[L.kv_len + i] = it.kv_len, hm[L.kv_pos0 + i] = it.kv_pos0;
         q_indptr.push_back(it.q_end);
         if (!dense_item(it)) max_kv = std::max(max_kv, it.kv_len);
-      } else {
+      } else if (graph) {  // a padding row of its own
         hm[L.kv_len + i] = 0, hm[L.kv_pos0 + i] = 0;
         q_indptr.push_back(i + 1);
         tile_item.push_back(i), tile_row0.push_back(i);
+      } else {  // an empty item (padded steps: a fixed item count)
+        hm[L.kv_len + i] = 0, hm[L.kv_pos0 + i] = 0;
+        q_indptr.push_back(q_indptr.back());
       }
       hm[L.kv_indptr + i + 1] = int32_t(np);
     }
+    if (pad)  // no-op tiles: a first row past every item's rows
+      for (int n = std::min(m.opt.max_tokens, round_up(int(tile_item.size()), 16)); int(tile_item.size()) < n;)
+        tile_item.push_back(0), tile_row0.push_back(B);
     tiles[li] = int(tile_item.size()), wide_tiles[li] = int(wide_item_of.size());
     tile_item.insert(tile_item.end(), wide_item_of.begin(), wide_item_of.end());
     tile_row0.insert(tile_row0.end(), wide_row0.begin(), wide_row0.end());
@@ -493,7 +512,7 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
     std::copy(tile_row0.begin(), tile_row0.end(), hm + L.tile_row0);
     items[li] = n_items, pages_used[li] = np;
     const int blocks = int(tile_item.size()) * int(m.c.n_kv_heads);
-    splits[li] = blocks == 0 ? 1 : m.splits_for(blocks, graph ? -1 : max_kv, wide_tiles[li] > 0);
+    splits[li] = blocks == 0 ? 1 : m.splits_for(blocks, graph || pad ? -1 : max_kv, wide_tiles[li] > 0);
     if (m.mma && levels == 1 && wide_tiles[li] > 0)  // one launch, decode and chunk tiles split alike
       splits[li] = m.splits_for(blocks, max_kv, false);
   }
@@ -502,9 +521,9 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
   };
   copy_in(0, m.small_end);
   for (int li = 0; li < levels; ++li) copy_in(m.lv[li].kv_pages, pages_used[li]);
-  check_cuda(cudaMemcpyAsync(m.d_params, m.h_params, size_t(rows_sampled) * sizeof(kern::SampleParams),
+  check_cuda(cudaMemcpyAsync(m.d_params, m.h_params, size_t(Rp) * sizeof(kern::SampleParams),
                              cudaMemcpyHostToDevice, m.stream), "copying sampling parameters");
-  st.graph = graph, st.B = B, st.T = T, st.R = R, st.levels = levels;
+  st.graph = graph, st.B = B, st.Rp = Rp, st.T = T, st.R = R, st.levels = levels;
   for (int li = 0; li < 2; ++li)
     st.items[li] = items[li], st.tiles[li] = tiles[li], st.wide_tiles[li] = wide_tiles[li], st.splits[li] = splits[li],
     st.rpt[li] = rpts[li];
@@ -522,7 +541,7 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
 
 std::vector<int> CudaBackend::Impl::staged_key(const Staged& st) {
   if (st.graph) return {-1, st.B};
-  return {st.T,        st.R,        st.levels,   st.items[0],      st.items[1],      st.tiles[0],
+  return {st.B,        st.Rp,       st.levels,   st.items[0],      st.items[1],      st.tiles[0],
           st.tiles[1], st.splits[0], st.splits[1], st.rpt[0],        st.rpt[1],        st.wide_tiles[0],
           st.wide_tiles[1], int(st.fused_merge)};
 }
