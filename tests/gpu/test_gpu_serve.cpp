@@ -642,12 +642,14 @@ TEST(GpuEngine, GreedyAgreesAcrossBudgetsGraphsSharingAndWithTheCpu) {
   co.num_pages = 200;
   serve::CpuBackend cpu(b, co);
   auto want = run(cpu, {});
-  struct Variant { const char* name; int budget; bool graphs, sharing, cascade; };
+  struct Variant { const char* name; int budget; bool graphs, sharing, cascade, mixed_graphs = false; };
   for (Variant v : {Variant{"budget 512, graphs", 512, true, false, true}, Variant{"budget 7, graphs", 7, true, false, true},
                     Variant{"budget 64, no graphs", 64, false, false, true}, Variant{"sharing + cascade", 64, true, true, true},
-                    Variant{"sharing, flat", 17, true, true, false}}) {
+                    Variant{"sharing, flat", 17, true, true, false},
+                    Variant{"budget 24, padded mixed-step graphs", 24, true, false, true, true},
+                    Variant{"sharing, flat, padded mixed-step graphs", 17, true, true, false, true}}) {
     serve::CudaBackendOptions go;
-    go.num_pages = 200, go.max_tokens = 512, go.cuda_graphs = v.graphs;
+    go.num_pages = 200, go.max_tokens = 512, go.cuda_graphs = v.graphs, go.graph_mixed_steps = v.mixed_graphs;
     serve::CudaBackend gpu(b, go);
     serve::EngineOptions eo;
     eo.token_budget = v.budget, eo.prefix_sharing = v.sharing, eo.cascade = v.cascade;
