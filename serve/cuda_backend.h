@@ -22,9 +22,10 @@ struct CudaBackendOptions {
   int max_sample_rows = 256;
   int max_splits = 16;       // split-KV parts per attention item
   bool cuda_graphs = true;   // replay decode-only steps from captured graphs (one per padded batch size)
-  // Also replay other steps (chunks beside decodes) whose launch shape repeats, captured on its second sight.
-  // Off by default: in bench serve's mixed scenario the shapes vary, and capturing on the first repeat cost
-  // more than the replays saved (docs/BENCHMARKS.md).
+  // Also replay other steps (chunks beside decodes) whose launch shape repeats, captured on its second sight;
+  // single-level steps without wide attention tiles are padded to few shapes (rows to 32, sample rows to 16,
+  // tiles to 16), also when cuda_graphs is off. Faster in bench serve's mixed scenario (docs/BENCHMARKS.md);
+  // off by default until the engine's GPU end-to-end test has run with it.
   bool graph_mixed_steps = false;
 };
 
