@@ -71,8 +71,7 @@ struct CudaBackend::Impl {
   // Captured steps by launch shape: decode-only steps padded to a power of two ({-1, B}), and (with
   // graph_mixed_steps) any other step without cuBLAS attention items by every host value its launches take
   // (staged_key; single-level steps without wide tiles are padded to few shapes), captured the second time
-  // that shape is seen. Replays read the new step's metadata from the
-  // same device buffers.
+  // that shape is seen. Replays read the new step's metadata from the same device buffers.
   std::map<std::vector<int>, cudaGraphExec_t> graphs;
   std::map<std::vector<int>, int> shapes_seen;
   static constexpr size_t kMaxGraphs = 256;
@@ -159,7 +158,7 @@ struct CudaBackend::Impl {
     return L;
   }
 
-  // The whole forward for T rows and R sample rows, reading metadata from d_meta.
+  // The whole forward for the staged rows and sample rows (padding included), reading metadata from d_meta.
   void launch_all(const Staged& st) {
     const int T = st.B, R = st.Rp, levels = st.levels;
     const int *items = st.items, *tiles = st.tiles, *splits = st.splits;
@@ -431,9 +430,8 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
   // without graphs, so that eager and replayed steps of one shape can be compared): rows to a multiple of 32,
   // sample rows to a multiple of 16, narrow attention tiles to a multiple of 16 (no-op tiles), split-KV from the
   // padded tile count. Single-level steps on tensor cores without wide tiles (decodes beside short chunks).
-  bool pad = !graph && allow_graph && m.opt.graph_mixed_steps && m.mma && levels == 1;
-  for (int li = 0; pad && li < levels; ++li)
-    for (const auto& it : plan.levels[size_t(li)]) pad = pad && !wide_item(it);
+  const bool pad = !graph && allow_graph && m.opt.graph_mixed_steps && m.mma && levels == 1 &&
+                   std::none_of(plan.levels[0].begin(), plan.levels[0].end(), wide_item);
   auto round_up = [](int n, int to) { return (n + to - 1) / to * to; };
   int B = T, Rp = R;
   if (graph) {
@@ -528,8 +526,9 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
     st.items[li] = items[li], st.tiles[li] = tiles[li], st.wide_tiles[li] = wide_tiles[li], st.splits[li] = splits[li],
     st.rpt[li] = rpts[li];
   // Merged in the attention launches unless cuBLAS items are present, or (two levels) chunk tiles would have to
-  // merge several slots: a block merges its 64 rows one warp at a time, the separate merge kernel is quicker.
-  // With one level the mixed launch merges decode rows and writes unsplit chunk rows directly.
+  // merge several slots: there the separate merge kernel was quicker when a block merged its rows one warp at
+  // a time (not re-measured since the merge uses the whole block). With one level the mixed launch merges
+  // every tile, decode and chunk, in its last block.
   const int slots = levels == 2 ? splits[0] + splits[1] : splits[0];
   st.fused_merge = m.dense[0].empty() && m.dense[1].empty() &&
                    (wide_tiles[0] + wide_tiles[1] == 0 || slots == 1 || (m.mma && levels == 1));
