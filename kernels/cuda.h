@@ -40,22 +40,25 @@ void paged_attention(const float* q, const int32_t* q_pos, const AttnLevel& leve
                      const uint16_t* k_cache, const uint16_t* v_cache, int splits, int slot0, float* o_part,
                      float* lse_part, const AttnMerge& merge, cudaStream_t s);
 // The same work list and partial states on tensor cores (paged_attention_mma.cu), bf16 products with fp32
-// accumulation. narrow (wide = false): rows_per_tile * group <= 16, for decode rows; wide: rows_per_tile *
-// group <= 64, for prefill chunks. Built for head dimensions 64 and 128 and groups up to 16.
+// accumulation. query_warps (1, 2 or 4) of the block's four warps take 16 query rows each, the others split
+// the keys: rows_per_tile * group <= 16 * query_warps (1: decode rows; 2, 4: prefill chunks). Built for head
+// dimensions 64 and 128 and groups up to 16.
 bool attention_mma_supported(const AttnShape& shape);
-int attention_mma_rows_per_tile(int heads, int kv_heads, bool wide);  // the most rows a tile can hold
+int attention_mma_rows_per_tile(int heads, int kv_heads, int query_warps);  // the most rows a tile can hold
 void paged_attention_mma(const float* q, const int32_t* q_pos, const AttnLevel& level, const int32_t* tile_item,
-                         const int32_t* tile_row0, int num_tiles, int rows_per_tile, bool wide, const AttnShape& shape,
+                         const int32_t* tile_row0, int num_tiles, int rows_per_tile, int query_warps, const AttnShape& shape,
                          const uint16_t* k_cache, const uint16_t* v_cache, int splits, int slot0, float* o_part,
                          float* lse_part, const AttnMerge& merge, cudaStream_t s);
-// One level in one launch: tiles [0, narrow_tiles) narrow, then wide_tiles wide tiles of
-// attention_mma_rows_per_tile(.., true) rows, all with `splits` splits, each tile merged into merge.out by its
-// last block (written directly when splits == 1). For a single attention level (merge.slots == splits);
-// counters for every tile when splits > 1.
+// One level in one launch: tiles [0, narrow_tiles) narrow (one query warp) split `splits` times over the
+// keys, then wide_tiles chunk tiles of attention_mma_rows_per_tile(.., wide_query_warps) rows (2 or 4 query
+// warps) split `wide_splits` times; each tile merged into merge.out by its last block (written directly when
+// its kind has one split). For a single attention level (merge.slots >= either kind's splits); counters for
+// every tile when a kind has more than one split.
 void paged_attention_mma_mixed(const float* q, const int32_t* q_pos, const AttnLevel& level, const int32_t* tile_item,
                                const int32_t* tile_row0, int narrow_tiles, int narrow_rpt, int wide_tiles,
-                               const AttnShape& shape, const uint16_t* k_cache, const uint16_t* v_cache, int splits,
-                               float* o_part, float* lse_part, const AttnMerge& merge, cudaStream_t s);
+                               int wide_query_warps, const AttnShape& shape, const uint16_t* k_cache,
+                               const uint16_t* v_cache, int splits, int wide_splits, float* o_part, float* lse_part,
+                               const AttnMerge& merge, cudaStream_t s);
 // One item with many query rows (rows row_begin.. of the launch, its page list PAGES on the device) on tensor
 // cores: the same partial state as paged_attention, into slot0, and -inf into slots slot0+1..slot0+splits-1.
 size_t paged_prefill_workspace(int rows, int kv_len, const AttnShape& shape);

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <map>
+#include <string>
 
 #include "common/error.h"
 #include "kernels/cuda.h"
@@ -81,6 +82,8 @@ struct CudaBackend::Impl {
     // The launches run B rows and Rp sample rows: T and R, or more where the step is padded to a graph's shape.
     int B = 0, Rp = 0, T = 0, R = 0, levels = 1, items[2] = {0, 0}, tiles[2] = {0, 0}, splits[2] = {1, 1}, rpt[2] = {1, 1};
     int wide_tiles[2] = {0, 0};  // tensor-core attention: chunk tiles, listed after the level's narrow tiles
+    int wide_splits = 1;         // the one-level mixed launch: the chunk tiles' split-KV count
+    int wide_qw = 4;             // warps over the query rows of a chunk tile (2 or 4)
     bool fused_merge = false;    // no cuBLAS items: the last level's attention launches merge their rows
   };
   Staged stage(const StepPlan& plan, bool allow_graph);  // fills and copies the step's metadata
@@ -90,7 +93,7 @@ struct CudaBackend::Impl {
   // is set: decode rows in narrow tiles, chunks of at least wide_rows rows in wide tiles. Otherwise the CUDA-core
   // kernel, with items of many query rows on the cuBLAS path (paged_prefill.cu).
   bool mma = false;
-  int wide_rpt = 0;
+  int rpt_qw[5] = {0, 0, 0, 0, 0};  // rows of a tile of 1, 2 or 4 warps over 16 (token, head) rows each
   // The attention launch heuristics; each can be overridden from the environment for measurements (bench
   // serve sweeps, docs/BENCHMARKS.md) and defaults to the value those measurements chose.
   static int env_int(const char* name, int fallback) {
@@ -102,6 +105,18 @@ struct CudaBackend::Impl {
   // Chunks of fewer rows go to narrow tiles too: more blocks for a short chunk beside decodes (a wide tile
   // holds 64 query rows, and a 96-row chunk would give only 12 tiles per KV head) (CHUNKWISE_ATTN_WIDE_ROWS).
   const int wide_rows = env_int("CHUNKWISE_ATTN_WIDE_ROWS", 256);
+  // Warps over the query rows of chunk tiles: 4 when the step's longest chunk has at least qw4_rows rows, else
+  // 2 (CHUNKWISE_ATTN_QW4_ROWS); CHUNKWISE_ATTN_WIDE_QW=2 or 4 fixes it.
+  const int qw4_rows = env_int("CHUNKWISE_ATTN_QW4_ROWS", 256);
+  const int fixed_qw = env_int("CHUNKWISE_ATTN_WIDE_QW", 0);
+  // Split-KV of the chunk tiles in the one-level mixed launch (CHUNKWISE_ATTN_CHUNK_SPLITS): unset = as often as
+  // the decode tiles beside them; `auto` = as often as gives their blocks no more keys than the decode tiles'
+  // blocks (quicker steps, but the count moves with the chunk's context, so mixed steps repeat their launch
+  // shape less and more of them are captured as graphs while serving); N = N times.
+  const int chunk_splits = [] {
+    const char* v = std::getenv("CHUNKWISE_ATTN_CHUNK_SPLITS");
+    return !v || !*v ? 0 : std::string(v) == "auto" ? -1 : std::max(1, std::atoi(v));
+  }();
   // Split-KV targets this many blocks per SM: narrow tiles on tensor cores, others (CHUNKWISE_ATTN_WAVES_NARROW,
   // CHUNKWISE_ATTN_WAVES_OTHER).
   const int waves_narrow = std::max(1, env_int("CHUNKWISE_ATTN_WAVES_NARROW", 3));
@@ -171,6 +186,7 @@ struct CudaBackend::Impl {
     const int32_t* pos = d_meta + m_pos;
     int slots = 0;
     for (int li = 0; li < levels; ++li) slots += splits[li];
+    if (levels == 1) slots = std::max(slots, st.wide_splits);  // the mixed launch's chunk tiles
     mark("start");
     kern::cuda::embedding(embed, d_meta + m_tokens, T, d, x, stream);
     mark("embedding");
@@ -202,20 +218,21 @@ struct CudaBackend::Impl {
         if (st.fused_merge && li == levels - 1) merge.slots = slots, merge.out = att, merge.counters = merge_counters;
         if (mma && levels == 1 && st.wide_tiles[0] > 0) {  // decode and chunk tiles together, merged inside
           kern::cuda::paged_attention_mma_mixed(qkv, pos, level_view(0, items[0]), d_meta + lv[0].tile_item,
-                                                d_meta + lv[0].tile_row0, tiles[0], st.rpt[0], st.wide_tiles[0], shape,
-                                                L.k, L.v, splits[0], o_part, lse_part, merge, stream);
+                                                d_meta + lv[0].tile_row0, tiles[0], st.rpt[0], st.wide_tiles[0], st.wide_qw,
+                                                shape, L.k, L.v, splits[0], st.wide_splits, o_part, lse_part, merge,
+                                                stream);
         } else if (mma) {
           const int32_t *ti = d_meta + lv[li].tile_item, *tr = d_meta + lv[li].tile_row0;
           if (tiles[li] <= simt_tiles)  // a handful of decode rows: latency-bound, the CUDA-core kernel is quicker
             kern::cuda::paged_attention(qkv, pos, level_view(li, items[li]), ti, tr, tiles[li], st.rpt[li], shape, L.k,
                                         L.v, splits[li], slot0, o_part, lse_part, merge, stream);
           else
-            kern::cuda::paged_attention_mma(qkv, pos, level_view(li, items[li]), ti, tr, tiles[li], st.rpt[li], false,
+            kern::cuda::paged_attention_mma(qkv, pos, level_view(li, items[li]), ti, tr, tiles[li], st.rpt[li], 1,
                                             shape, L.k, L.v, splits[li], slot0, o_part, lse_part, merge, stream);
           kern::cuda::AttnMerge wide_merge = merge;  // its own counters, after the narrow tiles'
           if (wide_merge.counters) wide_merge.counters += size_t(tiles[li]) * size_t(Hkv);
           kern::cuda::paged_attention_mma(qkv, pos, level_view(li, items[li]), ti + tiles[li], tr + tiles[li],
-                                          st.wide_tiles[li], wide_rpt, true, shape, L.k, L.v, splits[li], slot0,
+                                          st.wide_tiles[li], rpt_qw[st.wide_qw], st.wide_qw, shape, L.k, L.v, splits[li], slot0,
                                           o_part, lse_part, wide_merge, stream);
         } else {
           kern::cuda::paged_attention(qkv, pos, level_view(li, items[li]), d_meta + lv[li].tile_item,
@@ -328,7 +345,8 @@ CudaBackend::CudaBackend(const Bundle& b, CudaBackendOptions opt) : impl_(std::m
     kern::AttnShape shape;
     shape.heads = int(H), shape.kv_heads = int(Hkv), shape.head_dim = int(hd), shape.page_size = opt.page_size;
     m.mma = kern::cuda::attention_mma_supported(shape) && !std::getenv("CHUNKWISE_ATTENTION_SIMT");
-    m.wide_rpt = kern::cuda::attention_mma_rows_per_tile(int(H), int(Hkv), true);
+    if (m.mma)
+      for (int qw : {1, 2, 4}) m.rpt_qw[qw] = kern::cuda::attention_mma_rows_per_tile(int(H), int(Hkv), qw);
     if (!m.mma) {  // the cuBLAS path's gathered K/V and scores
       int rb = opt.max_tokens;
       while (rb > 16 && kern::cuda::paged_prefill_workspace(rb, int(c.max_seq_len), shape) > (size_t(1) << 30)) rb /= 2;
@@ -425,7 +443,12 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
   for (int32_t t : plan.tokens) check(t >= 0 && t < m.c.vocab_size, "token id ", t, " is outside the vocabulary");
   const bool graph = allow_graph && m.opt.cuda_graphs && plan.decode_only();
   auto dense_item = [&](const AttnItem& it) { return !m.mma && it.q_end - it.q_begin >= 16 && it.kv_len >= 1; };
-  auto wide_item = [&](const AttnItem& it) { return m.mma && it.q_end - it.q_begin >= std::max(m.wide_rpt, m.wide_rows); };
+  int longest = 0;  // the longest chunk of the step: chunk tiles of 2 or 4 query warps
+  for (const auto& lvl : plan.levels)
+    for (const auto& it : lvl) longest = std::max(longest, it.q_end - it.q_begin);
+  const int wide_qw = m.fixed_qw == 2 || m.fixed_qw == 4 ? m.fixed_qw : longest >= m.qw4_rows ? 4 : 2;
+  const int wide_rpt = m.mma ? m.rpt_qw[wide_qw] : 0;
+  auto wide_item = [&](const AttnItem& it) { return m.mma && it.q_end - it.q_begin >= std::max(wide_rpt, m.wide_rows); };
   // Other steps padded to a few launch shapes where their graphs are wanted (graph_mixed_steps; padded even
   // without graphs, so that eager and replayed steps of one shape can be compared): rows to a multiple of 32,
   // sample rows to a multiple of 16, narrow attention tiles to a multiple of 16 (no-op tiles), split-KV from the
@@ -459,7 +482,7 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
   for (int li = 0; li < levels; ++li)
     for (const auto& it : plan.levels[size_t(li)])
       if (!dense_item(it) && !wide_item(it) && it.q_end - it.q_begin > 1) rpts[li] = rpt_multi;
-  int items[2] = {0, 0}, tiles[2] = {0, 0}, wide_tiles[2] = {0, 0}, splits[2] = {1, 1};
+  int items[2] = {0, 0}, tiles[2] = {0, 0}, wide_tiles[2] = {0, 0}, splits[2] = {1, 1}, wide_splits = 1;
   size_t pages_used[2] = {0, 0};
   std::vector<int32_t> q_indptr, tile_item, tile_row0, wide_item_of, wide_row0;
   m.dense[0].clear(), m.dense[1].clear();
@@ -470,7 +493,7 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
     q_indptr.assign(1, 0);
     tile_item.clear(), tile_row0.clear(), wide_item_of.clear(), wide_row0.clear();
     size_t np = 0;
-    int max_kv = 0;
+    int max_kv = 0, narrow_kv = 0, wide_kv = 0;
     hm[L.kv_indptr] = 0;
     const int n_items = graph || pad ? B : int(lvl.size());
     for (int i = 0; i < n_items; ++i) {
@@ -481,7 +504,7 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
         const int rows_i = it.q_end - it.q_begin;
         if (dense_item(it)) m.dense[li].push_back({it.q_begin, rows_i, it.kv_len, it.kv_pos0, np});
         else if (wide_item(it))
-          for (int r = it.q_begin; r < it.q_end; r += m.wide_rpt) wide_item_of.push_back(i), wide_row0.push_back(r);
+          for (int r = it.q_begin; r < it.q_end; r += wide_rpt) wide_item_of.push_back(i), wide_row0.push_back(r);
         else
           for (int r = it.q_begin; r < it.q_end; r += rpt) tile_item.push_back(i), tile_row0.push_back(r);
         std::copy(it.pages.begin(), it.pages.end(), hm + L.kv_pages + np);
@@ -489,6 +512,8 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
         hm[L.kv_len + i] = it.kv_len, hm[L.kv_pos0 + i] = it.kv_pos0;
         q_indptr.push_back(it.q_end);
         if (!dense_item(it)) max_kv = std::max(max_kv, it.kv_len);
+        if (wide_item(it)) wide_kv = std::max(wide_kv, it.kv_len);
+        else if (!dense_item(it)) narrow_kv = std::max(narrow_kv, it.kv_len);
       } else if (graph) {  // a padding row of its own
         hm[L.kv_len + i] = 0, hm[L.kv_pos0 + i] = 0;
         q_indptr.push_back(i + 1);
@@ -511,8 +536,14 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
     items[li] = n_items, pages_used[li] = np;
     const int blocks = int(tile_item.size()) * int(m.c.n_kv_heads);
     splits[li] = blocks == 0 ? 1 : m.splits_for(blocks, graph || pad ? -1 : max_kv, wide_tiles[li] > 0);
-    if (m.mma && levels == 1 && wide_tiles[li] > 0)  // one launch, decode and chunk tiles split alike
-      splits[li] = m.splits_for(blocks, max_kv, false);
+    if (m.mma && levels == 1 && wide_tiles[li] > 0) {  // one launch: decode tiles as usual, chunk tiles by keys
+      splits[li] = m.splits_for(blocks, tiles[li] > 0 ? narrow_kv : max_kv, false);
+      const int keys = std::max(64, (narrow_kv + splits[li] - 1) / splits[li]);
+      wide_splits = m.chunk_splits > 0                        ? m.chunk_splits
+                    : m.chunk_splits < 0 && tiles[li] > 0 ? (wide_kv + keys - 1) / keys
+                                                          : splits[li];
+      wide_splits = std::max(1, std::min(wide_splits, m.opt.max_splits));
+    }
   }
   auto copy_in = [&](size_t off, size_t n) {
     if (n) check_cuda(cudaMemcpyAsync(m.d_meta + off, hm + off, n * 4, cudaMemcpyHostToDevice, m.stream), "copying step metadata");
@@ -521,7 +552,8 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
   for (int li = 0; li < levels; ++li) copy_in(m.lv[li].kv_pages, pages_used[li]);
   check_cuda(cudaMemcpyAsync(m.d_params, m.h_params, size_t(Rp) * sizeof(kern::SampleParams),
                              cudaMemcpyHostToDevice, m.stream), "copying sampling parameters");
-  st.graph = graph, st.B = B, st.Rp = Rp, st.T = T, st.R = R, st.levels = levels;
+  st.graph = graph, st.B = B, st.Rp = Rp, st.T = T, st.R = R, st.levels = levels, st.wide_splits = wide_splits,
+  st.wide_qw = wide_qw;
   for (int li = 0; li < 2; ++li)
     st.items[li] = items[li], st.tiles[li] = tiles[li], st.wide_tiles[li] = wide_tiles[li], st.splits[li] = splits[li],
     st.rpt[li] = rpts[li];
@@ -529,7 +561,7 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
   // merge several slots: there the separate merge kernel was quicker when a block merged its rows one warp at
   // a time (not re-measured since the merge uses the whole block). With one level the mixed launch merges
   // every tile, decode and chunk, in its last block.
-  const int slots = levels == 2 ? splits[0] + splits[1] : splits[0];
+  const int slots = levels == 2 ? splits[0] + splits[1] : std::max(splits[0], wide_splits);
   st.fused_merge = m.dense[0].empty() && m.dense[1].empty() &&
                    (wide_tiles[0] + wide_tiles[1] == 0 || slots == 1 || (m.mma && levels == 1));
   // Mixed steps replay too where their launches take no per-step host values: the cuBLAS attention items do.
@@ -542,7 +574,7 @@ std::vector<int> CudaBackend::Impl::staged_key(const Staged& st) {
   if (st.graph) return {-1, st.B};
   return {st.B,        st.Rp,       st.levels,   st.items[0],      st.items[1],      st.tiles[0],
           st.tiles[1], st.splits[0], st.splits[1], st.rpt[0],        st.rpt[1],        st.wide_tiles[0],
-          st.wide_tiles[1], int(st.fused_merge)};
+          st.wide_tiles[1], st.wide_splits, st.wide_qw, int(st.fused_merge)};
 }
 
 void CudaBackend::Impl::execute(const Staged& st) {

@@ -24,9 +24,8 @@ struct CudaBackendOptions {
   bool cuda_graphs = true;   // replay decode-only steps from captured graphs (one per padded batch size)
   // Also replay other steps (chunks beside decodes) whose launch shape repeats, captured on its second sight;
   // single-level steps without wide attention tiles are padded to few shapes (rows to 32, sample rows to 16,
-  // tiles to 16), also when cuda_graphs is off. Faster in bench serve's mixed scenario (docs/BENCHMARKS.md);
-  // off by default until the engine's GPU end-to-end test has run with it.
-  bool graph_mixed_steps = false;
+  // tiles to 16), also when cuda_graphs is off. Faster in bench serve's mixed scenario (docs/BENCHMARKS.md).
+  bool graph_mixed_steps = true;
 };
 
 class CudaBackend : public Backend {

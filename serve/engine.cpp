@@ -55,6 +55,11 @@ Engine::Engine(Backend& backend, EngineOptions opt) : backend_(backend), opt_(op
 
 Engine::~Engine() = default;
 
+void Engine::set_token_budget(int budget) {
+  check(budget >= 1, "token budget must be at least 1");
+  opt_.token_budget = budget;
+}
+
 double Engine::now() const {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count() - epoch_;
 }

@@ -56,6 +56,9 @@ class Engine {
   void submit_batch(std::vector<GenRequest> batch);  // grouped by shared prefix when prefix_sharing is on
   bool idle() const { return waiting_.empty() && running_.empty(); }
   StepStats step(const TokenCallback& on_token = {});
+  // Rows of the iterations from the next step on (a caller may move it between steps, e.g. a benchmark that
+  // starts its decoders with a large budget and then measures at the budget under test). UserError below 1.
+  void set_token_budget(int budget);
   std::vector<GenResult> run(const TokenCallback& on_token = {});  // steps until idle; results by finish time
   std::vector<GenResult> take_finished();
   const PagePool& pool() const { return pool_; }

@@ -2,10 +2,13 @@
 // A block of four warps handles one tile of query rows of one item, one KV head and one split. The query
 // rows of a tile are (token, head of the KV group) pairs, token-major, in mma.sync m16n8k16 tiles of 16.
 // K/V tiles of 64 keys are copied from the pages into shared memory with cp.async, two stages deep, so the
-// next tile's loads overlap this tile's products. Two shapes:
-//   wide   (prefill chunks): each warp owns 16 query rows and walks every key of the tile;
-//   narrow (decode rows):    the block's 16 query rows are shared and each warp takes 16 keys of every tile;
-//                            the four partial softmax states are combined in shared memory at the end.
+// next tile's loads overlap this tile's products. Shapes by QW, the warps over query rows (the other 4 / QW
+// warps split each key tile):
+//   QW = 4, wide   (prefill chunks): each warp owns 16 query rows and walks every key of the tile;
+//   QW = 2, medium (short chunks):   32 query rows, two warps on each 16, each taking 32 keys of every tile;
+//   QW = 1, narrow (decode rows):    the block's 16 query rows are shared and each warp takes 16 keys of a tile.
+// Where warps split the keys, their partial softmax states are combined in shared memory at the end. A block
+// copies the same K/V tiles whatever its rows, so more rows per block means fewer copies from L2.
 // Scores: S = Q K^T (q pre-scaled to base 2, rounded to bf16), online softmax per row, O += P V with P in
 // bf16; everything accumulates in fp32. Writes the partial state of paged_attention (o, lse per split slot)
 // and, when asked, merges all slots in the last block of a (tile, KV head), every thread at once; with a
@@ -107,15 +110,15 @@ __device__ __forceinline__ void merge_tile(const float* o_part, const float* lse
   for (int i = 0; i < DPT; i += 2) out[i / 2] = pack_bf16(acc[i] * inv, acc[i + 1] * inv);
 }
 
-// One block's work: tile `tile` of the list, split `split` of `splits`, KV head blockIdx.y.
-// QW: warps over query rows (4 = wide, 1 = narrow); the other 4 / QW warps split each key tile.
+// One block's work: tile `tile` of the list, split `split` of `splits`, KV head `kvh`.
+// QW: warps over query rows (4 = wide, 2 = medium, 1 = narrow); the other 4 / QW warps split each key tile.
 // direct: this tile's rows have one slot in all, so the normalised output goes straight to merge.out.
 template <int HD, int QW>
 __device__ __forceinline__ void attend_tile(const float* q, const int32_t* q_pos, const AttnLevel& L,
                                             const int32_t* tile_item, const int32_t* tile_row0, int rpt,
                                             const AttnShape& S, const uint16_t* k_cache, const uint16_t* v_cache,
                                             int splits, int slot0, float* o_part, float* lse_part,
-                                            const AttnMerge& merge, bool direct, int tile, int split) {
+                                            const AttnMerge& merge, bool direct, int tile, int split, int kvh) {
   constexpr int KW = kWarps / QW, KPW = kKeys / KW, NS = KPW / 8, KS = HD / 16, NT = HD / 8, ST = HD + 8;
   extern __shared__ __align__(16) uint16_t smem[];
   __shared__ bool last;
@@ -123,7 +126,7 @@ __device__ __forceinline__ void attend_tile(const float* q, const int32_t* q_pos
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, tq = lane & 3;
   const int qw = warp % QW, kw = warp / QW;
   const int group = S.heads / S.kv_heads;
-  const int item = tile_item[tile], row0 = tile_row0[tile], kvh = blockIdx.y;
+  const int item = tile_item[tile], row0 = tile_row0[tile];
   const int row_end = min(row0 + rpt, L.q_indptr[item + 1]);
   const int kv_len = L.kv_len[item], part = split_size(kv_len, splits), begin = split * part;
   const int end = min(kv_len, begin + part), pos0 = L.kv_pos0[item];
@@ -241,7 +244,7 @@ __device__ __forceinline__ void attend_tile(const float* q, const int32_t* q_pos
     __syncthreads();
   }
 
-  if (KW > 1) {  // narrow: combine the key-slice warps' states through shared memory (tiles are done)
+  if (KW > 1) {  // combine the key-slice warps' states through shared memory (tiles are done)
     float* red = reinterpret_cast<float*>(smem);  // [warp][16 rows][HD + 2]: acc, then m and l
     float* mine = red + warp * 16 * (HD + 2);
 #pragma unroll
@@ -255,26 +258,24 @@ __device__ __forceinline__ void attend_tile(const float* q, const int32_t* q_pos
       mine[(g + 8) * (HD + 2) + HD] = mx_b, mine[(g + 8) * (HD + 2) + HD + 1] = l_b;
     }
     __syncthreads();
-    if (warp == 0) {
+    if (kw == 0) {  // the first key-slice warp of each query-row group: warps qw, qw + QW, ...
+      auto row_of = [&](int w, int m) { return red + ((qw + QW * w) * 16 + m) * (HD + 2); };
       float m_all_a = -INFINITY, m_all_b = -INFINITY;
-      for (int w = 0; w < KW; ++w) {
-        m_all_a = fmaxf(m_all_a, red[(w * 16 + g) * (HD + 2) + HD]);
-        m_all_b = fmaxf(m_all_b, red[(w * 16 + g + 8) * (HD + 2) + HD]);
-      }
+      for (int w = 0; w < KW; ++w) m_all_a = fmaxf(m_all_a, row_of(w, g)[HD]), m_all_b = fmaxf(m_all_b, row_of(w, g + 8)[HD]);
       float wa[KW], wb[KW];
       l_a = l_b = 0;
       for (int w = 0; w < KW; ++w) {
-        wa[w] = m_all_a == -INFINITY ? 0.f : exp2f(red[(w * 16 + g) * (HD + 2) + HD] - m_all_a);
-        wb[w] = m_all_b == -INFINITY ? 0.f : exp2f(red[(w * 16 + g + 8) * (HD + 2) + HD] - m_all_b);
-        l_a += wa[w] * red[(w * 16 + g) * (HD + 2) + HD + 1], l_b += wb[w] * red[(w * 16 + g + 8) * (HD + 2) + HD + 1];
+        wa[w] = m_all_a == -INFINITY ? 0.f : exp2f(row_of(w, g)[HD] - m_all_a);
+        wb[w] = m_all_b == -INFINITY ? 0.f : exp2f(row_of(w, g + 8)[HD] - m_all_b);
+        l_a += wa[w] * row_of(w, g)[HD + 1], l_b += wb[w] * row_of(w, g + 8)[HD + 1];
       }
 #pragma unroll
       for (int n = 0; n < NT; ++n) {
         const int d = n * 8 + tq * 2;
         acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0;
         for (int w = 0; w < KW; ++w) {
-          const float* ra = red + (w * 16 + g) * (HD + 2) + d;
-          const float* rb = red + (w * 16 + g + 8) * (HD + 2) + d;
+          const float* ra = row_of(w, g) + d;
+          const float* rb = row_of(w, g + 8) + d;
           acc[n][0] += wa[w] * ra[0], acc[n][1] += wa[w] * ra[1], acc[n][2] += wb[w] * rb[0], acc[n][3] += wb[w] * rb[1];
         }
       }
@@ -321,7 +322,7 @@ __device__ __forceinline__ void attend_tile(const float* q, const int32_t* q_pos
   __threadfence();
   __syncthreads();
   if (threadIdx.x == 0) {
-    int32_t* counter = merge.counters + int64_t(tile) * gridDim.y + kvh;
+    int32_t* counter = merge.counters + int64_t(tile) * S.kv_heads + kvh;
     last = atomicAdd(counter, 1) == splits - 1;
     if (last) *counter = 0;  // ready for the next launch (graph replays)
   }
@@ -338,24 +339,30 @@ __global__ void __launch_bounds__(kWarps * 32)
                                const uint16_t* v_cache, int splits, int slot0, float* o_part, float* lse_part,
                                AttnMerge merge) {
   attend_tile<HD, QW>(q, q_pos, L, tile_item, tile_row0, rpt, S, k_cache, v_cache, splits, slot0, o_part, lse_part,
-                      merge, merge.out && merge.slots == 1, blockIdx.x, blockIdx.z);
+                      merge, merge.out && merge.slots == 1, blockIdx.x, blockIdx.z, blockIdx.y);
 }
 
-// Decode tiles (narrow) and chunk tiles (wide) of one level in one launch, both split over the keys alike:
-// blocks past the narrow tiles take the wide ones. Every tile is merged by its last block (or, with one
-// split, written directly), so a short chunk over a long prefix does not wait on one block per tile.
-template <int HD>
+// Decode tiles (narrow) and chunk tiles (WQW warps over their rows: 2 or 4) of one level in one launch, each
+// kind split over the keys its own number of times (grid z: the larger count; a block past its kind's splits
+// has nothing to do). Blocks past the narrow tiles take the chunk ones; tiles fastest, so the chunk blocks are
+// spread over the launch among the decode blocks. Every tile is merged by its last block (or, with one split,
+// written directly), its own kind's slots only.
+template <int HD, int WQW>
 __global__ void __launch_bounds__(kWarps * 32)
     paged_attention_mixed_kernel(const float* q, const int32_t* q_pos, AttnLevel L, const int32_t* tile_item,
                                  const int32_t* tile_row0, int narrow_tiles, int narrow_rpt, int wide_rpt, AttnShape S,
-                                 const uint16_t* k_cache, const uint16_t* v_cache, int splits, float* o_part,
-                                 float* lse_part, AttnMerge merge) {
-  if (int(blockIdx.x) < narrow_tiles)
+                                 const uint16_t* k_cache, const uint16_t* v_cache, int splits, int wide_splits,
+                                 float* o_part, float* lse_part, AttnMerge merge) {
+  const bool narrow = int(blockIdx.x) < narrow_tiles;
+  AttnMerge m = merge;
+  m.slots = narrow ? splits : wide_splits;
+  if (int(blockIdx.z) >= m.slots) return;
+  if (narrow)
     attend_tile<HD, 1>(q, q_pos, L, tile_item, tile_row0, narrow_rpt, S, k_cache, v_cache, splits, 0, o_part, lse_part,
-                       merge, merge.slots == 1, blockIdx.x, blockIdx.z);
+                       m, splits == 1, blockIdx.x, blockIdx.z, blockIdx.y);
   else
-    attend_tile<HD, 4>(q, q_pos, L, tile_item, tile_row0, wide_rpt, S, k_cache, v_cache, splits, 0, o_part, lse_part,
-                       merge, merge.slots == 1, blockIdx.x, blockIdx.z);
+    attend_tile<HD, WQW>(q, q_pos, L, tile_item, tile_row0, wide_rpt, S, k_cache, v_cache, wide_splits, 0, o_part,
+                         lse_part, m, wide_splits == 1, blockIdx.x, blockIdx.z, blockIdx.y);
 }
 
 template <typename Kernel>
@@ -376,18 +383,18 @@ void launch(const float* q, const int32_t* q_pos, const AttnLevel& L, const int3
                   q_pos, L, tile_item, tile_row0, rpt, S, kc, vc, splits, slot0, o_part, lse_part, merge);
 }
 
-template <int HD>
+template <int HD, int WQW>
 void launch_mixed(const float* q, const int32_t* q_pos, const AttnLevel& L, const int32_t* tile_item,
                   const int32_t* tile_row0, int narrow_tiles, int narrow_rpt, int wide_tiles, int wide_rpt,
-                  const AttnShape& S, const uint16_t* kc, const uint16_t* vc, int splits, float* o_part,
-                  float* lse_part, const AttnMerge& merge, cudaStream_t s) {
+                  const AttnShape& S, const uint16_t* kc, const uint16_t* vc, int splits, int wide_splits,
+                  float* o_part, float* lse_part, const AttnMerge& merge, cudaStream_t s) {
   constexpr size_t smem = smem_bytes<HD>();
-  static const bool configured = (allow_smem(paged_attention_mixed_kernel<HD>, smem), true);
+  static const bool configured = (allow_smem(paged_attention_mixed_kernel<HD, WQW>, smem), true);
   (void)configured;
-  dim3 grid(narrow_tiles + wide_tiles, S.kv_heads, splits);
-  dev::launch_pdl(paged_attention_mixed_kernel<HD>, grid, kWarps * 32, smem, s, "paged attention (tensor cores)", q,
-                  q_pos, L, tile_item, tile_row0, narrow_tiles, narrow_rpt, wide_rpt, S, kc, vc, splits, o_part,
-                  lse_part, merge);
+  dim3 grid(narrow_tiles + wide_tiles, S.kv_heads, std::max(splits, wide_splits));
+  dev::launch_pdl(paged_attention_mixed_kernel<HD, WQW>, grid, kWarps * 32, smem, s, "paged attention (tensor cores)",
+                  q, q_pos, L, tile_item, tile_row0, narrow_tiles, narrow_rpt, wide_rpt, S, kc, vc, splits,
+                  wide_splits, o_part, lse_part, merge);
 }
 
 }  // namespace
@@ -397,48 +404,64 @@ bool attention_mma_supported(const AttnShape& shape) {
   return group >= 1 && group <= 16 && (shape.head_dim == 64 || shape.head_dim == 128);
 }
 
-int attention_mma_rows_per_tile(int heads, int kv_heads, bool wide) {
-  const int group = heads / kv_heads;
-  return std::max(1, (wide ? kWarps * 16 : 16) / group);
+int attention_mma_rows_per_tile(int heads, int kv_heads, int query_warps) {
+  check(query_warps == 1 || query_warps == 2 || query_warps == 4, "paged attention (tensor cores): ", query_warps,
+        " warps over query rows are not built (1, 2 or 4)");
+  return std::max(1, query_warps * 16 / (heads / kv_heads));
 }
 
 void paged_attention_mma(const float* q, const int32_t* q_pos, const AttnLevel& level, const int32_t* tile_item,
-                         const int32_t* tile_row0, int num_tiles, int rows_per_tile, bool wide, const AttnShape& shape,
+                         const int32_t* tile_row0, int num_tiles, int rows_per_tile, int query_warps, const AttnShape& shape,
                          const uint16_t* k_cache, const uint16_t* v_cache, int splits, int slot0, float* o_part,
                          float* lse_part, const AttnMerge& merge, cudaStream_t s) {
   if (num_tiles == 0) return;
   check(attention_mma_supported(shape), "paged attention (tensor cores): head dimension ", shape.head_dim, " and ",
         shape.heads / shape.kv_heads, " heads per KV head are not built (64 or 128; at most 16)");
-  check(rows_per_tile >= 1 && rows_per_tile <= attention_mma_rows_per_tile(shape.heads, shape.kv_heads, wide),
+  check(rows_per_tile >= 1 && rows_per_tile <= attention_mma_rows_per_tile(shape.heads, shape.kv_heads, query_warps),
         "paged attention (tensor cores): ", rows_per_tile, " rows per tile do not fit the block");
-  if (shape.head_dim == 64) {
-    if (wide) launch<64, 4>(q, q_pos, level, tile_item, tile_row0, num_tiles, rows_per_tile, shape, k_cache, v_cache, splits, slot0, o_part, lse_part, merge, s);
-    else launch<64, 1>(q, q_pos, level, tile_item, tile_row0, num_tiles, rows_per_tile, shape, k_cache, v_cache, splits, slot0, o_part, lse_part, merge, s);
-  } else {
-    if (wide) launch<128, 4>(q, q_pos, level, tile_item, tile_row0, num_tiles, rows_per_tile, shape, k_cache, v_cache, splits, slot0, o_part, lse_part, merge, s);
-    else launch<128, 1>(q, q_pos, level, tile_item, tile_row0, num_tiles, rows_per_tile, shape, k_cache, v_cache, splits, slot0, o_part, lse_part, merge, s);
+  auto go = [&](auto kernel_launch) {
+    kernel_launch(q, q_pos, level, tile_item, tile_row0, num_tiles, rows_per_tile, shape, k_cache, v_cache, splits,
+                  slot0, o_part, lse_part, merge, s);
+  };
+  const int key = shape.head_dim * 8 + query_warps;
+  switch (key) {
+    case 64 * 8 + 1: go(launch<64, 1>); break;
+    case 64 * 8 + 2: go(launch<64, 2>); break;
+    case 64 * 8 + 4: go(launch<64, 4>); break;
+    case 128 * 8 + 1: go(launch<128, 1>); break;
+    case 128 * 8 + 2: go(launch<128, 2>); break;
+    default: go(launch<128, 4>); break;
   }
   check_cuda(cudaGetLastError(), "paged attention (tensor cores)");
 }
 
 void paged_attention_mma_mixed(const float* q, const int32_t* q_pos, const AttnLevel& level, const int32_t* tile_item,
                                const int32_t* tile_row0, int narrow_tiles, int narrow_rpt, int wide_tiles,
-                               const AttnShape& shape, const uint16_t* k_cache, const uint16_t* v_cache, int splits,
-                               float* o_part, float* lse_part, const AttnMerge& merge, cudaStream_t s) {
+                               int wide_query_warps, const AttnShape& shape, const uint16_t* k_cache,
+                               const uint16_t* v_cache, int splits, int wide_splits, float* o_part, float* lse_part,
+                               const AttnMerge& merge, cudaStream_t s) {
   if (narrow_tiles + wide_tiles == 0) return;
   check(attention_mma_supported(shape), "paged attention (tensor cores): head dimension ", shape.head_dim, " and ",
         shape.heads / shape.kv_heads, " heads per KV head are not built (64 or 128; at most 16)");
-  check(merge.out && merge.slots == splits && (splits == 1 || merge.counters),
-        "paged attention (tensor cores): a mixed launch merges its own rows (one level: slots = splits)");
-  check(narrow_rpt >= 1 && narrow_rpt <= attention_mma_rows_per_tile(shape.heads, shape.kv_heads, false),
+  check(splits >= 1 && wide_splits >= 1, "paged attention (tensor cores): splits must be positive");
+  check(merge.out && merge.slots >= std::max(splits, wide_splits) && (std::max(splits, wide_splits) == 1 || merge.counters),
+        "paged attention (tensor cores): a mixed launch merges its own rows (one level: slots for either kind's splits)");
+  check(narrow_rpt >= 1 && narrow_rpt <= attention_mma_rows_per_tile(shape.heads, shape.kv_heads, 1),
         "paged attention (tensor cores): ", narrow_rpt, " rows per tile do not fit the block");
-  const int wide_rpt = attention_mma_rows_per_tile(shape.heads, shape.kv_heads, true);
-  if (shape.head_dim == 64)
-    launch_mixed<64>(q, q_pos, level, tile_item, tile_row0, narrow_tiles, narrow_rpt, wide_tiles, wide_rpt, shape,
-                     k_cache, v_cache, splits, o_part, lse_part, merge, s);
-  else
-    launch_mixed<128>(q, q_pos, level, tile_item, tile_row0, narrow_tiles, narrow_rpt, wide_tiles, wide_rpt, shape,
-                      k_cache, v_cache, splits, o_part, lse_part, merge, s);
+  check(wide_query_warps == 2 || wide_query_warps == 4, "paged attention (tensor cores): chunk tiles of ",
+        wide_query_warps, " warps over query rows are not built in the mixed launch (2 or 4)");
+  const int wide_rpt = attention_mma_rows_per_tile(shape.heads, shape.kv_heads, wide_query_warps);
+  auto go = [&](auto kernel_launch) {
+    kernel_launch(q, q_pos, level, tile_item, tile_row0, narrow_tiles, narrow_rpt, wide_tiles, wide_rpt, shape,
+                  k_cache, v_cache, splits, wide_splits, o_part, lse_part, merge, s);
+  };
+  const int key = shape.head_dim * 8 + wide_query_warps;
+  switch (key) {
+    case 64 * 8 + 2: go(launch_mixed<64, 2>); break;
+    case 64 * 8 + 4: go(launch_mixed<64, 4>); break;
+    case 128 * 8 + 2: go(launch_mixed<128, 2>); break;
+    default: go(launch_mixed<128, 4>); break;
+  }
   check_cuda(cudaGetLastError(), "paged attention (tensor cores)");
 }
 

@@ -427,8 +427,9 @@ TEST(GpuKernels, TensorCorePrefillAttentionMatchesReference) {
   cublasDestroy(handle);
 }
 
-// The tensor-core kernel in both shapes (narrow: decode tiles, keys split over warps; wide: chunk tiles) on one
-// step mixing decode rows, bottom-right causal chunks and a prefix-level item (every key before every query).
+// The tensor-core kernel in its three shapes (narrow: decode tiles, keys split over warps; medium and wide: chunk
+// tiles of 2 and 4 query warps) on one step mixing decode rows, bottom-right causal chunks and a prefix-level
+// item (every key before every query).
 TEST(GpuKernels, TensorCoreAttentionMatchesReference) {
   std::mt19937_64 rng(31);
   struct Item {
@@ -466,12 +467,12 @@ TEST(GpuKernels, TensorCoreAttentionMatchesReference) {
       kern::AttnLevel DL;
       DL.num_items = L.num_items, DL.q_indptr = a.p, DL.kv_indptr = b.p, DL.kv_pages = c.p, DL.kv_len = e.p, DL.kv_pos0 = f.p;
       for (int splits : {1, 3})
-        for (bool wide : {false, true}) {
+        for (int qw : {1, 2, 4}) {  // warps over query rows: narrow, medium, wide tiles
           std::vector<float> o_part(size_t(splits) * rows * H * hd), lse_part(size_t(splits) * rows * H);
           kern::ref::paged_attention(q.data(), pos.data(), L, S, k.data(), v.data(), splits, 0, o_part.data(), lse_part.data());
           std::vector<float> want(size_t(rows) * H * hd), want_lse(size_t(rows) * H);
           kern::ref::merge_states(o_part.data(), lse_part.data(), splits, rows, H, hd, want.data(), want_lse.data());
-          const int rpt = kc::attention_mma_rows_per_tile(H, Hkv, wide);
+          const int rpt = kc::attention_mma_rows_per_tile(H, Hkv, qw);
           std::vector<int32_t> ti, tr;
           kc::attention_tiles(q_ind, rpt, ti, tr);
           Dev<int32_t> dti(ti), dtr(tr), counters(std::vector<int32_t>(ti.size() * size_t(Hkv), 0));
@@ -479,16 +480,16 @@ TEST(GpuKernels, TensorCoreAttentionMatchesReference) {
           Dev<uint16_t> fused(want.size());
           kc::AttnMerge merge;
           merge.slots = splits, merge.out = fused.p, merge.counters = counters.p;
-          kc::paged_attention_mma(dq.p, dpos.p, DL, dti.p, dtr.p, int(ti.size()), rpt, wide, S, dk.p, dv.p, splits, 0,
+          kc::paged_attention_mma(dq.p, dpos.p, DL, dti.p, dtr.p, int(ti.size()), rpt, qw, S, dk.p, dv.p, splits, 0,
                                   dop.p, dlp.p, kc::AttnMerge{}, nullptr);
           Dev<float> dop2(o_part.size()), dlp2(lse_part.size());  // one slot: the fused launch writes out directly
           for (int rep = 0; rep < 2; ++rep)  // the second launch relies on the counters the first left at zero
-            kc::paged_attention_mma(dq.p, dpos.p, DL, dti.p, dtr.p, int(ti.size()), rpt, wide, S, dk.p, dv.p, splits, 0,
+            kc::paged_attention_mma(dq.p, dpos.p, DL, dti.p, dtr.p, int(ti.size()), rpt, qw, S, dk.p, dv.p, splits, 0,
                                     dop2.p, dlp2.p, merge, nullptr);
           kc::merge_states(dop.p, dlp.p, splits, rows, H, hd, nullptr, dout.p, dlse.p, nullptr);
           const std::string where = "H " + std::to_string(H) + "/" + std::to_string(Hkv) + " hd " + std::to_string(hd) +
                                     " page " + std::to_string(page) + " splits " + std::to_string(splits) +
-                                    (wide ? " wide" : " narrow");
+                                    " query warps " + std::to_string(qw);
           auto got = dout.get();
           for (float x : got) ASSERT_FALSE(std::isnan(x)) << where;
           EXPECT_LE(rel_err(got, want), 1e-2) << where;
@@ -497,37 +498,42 @@ TEST(GpuKernels, TensorCoreAttentionMatchesReference) {
           auto got_lse = dlse.get();
           for (size_t i = 0; i < got_lse.size(); ++i) ASSERT_NEAR(got_lse[i], want_lse[i], 2e-2) << where << " lse " << i;
         }
-      // One launch for both kinds: items shorter than a wide tile in narrow tiles (split), the rest wide.
-      for (int splits : {1, 4}) {
-        const int wide_rpt = kc::attention_mma_rows_per_tile(H, Hkv, true);
-        const int narrow_rpt = kc::attention_mma_rows_per_tile(H, Hkv, false);
-        std::vector<int32_t> ti, tr, wi, wr;
-        for (size_t i = 0; i < items.size(); ++i) {
-          const bool wide = items[i].rows >= wide_rpt;
-          for (int r = q_ind[i]; r < q_ind[i + 1]; r += wide ? wide_rpt : narrow_rpt)
-            (wide ? wi : ti).push_back(int32_t(i)), (wide ? wr : tr).push_back(r);
+      // One launch for both kinds: items shorter than a chunk tile in narrow tiles (split), the rest in chunk
+      // tiles of 2 or 4 query warps, split as often as the narrow ones or three times.
+      for (int splits : {1, 4})
+        for (int wide_qw : {2, 4}) {
+          const int wide_splits = wide_qw == 2 ? 3 : splits, slots = std::max(splits, wide_splits);
+          const int wide_rpt = kc::attention_mma_rows_per_tile(H, Hkv, wide_qw);
+          const int narrow_rpt = kc::attention_mma_rows_per_tile(H, Hkv, 1);
+          std::vector<int32_t> ti, tr, wi, wr;
+          for (size_t i = 0; i < items.size(); ++i) {
+            const bool wide = items[i].rows >= wide_rpt;
+            for (int r = q_ind[i]; r < q_ind[i + 1]; r += wide ? wide_rpt : narrow_rpt)
+              (wide ? wi : ti).push_back(int32_t(i)), (wide ? wr : tr).push_back(r);
+          }
+          const int narrow_tiles = int(ti.size()), wide_tiles = int(wi.size());
+          ti.insert(ti.end(), wi.begin(), wi.end()), tr.insert(tr.end(), wr.begin(), wr.end());
+          std::vector<float> o_part(size_t(slots) * rows * H * hd), lse_part(size_t(slots) * rows * H);
+          kern::ref::paged_attention(q.data(), pos.data(), L, S, k.data(), v.data(), splits, 0, o_part.data(), lse_part.data());
+          std::vector<float> want(size_t(rows) * H * hd);
+          kern::ref::merge_states(o_part.data(), lse_part.data(), splits, rows, H, hd, want.data(), nullptr);
+          Dev<int32_t> dti(ti), dtr(tr), counters(std::vector<int32_t>(ti.size() * size_t(Hkv), 0));
+          Dev<float> dop(o_part.size()), dlp(lse_part.size());
+          Dev<uint16_t> out(want.size());
+          kc::AttnMerge merge;
+          merge.slots = slots, merge.out = out.p, merge.counters = counters.p;
+          for (int rep = 0; rep < 2; ++rep)
+            kc::paged_attention_mma_mixed(dq.p, dpos.p, DL, dti.p, dtr.p, narrow_tiles, narrow_rpt, wide_tiles, wide_qw, S,
+                                          dk.p, dv.p, splits, wide_splits, dop.p, dlp.p, merge, nullptr);
+          const std::string where = "mixed H " + std::to_string(H) + "/" + std::to_string(Hkv) + " hd " + std::to_string(hd) +
+                                    " page " + std::to_string(page) + " splits " + std::to_string(splits) +
+                                    " chunk query warps " + std::to_string(wide_qw) + " chunk splits " +
+                                    std::to_string(wide_splits);
+          auto got = from_bf16(out.get());
+          for (float x : got) ASSERT_FALSE(std::isnan(x)) << where;
+          EXPECT_LE(rel_err(got, want), 1e-2) << where;
+          for (int32_t cnt : counters.get()) ASSERT_EQ(cnt, 0) << where << ": counters are left at zero";
         }
-        const int narrow_tiles = int(ti.size()), wide_tiles = int(wi.size());
-        ti.insert(ti.end(), wi.begin(), wi.end()), tr.insert(tr.end(), wr.begin(), wr.end());
-        std::vector<float> o_part(size_t(splits) * rows * H * hd), lse_part(size_t(splits) * rows * H);
-        kern::ref::paged_attention(q.data(), pos.data(), L, S, k.data(), v.data(), splits, 0, o_part.data(), lse_part.data());
-        std::vector<float> want(size_t(rows) * H * hd);
-        kern::ref::merge_states(o_part.data(), lse_part.data(), splits, rows, H, hd, want.data(), nullptr);
-        Dev<int32_t> dti(ti), dtr(tr), counters(std::vector<int32_t>(ti.size() * size_t(Hkv), 0));
-        Dev<float> dop(o_part.size()), dlp(lse_part.size());
-        Dev<uint16_t> out(want.size());
-        kc::AttnMerge merge;
-        merge.slots = splits, merge.out = out.p, merge.counters = counters.p;
-        for (int rep = 0; rep < 2; ++rep)
-          kc::paged_attention_mma_mixed(dq.p, dpos.p, DL, dti.p, dtr.p, narrow_tiles, narrow_rpt, wide_tiles, S, dk.p, dv.p,
-                                        splits, dop.p, dlp.p, merge, nullptr);
-        const std::string where = "mixed H " + std::to_string(H) + "/" + std::to_string(Hkv) + " hd " + std::to_string(hd) +
-                                  " page " + std::to_string(page) + " splits " + std::to_string(splits);
-        auto got = from_bf16(out.get());
-        for (float x : got) ASSERT_FALSE(std::isnan(x)) << where;
-        EXPECT_LE(rel_err(got, want), 1e-2) << where;
-        for (int32_t cnt : counters.get()) ASSERT_EQ(cnt, 0) << where << ": counters are left at zero";
-      }
     }
 }
 

@@ -29,7 +29,8 @@ void EngineFlags::add_to(po::options_description& desc) {
       "chunked-prefill", po::value(&chunked)->default_value("on"), "on | off (off: prefill-first)")(
       "prefix-sharing", po::value(&sharing)->default_value("off"), "off | on | flat (on: cascade attention)")(
       "no-cuda-graphs", po::bool_switch(&no_graphs), "run every step without CUDA graphs")(
-      "graph-mixed-steps", po::bool_switch(&graph_mixed), "also replay steps of chunks beside decodes from CUDA graphs");
+      "no-graph-mixed-steps", po::bool_switch(&no_graph_mixed),
+      "run steps of chunks beside decodes as plain launches, unpadded (decode-only steps keep their graphs)");
 }
 
 void SamplingFlags::add_to(po::options_description& desc) {
@@ -64,7 +65,7 @@ std::unique_ptr<serve::Backend> make_backend(const serve::Bundle& bundle, const 
     serve::CudaBackendOptions o;
     o.page_size = f.page_size, o.num_pages = f.kv_pages, o.kv_fraction = f.kv_fraction;
     o.max_tokens = f.max_tokens, o.max_sample_rows = std::min(f.max_running, f.max_tokens);
-    o.cuda_graphs = !f.no_graphs, o.graph_mixed_steps = f.graph_mixed;
+    o.cuda_graphs = !f.no_graphs, o.graph_mixed_steps = !f.no_graph_mixed;
     return std::make_unique<serve::CudaBackend>(bundle, o);
 #else
     fail("--device cuda: this chunkwise was built without CUDA (configure with -DCHUNKWISE_CUDA=ON)");

@@ -16,7 +16,7 @@ struct EngineFlags {
   std::string device = "auto";
   int page_size = 16, kv_pages = 0, max_tokens = 2048, max_running = 256;
   double kv_fraction = 0.6;
-  bool no_graphs = false, graph_mixed = false;
+  bool no_graphs = false, no_graph_mixed = false;
   serve::EngineOptions engine;
   std::string chunked = "on", sharing = "off";
   void add_to(po::options_description& desc);
