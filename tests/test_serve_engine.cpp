@@ -263,6 +263,39 @@ TEST(ServeEngineCpu, GreedyOutputsEqualTheReferenceAtAnyBudgetAndPageSize) {
   EXPECT_EQ(run_engine(b, reqs, prefill_first, 16, 64), want) << "prefill-first";
 }
 
+// The budget moved between steps bounds the next steps' rows, and the tokens stay the reference's.
+TEST(ServeEngineCpu, TokenBudgetSetBetweenStepsBoundsTheNextSteps) {
+  serve::Bundle b = serve::random_bundle(small_serve_config(4, 2, 16), 7, 0.15f);
+  std::mt19937_64 rng(5);
+  serve::CpuBackendOptions o;
+  o.page_size = 16, o.num_pages = 200;
+  serve::CpuBackend be(b, o);
+  serve::EngineOptions eo;
+  eo.token_budget = 64;
+  serve::Engine engine(be, eo);
+  std::map<int64_t, std::vector<int32_t>> want;
+  for (int i = 0; i < 3; ++i) {
+    serve::GenRequest r;
+    r.id = i, r.prompt = random_prompt(40, 512, rng), r.max_new_tokens = 5;
+    want[i] = oracle_greedy(b, r.prompt, r.max_new_tokens);
+    engine.submit(r);
+  }
+  auto first = engine.step();
+  EXPECT_EQ(first.decode_rows + first.prefill_rows, 64);  // the budget given at construction
+  engine.set_token_budget(9);
+  int steps = 0;
+  while (!engine.idle()) {
+    auto st = engine.step();
+    EXPECT_LE(st.decode_rows + st.prefill_rows, 9) << "step " << steps;
+    ++steps;
+  }
+  EXPECT_GE(steps, (120 - 64) / 9);
+  std::map<int64_t, std::vector<int32_t>> got;
+  for (auto& r : engine.take_finished()) got[r.id] = r.tokens;
+  EXPECT_EQ(got, want);
+  EXPECT_THROW(engine.set_token_budget(0), UserError);
+}
+
 TEST(ServeEngineCpu, PrefixSharingComputesThePrefixOnceAndChangesNoToken) {
   serve::Bundle b = serve::random_bundle(small_serve_config(4, 2, 16), 7, 0.15f);
   std::mt19937_64 rng(5);
