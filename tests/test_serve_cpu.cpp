@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <map>
+#include <sstream>
+
 #include "checkpoints/hf_bundle.h"
 #include "checkpoints/tensor_io.h"
 #include "common/files.h"
@@ -187,4 +190,39 @@ TEST(ServeCpu, GenerateCommandStreamsTheGreedyContinuation) {
             0)
       << out;
   EXPECT_EQ(out, tok.decode(ids) + "\n");
+}
+
+// bench serve's mixed scenario (the engine issue's "long prompts arriving while 32 sequences decode", small
+// sizes): by default the clock starts with every decoder decoding, so the decode-only run is exactly the
+// decoders' remaining tokens; --mixed-cold-start puts their prompts' prefill inside the window.
+TEST(ServeCli, BenchMixedStartsWithTheDecodersDecoding) {
+  auto run = [](const std::string& extra) {
+    std::string out;
+    EXPECT_EQ(run_command(chunkwise_bin() + " bench serve --device cpu --config tiny --quick --scenario mixed " +
+                              "--mixed-budget 16 " + extra + " 2>/dev/null",
+                          &out),
+              0)
+        << out;
+    std::map<std::string, json> by_mode;  // "decode-only", "prefill-first", "chunked", "ratio"
+    std::istringstream lines(out);
+    for (std::string line; std::getline(lines, line);) {
+      if (line.empty() || line[0] != '{') continue;
+      json j = parse_json_checked(line, "bench serve output");
+      if (j["bench"] == "serve-mixed") by_mode[j["mode"].get<std::string>()] = j;
+      if (j["bench"] == "serve-mixed-ratio") by_mode["ratio"] = j;
+    }
+    return by_mode;
+  };
+  auto warm = run(""), cold = run("--mixed-cold-start");
+  ASSERT_EQ(warm.size(), 4u);
+  ASSERT_EQ(cold.size(), 4u);
+  const int decoder_new = 48;  // --quick: 4 decoders of 48 new tokens, 2 long prompts of 200
+  EXPECT_EQ(warm["decode-only"]["iterations"].get<int>(), decoder_new - 1);
+  EXPECT_EQ(warm["ratio"]["start"], "warm");
+  EXPECT_GT(cold["decode-only"]["iterations"].get<int>(), decoder_new - 1);
+  EXPECT_EQ(cold["ratio"]["start"], "cold");
+  for (auto* r : {&warm, &cold}) {
+    EXPECT_GT((*r)["chunked"]["iterations"].get<int>(), (*r)["prefill-first"]["iterations"].get<int>());
+    EXPECT_GT((*r)["ratio"]["throughput_chunked_over_prefill_first"].get<double>(), 0);
+  }
 }
