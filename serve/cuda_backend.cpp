@@ -71,7 +71,7 @@ struct CudaBackend::Impl {
   LevelMeta lv[2];
   // Captured steps by launch shape: decode-only steps padded to a power of two ({-1, B}), and (with
   // graph_mixed_steps) any other step without cuBLAS attention items by every host value its launches take
-  // (staged_key; single-level steps without wide tiles are padded to few shapes), captured the second time
+  // (staged_key; single-level steps without chunk tiles are padded to few shapes), captured the second time
   // that shape is seen. Replays read the new step's metadata from the same device buffers.
   std::map<std::vector<int>, cudaGraphExec_t> graphs;
   std::map<std::vector<int>, int> shapes_seen;
@@ -90,10 +90,12 @@ struct CudaBackend::Impl {
   static std::vector<int> staged_key(const Staged& st);   // every host value launch_all reads from st
   void execute(const Staged& st);                        // the graph replay or the launches
   // Attention on tensor cores (paged_attention_mma.cu) where the shape is built, unless CHUNKWISE_ATTENTION_SIMT
-  // is set: decode rows in narrow tiles, chunks of at least wide_rows rows in wide tiles. Otherwise the CUDA-core
+  // is set: decode rows in narrow tiles, chunks of at least wide_rows rows in chunk tiles. Otherwise the CUDA-core
   // kernel, with items of many query rows on the cuBLAS path (paged_prefill.cu).
   bool mma = false;
-  int rpt_qw[5] = {0, 0, 0, 0, 0};  // rows of a tile of 1, 2 or 4 warps over 16 (token, head) rows each
+  int chunk_rpt(int qw) const {  // rows of a chunk tile of qw warps over 16 (token, head) rows each
+    return kern::cuda::attention_mma_rows_per_tile(int(c.n_heads), int(c.n_kv_heads), qw);
+  }
   // The attention launch heuristics; each can be overridden from the environment for measurements (bench
   // serve sweeps, docs/BENCHMARKS.md) and defaults to the value those measurements chose.
   static int env_int(const char* name, int fallback) {
@@ -232,7 +234,7 @@ struct CudaBackend::Impl {
           kern::cuda::AttnMerge wide_merge = merge;  // its own counters, after the narrow tiles'
           if (wide_merge.counters) wide_merge.counters += size_t(tiles[li]) * size_t(Hkv);
           kern::cuda::paged_attention_mma(qkv, pos, level_view(li, items[li]), ti + tiles[li], tr + tiles[li],
-                                          st.wide_tiles[li], rpt_qw[st.wide_qw], st.wide_qw, shape, L.k, L.v, splits[li], slot0,
+                                          st.wide_tiles[li], chunk_rpt(st.wide_qw), st.wide_qw, shape, L.k, L.v, splits[li], slot0,
                                           o_part, lse_part, wide_merge, stream);
         } else {
           kern::cuda::paged_attention(qkv, pos, level_view(li, items[li]), d_meta + lv[li].tile_item,
@@ -345,8 +347,6 @@ CudaBackend::CudaBackend(const Bundle& b, CudaBackendOptions opt) : impl_(std::m
     kern::AttnShape shape;
     shape.heads = int(H), shape.kv_heads = int(Hkv), shape.head_dim = int(hd), shape.page_size = opt.page_size;
     m.mma = kern::cuda::attention_mma_supported(shape) && !std::getenv("CHUNKWISE_ATTENTION_SIMT");
-    if (m.mma)
-      for (int qw : {1, 2, 4}) m.rpt_qw[qw] = kern::cuda::attention_mma_rows_per_tile(int(H), int(Hkv), qw);
     if (!m.mma) {  // the cuBLAS path's gathered K/V and scores
       int rb = opt.max_tokens;
       while (rb > 16 && kern::cuda::paged_prefill_workspace(rb, int(c.max_seq_len), shape) > (size_t(1) << 30)) rb /= 2;
@@ -447,12 +447,12 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
   for (const auto& lvl : plan.levels)
     for (const auto& it : lvl) longest = std::max(longest, it.q_end - it.q_begin);
   const int wide_qw = m.fixed_qw == 2 || m.fixed_qw == 4 ? m.fixed_qw : longest >= m.qw4_rows ? 4 : 2;
-  const int wide_rpt = m.mma ? m.rpt_qw[wide_qw] : 0;
+  const int wide_rpt = m.mma ? m.chunk_rpt(wide_qw) : 0;
   auto wide_item = [&](const AttnItem& it) { return m.mma && it.q_end - it.q_begin >= std::max(wide_rpt, m.wide_rows); };
   // Other steps padded to a few launch shapes where their graphs are wanted (graph_mixed_steps; padded even
   // without graphs, so that eager and replayed steps of one shape can be compared): rows to a multiple of 32,
   // sample rows to a multiple of 16, narrow attention tiles to a multiple of 16 (no-op tiles), split-KV from the
-  // padded tile count. Single-level steps on tensor cores without wide tiles (decodes beside short chunks).
+  // padded tile count. Single-level steps on tensor cores without chunk tiles (decodes beside short chunks).
   const bool pad = !graph && allow_graph && m.opt.graph_mixed_steps && m.mma && levels == 1 &&
                    std::none_of(plan.levels[0].begin(), plan.levels[0].end(), wide_item);
   auto round_up = [](int n, int to) { return (n + to - 1) / to * to; };

@@ -1,8 +1,8 @@
 // The engine's CUDA backend: bf16 weights and KV pages on the GPU, fp32 accumulation, cuBLAS for matrix
 // products of more than four rows (the algorithm per shape chosen by timing at start-up, serve/tuned_gemm.h)
 // and kernels/ for everything else. Decode-only steps run as CUDA graphs captured once per padded batch size;
-// other steps (chunked prefill beside decodes) optionally once their launch shape repeats. Results are checked
-// against CpuBackend (same plans, same math).
+// other steps (chunked prefill beside decodes) once their launch shape repeats (unless graph_mixed_steps is
+// off). Results are checked against CpuBackend (same plans, same math).
 // Must not: link LibTorch, or expose CUDA types in this header (serve/ users build without CUDA headers).
 #pragma once
 #include <memory>
@@ -23,7 +23,7 @@ struct CudaBackendOptions {
   int max_splits = 16;       // split-KV parts per attention item
   bool cuda_graphs = true;   // replay decode-only steps from captured graphs (one per padded batch size)
   // Also replay other steps (chunks beside decodes) whose launch shape repeats, captured on its second sight;
-  // single-level steps without wide attention tiles are padded to few shapes (rows to 32, sample rows to 16,
+  // single-level steps without chunk attention tiles are padded to few shapes (rows to 32, sample rows to 16,
   // tiles to 16), also when cuda_graphs is off. Faster in bench serve's mixed scenario (docs/BENCHMARKS.md).
   bool graph_mixed_steps = true;
 };

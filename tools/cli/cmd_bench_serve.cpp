@@ -259,11 +259,12 @@ int bench_serve_main(const Args& args) {
     run_mixed(*backend, chunked(budgets[0]), z, true, V, cold_start);  // warm-up
     const MixedResult d = run_mixed(*backend, decode_only, z, false, V, cold_start);
     const MixedResult pf = run_mixed(*backend, prefill_first, z, true, V, cold_start);
+    const char* start = cold_start ? "cold" : "warm";
     auto print = [&](const std::string& name, int budget, const MixedResult& m) {
       std::cout << "{\"bench\": \"serve-mixed\", \"card\": \"" << card << "\", \"mode\": \"" << name << "\", \"decoders\": "
                 << z.decoders << ", \"long_prompts\": " << (name == "decode-only" ? 0 : z.long_prompts) << ", \"long_len\": "
-                << z.long_len << ", \"start\": \"" << (cold_start ? "cold" : "warm") << "\", \"budget\": " << budget << ", \"seconds\": " << m.seconds << ", \"iterations\": "
-                << m.iterations << ", \"p50_tbt_ms\": " << m.p50_tbt * 1e3 << ", \"p99_tbt_ms\": " << m.p99_tbt * 1e3
+                << z.long_len << ", \"start\": \"" << start << "\", \"budget\": " << budget << ", \"seconds\": "
+                << m.seconds << ", \"iterations\": " << m.iterations << ", \"p50_tbt_ms\": " << m.p50_tbt * 1e3 << ", \"p99_tbt_ms\": " << m.p99_tbt * 1e3
                 << ", \"max_tbt_ms\": " << m.max_tbt * 1e3 << ", \"tok_s\": " << m.tok_s << "}\n";
     };
     print("decode-only", base.token_budget, d);
@@ -271,8 +272,8 @@ int bench_serve_main(const Args& args) {
     for (int budget : budgets) {
       const MixedResult ch = run_mixed(*backend, chunked(budget), z, true, V, cold_start);
       print("chunked", budget, ch);
-      std::cout << "{\"bench\": \"serve-mixed-ratio\", \"card\": \"" << card << "\", \"start\": \""
-                << (cold_start ? "cold" : "warm") << "\", \"budget\": " << budget
+      std::cout << "{\"bench\": \"serve-mixed-ratio\", \"card\": \"" << card << "\", \"start\": \"" << start
+                << "\", \"budget\": " << budget
                 << ", \"p99_chunked_over_decode_only\": " << ch.p99_tbt / d.p99_tbt
                 << ", \"p99_prefill_first_over_decode_only\": " << pf.p99_tbt / d.p99_tbt
                 << ", \"throughput_chunked_over_prefill_first\": " << ch.tok_s / pf.tok_s << "}\n" << std::flush;
