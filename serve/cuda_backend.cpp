@@ -535,7 +535,6 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
     std::copy(tile_row0.begin(), tile_row0.end(), hm + L.tile_row0);
     items[li] = n_items, pages_used[li] = np;
     const int blocks = int(tile_item.size()) * int(m.c.n_kv_heads);
-    splits[li] = blocks == 0 ? 1 : m.splits_for(blocks, graph || pad ? -1 : max_kv, wide_tiles[li] > 0);
     if (m.mma && levels == 1 && wide_tiles[li] > 0) {  // one launch: decode tiles as usual, chunk tiles by keys
       splits[li] = m.splits_for(blocks, tiles[li] > 0 ? narrow_kv : max_kv, false);
       const int keys = std::max(64, (narrow_kv + splits[li] - 1) / splits[li]);
@@ -543,6 +542,8 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
                     : m.chunk_splits < 0 && tiles[li] > 0 ? (wide_kv + keys - 1) / keys
                                                           : splits[li];
       wide_splits = std::max(1, std::min(wide_splits, m.opt.max_splits));
+    } else {
+      splits[li] = blocks == 0 ? 1 : m.splits_for(blocks, graph || pad ? -1 : max_kv, wide_tiles[li] > 0);
     }
   }
   auto copy_in = [&](size_t off, size_t n) {
