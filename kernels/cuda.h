@@ -69,6 +69,11 @@ void paged_prefill(cublasHandle_t handle, const float* q, const int32_t* q_pos, 
 // o_bf16 [rows][H*hd] (nullable), o_f32 (nullable), lse [rows][H] (nullable).
 void merge_states(const float* o_part, const float* lse_part, int slots, int rows, int H, int hd, uint16_t* o_bf16,
                   float* o_f32, float* lse, cudaStream_t s);
+// One-row products (T = 1) stream their weights through shared memory ahead of the computation where the shape
+// fits (kernels/gemv/gemv_streamed.cuh), else use the register kernel as T = 2..4 do. On unless switched off
+// here or by CHUNKWISE_GEMV_STREAMED=0; process-wide.
+void set_gemv_streamed(bool on);
+bool gemv_streamed();
 // y[T][out] = beta * y + x[T][in] W^T for T in 1..4 (bandwidth-bound decode); in must be a multiple of 8.
 void gemv(const uint16_t* W, int out, int in, const uint16_t* x, int T, float beta, float* y, cudaStream_t s);
 // The same product for 1 to 64 rows of x on tensor cores (gemm_skinny.cu): split K with atomics, so the

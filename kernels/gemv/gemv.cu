@@ -2,92 +2,21 @@
 // each bf16 weight row once in 16-byte loads, fp32 accumulation. What happens to a row's sums is the
 // epilogue's choice: stored (optional fused residual, beta = 1), or, for pairs of rows one warp computes,
 // RoPE with the KV append (the qkv product) or SwiGLU (the gate/up product), so decode runs no separate
-// rope_append or swiglu kernel. Reference: matmul_ref.cpp composed with rope_append_ref.cpp / swiglu_ref.cpp.
+// rope_append or swiglu kernel. One row of x with an input given or normalised goes to the streamed kernel
+// (gemv_streamed.cuh) where the shape fits; the rest to the register kernel here. Reference: matmul_ref.cpp
+// composed with rope_append_ref.cpp / swiglu_ref.cpp.
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 
 #include "kernels/common/device.cuh"
 #include "kernels/common/launch.cuh"
 #include "common/error.h"
 #include "kernels/cuda.h"
+#include "kernels/gemv/gemv_rows.cuh"
+#include "kernels/gemv/gemv_streamed.cuh"
 
 namespace cw::kern::cuda {
-
-__device__ __forceinline__ float dot8(uint4 a, uint4 b) {
-  float2 a0 = dev::bf2_to_float2(a.x), a1 = dev::bf2_to_float2(a.y), a2 = dev::bf2_to_float2(a.z), a3 = dev::bf2_to_float2(a.w);
-  float2 b0 = dev::bf2_to_float2(b.x), b1 = dev::bf2_to_float2(b.y), b2 = dev::bf2_to_float2(b.z), b3 = dev::bf2_to_float2(b.w);
-  return a0.x * b0.x + a0.y * b0.y + a1.x * b1.x + a1.y * b1.y + a2.x * b2.x + a2.y * b2.y + a3.x * b3.x + a3.y * b3.y;
-}
-
-__device__ __forceinline__ uint4 load_streaming(const uint4* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-  return v;
-}
-
-// Epilogues. A unit is the kRows output rows one warp computes; store(u, t, s) receives their sums s[kRows]
-// for row t of x (lane 0 only). Step metadata (positions, slots) is read there, after pdl_wait().
-struct StoreRows {  // y[t][row] = s, or s + y[t][row] with beta = 1
-  static constexpr int kRows = 1;
-  int out;
-  float beta;
-  float* y;
-  __host__ __device__ int units() const { return out; }
-  __device__ int row(int u, int) const { return u; }
-  __device__ void store(int u, int t, const float* s) const {
-    float& dst = y[int64_t(t) * out + u];
-    dst = beta == 0.f ? s[0] : s[0] + beta * dst;
-  }
-};
-
-// The fused [q; k; v] product: unit u is the pair (i, i + hd/2) of head u / (hd/2), rotated as
-// rope_append_kernel rotates it (same expressions); q into qkv (fp32), k and v to the caches in bf16.
-struct RopeAppendRows {
-  static constexpr int kRows = 2;
-  int H, Hkv, hd;
-  float theta;
-  const int32_t *pos, *slot;
-  float* qkv;
-  uint16_t *k_cache, *v_cache;
-  __host__ __device__ int units() const { return (H + 2 * Hkv) * hd / 2; }
-  __device__ int row(int u, int j) const {
-    const int half = hd / 2;
-    return (u / half) * hd + u % half + j * half;
-  }
-  __device__ void store(int u, int t, const float* s) const {
-    const int half = hd / 2, h = u / half, i = u % half;
-    const int64_t base = int64_t(slot[t]) * Hkv * hd;
-    if (h >= H + Hkv) {  // v: appended as it is
-      const int64_t o = base + int64_t(h - H - Hkv) * hd;
-      v_cache[o + i] = dev::float_to_bf(s[0]), v_cache[o + i + half] = dev::float_to_bf(s[1]);
-      return;
-    }
-    const float inv_freq = powf(theta, -float(2 * i) / float(hd));
-    float sn, cs;
-    sincosf(float(pos[t]) * inv_freq, &sn, &cs);
-    const float y1 = s[0] * cs - s[1] * sn, y2 = s[1] * cs + s[0] * sn;
-    if (h < H) {
-      float* q = qkv + int64_t(t) * (H + 2 * Hkv) * hd + int64_t(h) * hd;
-      q[i] = y1, q[i + half] = y2;
-    } else {
-      const int64_t o = base + int64_t(h - H) * hd;
-      k_cache[o + i] = dev::float_to_bf(y1), k_cache[o + i + half] = dev::float_to_bf(y2);
-    }
-  }
-};
-
-// The [gate; up] product: unit u is the pair (u, ff + u); h[t][u] = silu(gate) * up in bf16, as swiglu_kernel.
-struct SwigluRows {
-  static constexpr int kRows = 2;
-  int ff;
-  uint16_t* h;
-  __host__ __device__ int units() const { return ff; }
-  __device__ int row(int u, int j) const { return u + j * ff; }
-  __device__ void store(int u, int t, const float* s) const {
-    const float g = s[0], up = s[1];
-    h[int64_t(t) * ff + u] = dev::float_to_bf(g / (1.f + expf(-g)) * up);
-  }
-};
 
 // Warps stride over units, x given as 16-byte pieces (global or shared). Each warp holds the first kPre
 // 16-byte pieces per lane of each row of its next unit in registers: the first unit's are loaded before the
@@ -204,15 +133,49 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, kBlocksPerSm) gemv_prolog
   gemv_units<T, kPre>(W, in, xs4, epi, pre);
 }
 
-// Blocks: one warp per unit up to kBlocksPerSm resident blocks per SM, then warps take several units.
-static int gemv_blocks(int units) {
+static int sm_count() {
   static const int sms = [] {
     int dev = 0, n = 0;
     cuda::check_cuda(cudaGetDevice(&dev), "gemv: reading the device");
     cuda::check_cuda(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), "gemv: reading the SM count");
     return n;
   }();
-  return std::max(1, std::min((units + kWarpsPerBlock - 1) / kWarpsPerBlock, sms * kBlocksPerSm));
+  return sms;
+}
+
+// Blocks: one warp per unit up to kBlocksPerSm resident blocks per SM, then warps take several units.
+static int gemv_blocks(int units) {
+  return std::max(1, std::min((units + kWarpsPerBlock - 1) / kWarpsPerBlock, sm_count() * kBlocksPerSm));
+}
+
+// One-row products stream their weights through shared memory (gemv_streamed.cuh) unless switched off:
+// set_gemv_streamed, else CHUNKWISE_GEMV_STREAMED=0 in the environment.
+static int streamed_setting = -1;
+void set_gemv_streamed(bool on) { streamed_setting = on ? 1 : 0; }
+bool gemv_streamed() {
+  if (streamed_setting < 0) {
+    const char* e = std::getenv("CHUNKWISE_GEMV_STREAMED");
+    streamed_setting = e && std::string(e) == "0" ? 0 : 1;
+  }
+  return streamed_setting == 1;
+}
+
+static int env_int(const char* name, int fallback) {  // experiment knobs (docs/BENCHMARKS.md)
+  const char* e = std::getenv(name);
+  return e && *e ? std::atoi(e) : fallback;
+}
+
+template <bool kNorm, class Epi>
+static bool try_streamed(const uint16_t* W, int in, const void* x, const uint16_t* nw, float eps, int T, const Epi& epi,
+                         cudaStream_t s) {
+  if (T != 1 || !gemv_streamed() || !dev::aligned16(W) || !dev::aligned16(x) || (kNorm && !dev::aligned16(nw)))
+    return false;
+  static const int stage_kb = env_int("CHUNKWISE_GEMV_STREAM_STAGE_KB", streamed::kStageTarget / 1024),
+                   smem_kb = env_int("CHUNKWISE_GEMV_STREAM_SMEM_KB", int(streamed::kSmemBudget / 1024));
+  if (!streamed::launch<kNorm>(W, in, x, nw, eps, epi, sm_count(), stage_kb * 1024, size_t(smem_kb) * 1024, s))
+    return false;
+  check_cuda(cudaGetLastError(), "streamed gemv kernel");
+  return true;
 }
 
 static void check_rows(int T, int in) {
@@ -224,6 +187,8 @@ template <Prologue P, class Epi>
 static void launch_prologue(const uint16_t* W, int in, const float* x, const uint16_t* nw, float eps, int T,
                             const Epi& epi, cudaStream_t s) {
   check_rows(T, in);
+  if constexpr (P == kNorm)
+    if (try_streamed<true>(W, in, x, nw, eps, T, epi, s)) return;
   const int blocks = gemv_blocks(epi.units());
   const size_t smem = size_t(T) * in * 2;
   check(smem <= 48 * 1024, "gemv: ", T, " rows of ", in, " do not fit in shared memory");
@@ -260,8 +225,9 @@ void gemv_rmsnorm_swiglu(const uint16_t* W, int ff, int in, const float* x, cons
 
 void gemv(const uint16_t* W, int out, int in, const uint16_t* x, int T, float beta, float* y, cudaStream_t s) {
   check_rows(T, in);
-  const int blocks = gemv_blocks(out);
   const StoreRows epi{out, beta, y};
+  if (try_streamed<false>(W, in, x, nullptr, 0.f, T, epi, s)) return;
+  const int blocks = gemv_blocks(out);
   switch (T) {
     case 1: dev::launch_pdl(gemv_kernel<1, StoreRows>, blocks, 256, 0, s, "gemv kernel", W, in, x, epi); break;
     case 2: dev::launch_pdl(gemv_kernel<2, StoreRows>, blocks, 256, 0, s, "gemv kernel", W, in, x, epi); break;

@@ -228,6 +228,69 @@ TEST(GpuKernels, GemvWithRopeAppendOrSwigluEpilogueMatchesTheReferences) {
   }
 }
 
+// One-row products through the streamed kernel (weights through a shared-memory ring) and the register kernel,
+// on the decode shapes of the TinyLlama benchmark model (several stages per block, units across stages, the
+// LM head's 243 units per block), odd sizes, the widest row it takes and one it leaves to the register
+// kernel: every epilogue and prologue against the CPU reference, both paths switched explicitly.
+TEST(GpuKernels, StreamedAndRegisterOneRowProductsMatchTheReferences) {
+  std::mt19937_64 rng(37);
+  const bool before = kc::gemv_streamed();
+  for (bool streamed : {true, false}) {
+    kc::set_gemv_streamed(streamed);
+    EXPECT_EQ(kc::gemv_streamed(), streamed);
+    const std::string path = streamed ? "streamed" : "register";
+    for (auto [out, in] : std::vector<std::pair<int, int>>{{300, 264}, {2048, 2048}, {2048, 5632}, {32000, 2048}, {7, 8192}, {130, 8200}})
+      for (float beta : {0.f, 1.f}) {
+        auto W = round_bf16(random_vec(size_t(out) * in, rng));
+        auto xin = round_bf16(random_vec(size_t(in), rng));
+        auto y0 = random_vec(size_t(out), rng);
+        auto want = y0;
+        kern::ref::matmul(xin.data(), 1, in, W.data(), out, beta, want.data());
+        Dev<uint16_t> dW(to_bf16(W)), dx(to_bf16(xin));
+        Dev<float> dy(beta == 0 ? std::vector<float>(y0.size(), NAN) : y0);
+        kc::gemv(dW.p, out, in, dx.p, 1, beta, dy.p, nullptr);
+        auto got = dy.get();
+        for (float v : got) ASSERT_FALSE(std::isnan(v)) << path << " " << out << "x" << in;
+        EXPECT_LE(rel_err(got, want), 1e-5) << path << " " << out << "x" << in << " beta " << beta;
+      }
+    // RMSNorm prologue with the plain, RoPE + KV append and SwiGLU epilogues (TinyLlama: d 2048, 32 / 4 heads).
+    const int d = 2048, H = 32, Hkv = 4, hd = 64, nqkv = (H + 2 * Hkv) * hd, ff = 5632, page = 16, pages = 4;
+    auto x = random_vec(size_t(d), rng, 2.f);
+    auto nw = round_bf16(random_vec(size_t(d), rng));
+    auto Wqkv = round_bf16(random_vec(size_t(nqkv) * d, rng));
+    auto Wgu = round_bf16(random_vec(size_t(2 * ff) * d, rng));
+    const std::vector<int32_t> pos = {301}, slot = {37};
+    std::vector<float> xn(size_t(d) * 1), want_qkv(size_t(nqkv) * 1), gu(size_t(2 * ff) * 1), want_h(size_t(ff) * 1);
+    kern::ref::rmsnorm(x.data(), nullptr, 1, d, nw.data(), 1e-5f, xn.data());
+    xn = round_bf16(xn);
+    kern::ref::matmul(xn.data(), 1, d, Wqkv.data(), nqkv, 0, want_qkv.data());
+    std::vector<float> plain_want = want_qkv;
+    std::vector<float> want_k(size_t(pages) * page * Hkv * hd, 0.f), want_v = want_k;
+    kern::ref::rope_append(want_qkv.data(), pos.data(), slot.data(), 1, H, Hkv, hd, 10000.f, want_k.data(), want_v.data());
+    kern::ref::matmul(xn.data(), 1, d, Wgu.data(), 2 * ff, 0, gu.data());
+    kern::ref::swiglu(gu.data(), 1, ff, want_h.data());
+    Dev<uint16_t> dWqkv(to_bf16(Wqkv)), dWgu(to_bf16(Wgu)), dnw(to_bf16(nw)), dh(size_t(ff) * 1);
+    Dev<uint16_t> dk(std::vector<uint16_t>(want_k.size(), 0)), dv(std::vector<uint16_t>(want_k.size(), 0));
+    Dev<float> dx(x), dqkv(size_t(nqkv) * 1), dplain(size_t(nqkv) * 1);
+    Dev<int32_t> dpos(pos), dslot(slot);
+    kc::gemv_rmsnorm(dWqkv.p, nqkv, d, dx.p, dnw.p, 1e-5f, 1, 0, dplain.p, nullptr);
+    kc::gemv_rmsnorm_rope_append(dWqkv.p, d, dx.p, dnw.p, 1e-5f, 1, dpos.p, dslot.p, H, Hkv, hd, 10000.f, dqkv.p, dk.p,
+                                 dv.p, nullptr);
+    kc::gemv_rmsnorm_swiglu(dWgu.p, ff, d, dx.p, dnw.p, 1e-5f, 1, dh.p, nullptr);
+    EXPECT_LE(rel_err(dplain.get(), plain_want), 1e-3) << path << ": norm prologue";
+    auto got_qkv = dqkv.get();
+    std::vector<float> gq(got_qkv.begin(), got_qkv.begin() + H * hd), wq(want_qkv.begin(), want_qkv.begin() + H * hd);
+    for (float v : gq) ASSERT_FALSE(std::isnan(v)) << path;
+    EXPECT_LE(rel_err(gq, wq), 1e-3) << path << ": q";
+    EXPECT_LE(rel_err(from_bf16(dk.get()), want_k), 1e-2) << path << ": k cache";
+    EXPECT_LE(rel_err(from_bf16(dv.get()), want_v), 1e-2) << path << ": v cache";
+    auto got_h = from_bf16(dh.get());
+    for (float v : got_h) ASSERT_FALSE(std::isnan(v)) << path;
+    EXPECT_LE(rel_err(got_h, want_h), 1e-2) << path << ": swiglu";
+  }
+  kc::set_gemv_streamed(before);
+}
+
 TEST(GpuKernels, RopeAppendMatchesReference) {
   std::mt19937_64 rng(22);
   const int T = 6, H = 8, Hkv = 2, hd = 64, page = 16, pages = 8;
