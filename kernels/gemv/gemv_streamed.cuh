@@ -1,11 +1,12 @@
 // One-row matrix-vector products (batch-1 decode) whose weights stream through a shared-memory ring: per
 // block one producer thread copies whole weight rows with bulk asynchronous copies (cp.async.bulk, the TMA
 // unit) into ring stages completed by mbarriers, ahead of sixteen consumer warps, each computing whole units
-// (a unit's rows, reduced, then its epilogue) against x in shared memory. The producer starts at the kernel's first instruction, before the predecessor has finished
-// (programmatic dependent launch; weights never depend on it), and a block takes at most about half an SM's
-// shared memory, so the next product's blocks are resident and fill their rings while this one computes: the
-// weight stream does not stop at kernel boundaries. Reference: the register kernel in gemv.cu (same
-// epilogues, gemv_rows.cuh) and through it matmul_ref.cpp; the GPU tests compare both on every epilogue.
+// (a unit's rows, reduced, then its epilogue) against x in shared memory. The producer starts at the kernel's
+// first instruction, before the predecessor has finished (programmatic dependent launch; weights never depend
+// on it). One block per SM with a ring of about 200 KB (six stages of 32 KB in flight) measured fastest;
+// rings of 110 KB, which let the next product's blocks be resident beside this one's and fill their rings
+// early, were slower (docs/BENCHMARKS.md). Reference: the register kernel in gemv.cu (same epilogues,
+// gemv_rows.cuh) and through it matmul_ref.cpp; the GPU tests compare both on every epilogue.
 // Must not: read x or step metadata, or write anything, before pdl_wait() (only consumer threads do that);
 // take rows wider than kMaxIn or units larger than a stage (plan() says which shapes it takes).
 #pragma once
@@ -206,16 +207,28 @@ __global__ void __launch_bounds__(kThreads, 2)
 
 // Launches the streamed product if the shape fits (returns false otherwise, launching nothing).
 // Launches the streamed product if the shape fits (returns false otherwise, launching nothing). stage_target
-// and smem_budget (at most kSmemLimit) as for plan().
-constexpr size_t kSmemLimit = 220 * 1024;  // under the 227 KB a block may opt into, static shared memory included
+// and smem_budget as for plan(); smem_limit: the dynamic shared memory a block of this device may opt into
+// (the launcher's device_smem_limit()).
+constexpr size_t kSmemLimit = 220 * 1024;  // under Hopper's 227 KB per block, static shared memory included
+inline size_t device_smem_limit() {
+  static const size_t limit = [] {
+    int dev = 0, optin = 0;
+    check_cuda(cudaGetDevice(&dev), "streamed gemv: reading the device");
+    check_cuda(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
+               "streamed gemv: reading the shared memory per block");
+    return std::min(kSmemLimit, size_t(std::max(0, optin - 1024)));
+  }();
+  return limit;
+}
 template <bool kNorm, class Epi>
 bool launch(const uint16_t* W, int in, const void* x, const uint16_t* nw, float eps, const Epi& epi, int sms,
             int stage_target, size_t smem_budget, cudaStream_t s) {
-  const Plan p = plan(epi.units(), Epi::kRows, in, sms, stage_target, std::min(smem_budget, kSmemLimit));
+  const size_t limit = device_smem_limit();
+  const Plan p = plan(epi.units(), Epi::kRows, in, sms, stage_target, std::min(smem_budget, limit));
   if (!p.ok()) return false;
   auto kernel = gemv_streamed_kernel<kNorm, Epi>;
   static const bool configured = [&] {  // once per instantiation: more than 48 KB, shared memory first
-    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemLimit)),
+    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(limit)),
                "streamed gemv: shared memory size");
     const char* carve = std::getenv("CHUNKWISE_GEMV_STREAM_CARVEOUT");  // experiment: leave it to the driver
     if (!(carve && std::string(carve) == "0"))
