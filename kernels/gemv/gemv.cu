@@ -160,9 +160,17 @@ bool gemv_streamed() {
   return streamed_setting == 1;
 }
 
-static int env_int(const char* name, int fallback) {  // experiment knobs (docs/BENCHMARKS.md)
+static int env_int(const char* name, int fallback) {
   const char* e = std::getenv(name);
   return e && *e ? std::atoi(e) : fallback;
+}
+
+// The streamed kernel's ring (shared memory per block, x included) and stage sizes in KB: set_gemv_stream_sizes,
+// else CHUNKWISE_GEMV_STREAM_SMEM_KB / _STAGE_KB, else the defaults (docs/BENCHMARKS.md measures them).
+static int stream_smem_kb = -1, stream_stage_kb = -1;
+void set_gemv_stream_sizes(int smem_kb, int stage_kb) {
+  stream_smem_kb = smem_kb > 0 ? smem_kb : int(streamed::kSmemBudget / 1024);
+  stream_stage_kb = stage_kb > 0 ? stage_kb : streamed::kStageTarget / 1024;
 }
 
 template <bool kNorm, class Epi>
@@ -170,9 +178,10 @@ static bool try_streamed(const uint16_t* W, int in, const void* x, const uint16_
                          cudaStream_t s) {
   if (T != 1 || !gemv_streamed() || !dev::aligned16(W) || !dev::aligned16(x) || (kNorm && !dev::aligned16(nw)))
     return false;
-  static const int stage_kb = env_int("CHUNKWISE_GEMV_STREAM_STAGE_KB", streamed::kStageTarget / 1024),
-                   smem_kb = env_int("CHUNKWISE_GEMV_STREAM_SMEM_KB", int(streamed::kSmemBudget / 1024));
-  if (!streamed::launch<kNorm>(W, in, x, nw, eps, epi, sm_count(), stage_kb * 1024, size_t(smem_kb) * 1024, s))
+  if (stream_smem_kb < 0)
+    set_gemv_stream_sizes(env_int("CHUNKWISE_GEMV_STREAM_SMEM_KB", 0), env_int("CHUNKWISE_GEMV_STREAM_STAGE_KB", 0));
+  if (!streamed::launch<kNorm>(W, in, x, nw, eps, epi, sm_count(), stream_stage_kb * 1024,
+                               size_t(stream_smem_kb) * 1024, s))
     return false;
   check_cuda(cudaGetLastError(), "streamed gemv kernel");
   return true;
