@@ -74,9 +74,10 @@ void merge_states(const float* o_part, const float* lse_part, int slots, int row
 // here or by CHUNKWISE_GEMV_STREAMED=0; process-wide.
 void set_gemv_streamed(bool on);
 bool gemv_streamed();
-// Its shared memory per block (ring and x) and stage size in KB; 0 = the default (200 and 32; the environment's
-// CHUNKWISE_GEMV_STREAM_SMEM_KB / _STAGE_KB when never set). Shapes that do not fit use the register kernel.
-void set_gemv_stream_sizes(int smem_kb, int stage_kb);
+// Its shared memory per block (ring and x) and stage size in KB, and blocks per SM; 0 = the default (200, 32,
+// 1; the environment's CHUNKWISE_GEMV_STREAM_SMEM_KB / _STAGE_KB / _BLOCKS_PER_SM when never set). Shapes
+// that do not fit use the register kernel.
+void set_gemv_stream_sizes(int smem_kb, int stage_kb, int blocks_per_sm = 0);
 // y[T][out] = beta * y + x[T][in] W^T for T in 1..4 (bandwidth-bound decode); in must be a multiple of 8.
 void gemv(const uint16_t* W, int out, int in, const uint16_t* x, int T, float beta, float* y, cudaStream_t s);
 // The same product for 1 to 64 rows of x on tensor cores (gemm_skinny.cu): split K with atomics, so the

@@ -165,12 +165,14 @@ static int env_int(const char* name, int fallback) {
   return e && *e ? std::atoi(e) : fallback;
 }
 
-// The streamed kernel's ring (shared memory per block, x included) and stage sizes in KB: set_gemv_stream_sizes,
-// else CHUNKWISE_GEMV_STREAM_SMEM_KB / _STAGE_KB, else the defaults (docs/BENCHMARKS.md measures them).
-static int stream_smem_kb = -1, stream_stage_kb = -1;
-void set_gemv_stream_sizes(int smem_kb, int stage_kb) {
+// The streamed kernel's ring (shared memory per block, x included) and stage sizes in KB and its blocks per SM:
+// set_gemv_stream_sizes, else CHUNKWISE_GEMV_STREAM_SMEM_KB / _STAGE_KB / _BLOCKS_PER_SM, else the defaults
+// (docs/BENCHMARKS.md measures them).
+static int stream_smem_kb = -1, stream_stage_kb = -1, stream_blocks_per_sm = -1;
+void set_gemv_stream_sizes(int smem_kb, int stage_kb, int blocks_per_sm) {
   stream_smem_kb = smem_kb > 0 ? smem_kb : int(streamed::kSmemBudget / 1024);
   stream_stage_kb = stage_kb > 0 ? stage_kb : streamed::kStageTarget / 1024;
+  stream_blocks_per_sm = blocks_per_sm > 0 ? blocks_per_sm : 1;
 }
 
 template <bool kNorm, class Epi>
@@ -179,9 +181,10 @@ static bool try_streamed(const uint16_t* W, int in, const void* x, const uint16_
   if (T != 1 || !gemv_streamed() || !dev::aligned16(W) || !dev::aligned16(x) || (kNorm && !dev::aligned16(nw)))
     return false;
   if (stream_smem_kb < 0)
-    set_gemv_stream_sizes(env_int("CHUNKWISE_GEMV_STREAM_SMEM_KB", 0), env_int("CHUNKWISE_GEMV_STREAM_STAGE_KB", 0));
+    set_gemv_stream_sizes(env_int("CHUNKWISE_GEMV_STREAM_SMEM_KB", 0), env_int("CHUNKWISE_GEMV_STREAM_STAGE_KB", 0),
+                          env_int("CHUNKWISE_GEMV_STREAM_BLOCKS_PER_SM", 0));
   if (!streamed::launch<kNorm>(W, in, x, nw, eps, epi, sm_count(), stream_stage_kb * 1024,
-                               size_t(stream_smem_kb) * 1024, s))
+                               size_t(stream_smem_kb) * 1024, stream_blocks_per_sm, s))
     return false;
   check_cuda(cudaGetLastError(), "streamed gemv kernel");
   return true;

@@ -38,15 +38,16 @@ struct Plan {
 // The launch for `units` units of `rows_per_unit` rows of `in` bf16 weights, or !ok() where it does not apply.
 // Stages of about stage_target bytes (whole units) go to the blocks in turn (stage g to block g % blocks), so
 // at any moment the blocks read neighbouring rows; each block's ring takes what fits in smem_budget bytes.
+// blocks_per_sm: the grid is up to that many blocks per SM (each with its own ring of smem_budget).
 inline Plan plan(int units, int rows_per_unit, int in, int sms, int stage_target = kStageTarget,
-                 size_t smem_budget = kSmemBudget) {
+                 size_t smem_budget = kSmemBudget, int blocks_per_sm = 1) {
   Plan p;
   const int row_bytes = in * 2, unit_bytes = rows_per_unit * row_bytes;
   if (units <= 0 || in <= 0 || in % 8 != 0 || in > kMaxIn || unit_bytes > 2 * kStageTarget) return p;
   p.units_per_stage = std::max(1, stage_target / unit_bytes);
   p.stage_bytes = p.units_per_stage * unit_bytes;
   p.stages = (units + p.units_per_stage - 1) / p.units_per_stage;
-  const int blocks = std::min(sms, p.stages);
+  const int blocks = std::min(sms * std::max(1, blocks_per_sm), p.stages);
   const int stages_per_block = (p.stages + blocks - 1) / blocks;
   const int header = 2 * kMaxStages * 8;
   p.ring_offset = (header + row_bytes + 127) / 128 * 128;  // the barriers, then x, then the ring
@@ -222,9 +223,9 @@ inline size_t device_smem_limit() {
 }
 template <bool kNorm, class Epi>
 bool launch(const uint16_t* W, int in, const void* x, const uint16_t* nw, float eps, const Epi& epi, int sms,
-            int stage_target, size_t smem_budget, cudaStream_t s) {
+            int stage_target, size_t smem_budget, int blocks_per_sm, cudaStream_t s) {
   const size_t limit = device_smem_limit();
-  const Plan p = plan(epi.units(), Epi::kRows, in, sms, stage_target, std::min(smem_budget, limit));
+  const Plan p = plan(epi.units(), Epi::kRows, in, sms, stage_target, std::min(smem_budget, limit), blocks_per_sm);
   if (!p.ok()) return false;
   auto kernel = gemv_streamed_kernel<kNorm, Epi>;
   static const bool configured = [&] {  // once per instantiation: more than 48 KB, shared memory first

@@ -232,18 +232,20 @@ TEST(GpuKernels, GemvWithRopeAppendOrSwigluEpilogueMatchesTheReferences) {
 // on the decode shapes of the TinyLlama benchmark model (several stages per block, units across stages, the
 // LM head's 243 units per block), odd sizes, the widest row it takes and one it leaves to the register
 // kernel: every epilogue and prologue against the CPU reference, both paths switched explicitly, the streamed
-// one with its default ring (200 KB, one block per SM), a 110 KB ring (two per SM) and 8 KB stages.
+// one with its default ring (200 KB, one block per SM), a 110 KB ring, two blocks of 110 KB per SM, and 8 KB
+// stages.
 TEST(GpuKernels, StreamedAndRegisterOneRowProductsMatchTheReferences) {
   std::mt19937_64 rng(37);
   const bool before = kc::gemv_streamed();
-  struct Path { bool streamed; int smem_kb, stage_kb; };
-  for (Path pa : {Path{true, 0, 0}, Path{true, 110, 0}, Path{true, 0, 8}, Path{false, 0, 0}}) {
+  struct Path { bool streamed; int smem_kb, stage_kb, per_sm; };
+  for (Path pa : {Path{true, 0, 0, 0}, Path{true, 110, 0, 0}, Path{true, 110, 0, 2}, Path{true, 0, 8, 0}, Path{false, 0, 0, 0}}) {
     kc::set_gemv_streamed(pa.streamed);
-    kc::set_gemv_stream_sizes(pa.smem_kb, pa.stage_kb);
+    kc::set_gemv_stream_sizes(pa.smem_kb, pa.stage_kb, pa.per_sm);
     EXPECT_EQ(kc::gemv_streamed(), pa.streamed);
     const std::string path = !pa.streamed ? "register"
                                           : "streamed, " + std::to_string(pa.smem_kb) + " KB ring, " +
-                                                std::to_string(pa.stage_kb) + " KB stages (0 = default)";
+                                                std::to_string(pa.stage_kb) + " KB stages, " + std::to_string(pa.per_sm) +
+                                                " per SM (0 = default)";
     for (auto [out, in] : std::vector<std::pair<int, int>>{{300, 264}, {2048, 2048}, {2048, 5632}, {32000, 2048}, {7, 8192}, {130, 8200}})
       for (float beta : {0.f, 1.f}) {
         auto W = round_bf16(random_vec(size_t(out) * in, rng));
