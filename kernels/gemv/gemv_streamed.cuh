@@ -206,10 +206,9 @@ __global__ void __launch_bounds__(kThreads, 2)
   }
 }
 
-// Launches the streamed product if the shape fits (returns false otherwise, launching nothing).
-// Launches the streamed product if the shape fits (returns false otherwise, launching nothing). stage_target
-// and smem_budget as for plan(); smem_limit: the dynamic shared memory a block of this device may opt into
-// (the launcher's device_smem_limit()).
+// Launches the streamed product if the shape fits (returns false otherwise, launching nothing). stage_target,
+// smem_budget and blocks_per_sm as for plan(); smem_budget is cut to what a block of this device may opt into
+// (device_smem_limit()).
 constexpr size_t kSmemLimit = 220 * 1024;  // under Hopper's 227 KB per block, static shared memory included
 inline size_t device_smem_limit() {
   static const size_t limit = [] {
