@@ -12,8 +12,6 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
-#include <string>
 
 #include "kernels/common/device.cuh"
 #include "kernels/common/launch.cuh"
@@ -230,11 +228,9 @@ bool launch(const uint16_t* W, int in, const void* x, const uint16_t* nw, float 
   static const bool configured = [&] {  // once per instantiation: more than 48 KB, shared memory first
     check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(limit)),
                "streamed gemv: shared memory size");
-    const char* carve = std::getenv("CHUNKWISE_GEMV_STREAM_CARVEOUT");  // experiment: leave it to the driver
-    if (!(carve && std::string(carve) == "0"))
-      check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                      int(cudaSharedmemCarveoutMaxShared)),
-                 "streamed gemv: carveout");
+    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                    int(cudaSharedmemCarveoutMaxShared)),
+               "streamed gemv: carveout");
     return true;
   }();
   (void)configured;
