@@ -88,7 +88,7 @@ __device__ __forceinline__ void gemv_units(const uint16_t* W, int in, const uint
       float s[R];
 #pragma unroll
       for (int j = 0; j < R; ++j) s[j] = dev::warp_sum(acc[j][t]);
-      if (lane == 0) epi.store(u, t, s);
+      if (lane == 0) epi.store(u, t, s, epi.prior(u, t));
     }
   }
 }

@@ -13,7 +13,10 @@ namespace cw::kern::cuda {
 __device__ __forceinline__ float dot8(uint4 a, uint4 b) {
   float2 a0 = dev::bf2_to_float2(a.x), a1 = dev::bf2_to_float2(a.y), a2 = dev::bf2_to_float2(a.z), a3 = dev::bf2_to_float2(a.w);
   float2 b0 = dev::bf2_to_float2(b.x), b1 = dev::bf2_to_float2(b.y), b2 = dev::bf2_to_float2(b.z), b3 = dev::bf2_to_float2(b.w);
-  return a0.x * b0.x + a0.y * b0.y + a1.x * b1.x + a1.y * b1.y + a2.x * b2.x + a2.y * b2.y + a3.x * b3.x + a3.y * b3.y;
+  // A tree of depth four rather than a chain of eight dependent multiply-adds (latency, not arithmetic, bounds
+  // a warp's row).
+  return (fmaf(a0.x, b0.x, a0.y * b0.y) + fmaf(a1.x, b1.x, a1.y * b1.y)) +
+         (fmaf(a2.x, b2.x, a2.y * b2.y) + fmaf(a3.x, b3.x, a3.y * b3.y));
 }
 
 __device__ __forceinline__ uint4 load_streaming(const uint4* p) {
@@ -23,8 +26,10 @@ __device__ __forceinline__ uint4 load_streaming(const uint4* p) {
   return v;
 }
 
-// Epilogues. A unit is the kRows output rows one warp computes; store(u, t, s) receives their sums s[kRows]
-// for row t of x (lane 0 only). Step metadata (positions, slots) is read there, after pdl_wait().
+// Epilogues. A unit is the kRows output rows one warp computes; store(u, t, s, prior) receives their sums
+// s[kRows] for row t of x (lane 0 only), with prior = prior(u, t), which a kernel may read before it computes
+// the sums (a residual's old value: its load then overlaps the arithmetic). Step metadata (positions, slots)
+// is read in store, after pdl_wait().
 struct StoreRows {  // y[t][row] = s, or s + y[t][row] with beta = 1
   static constexpr int kRows = 1;
   int out;
@@ -32,9 +37,9 @@ struct StoreRows {  // y[t][row] = s, or s + y[t][row] with beta = 1
   float* y;
   __host__ __device__ int units() const { return out; }
   __device__ int row(int u, int) const { return u; }
-  __device__ void store(int u, int t, const float* s) const {
-    float& dst = y[int64_t(t) * out + u];
-    dst = beta == 0.f ? s[0] : s[0] + beta * dst;
+  __device__ float prior(int u, int t) const { return beta == 0.f ? 0.f : y[int64_t(t) * out + u]; }
+  __device__ void store(int u, int t, const float* s, float prior) const {
+    y[int64_t(t) * out + u] = beta == 0.f ? s[0] : s[0] + beta * prior;
   }
 };
 
@@ -52,7 +57,8 @@ struct RopeAppendRows {
     const int half = hd / 2;
     return (u / half) * hd + u % half + j * half;
   }
-  __device__ void store(int u, int t, const float* s) const {
+  __device__ float prior(int, int) const { return 0.f; }
+  __device__ void store(int u, int t, const float* s, float) const {
     const int half = hd / 2, h = u / half, i = u % half;
     const int64_t base = int64_t(slot[t]) * Hkv * hd;
     if (h >= H + Hkv) {  // v: appended as it is
@@ -81,7 +87,8 @@ struct SwigluRows {
   uint16_t* h;
   __host__ __device__ int units() const { return ff; }
   __device__ int row(int u, int j) const { return u + j * ff; }
-  __device__ void store(int u, int t, const float* s) const {
+  __device__ float prior(int, int) const { return 0.f; }
+  __device__ void store(int u, int t, const float* s, float) const {
     const float g = s[0], up = s[1];
     h[int64_t(t) * ff + u] = dev::float_to_bf(g / (1.f + expf(-g)) * up);
   }

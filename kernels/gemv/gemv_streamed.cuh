@@ -104,31 +104,54 @@ __device__ __forceinline__ uint32_t pack_bf2(float a, float b) {
   return uint32_t(dev::float_to_bf(a)) | (uint32_t(dev::float_to_bf(b)) << 16);
 }
 
+// Pieces of 8 elements each consumer thread holds while it builds x: rows of up to kMaxIn.
+constexpr int kPiecesPerThread = (kMaxIn / 8 + kConsumers - 1) / kConsumers;
+
+// The norm weights' pieces of this consumer thread (piece v = threadIdx.x + i * kConsumers). Weights: read before
+// pdl_wait(), while the previous kernel still runs.
+__device__ __forceinline__ void norm_pieces(const uint16_t* nw, int in, uint4 (&w)[kPiecesPerThread]) {
+#pragma unroll
+  for (int i = 0; i < kPiecesPerThread; ++i) {
+    const int v = threadIdx.x + i * kConsumers;
+    w[i] = v < in / 8 ? *reinterpret_cast<const uint4*>(nw + 8 * v) : uint4{};
+  }
+}
+
 // x as bf16 in shared memory (xs, in / 8 pieces), built by the consumer threads: copied (kNorm false: x is
-// bf16 [in]) or RMSNorm(x) * norm_w rounded to bf16 (x fp32 [in]), as the rmsnorm kernel computes it.
+// bf16 [in]) or RMSNorm(x) * norm_w rounded to bf16 (x fp32 [in], nw the thread's norm_pieces), as the rmsnorm
+// kernel computes it. Each thread reads its pieces of x once and keeps them for the scaling: one round trip to
+// L2 after the predecessor, not two.
 template <bool kNorm>
-__device__ __forceinline__ void x_into_smem(const void* x, int in, const uint16_t* nw, float eps, uint4* xs) {
+__device__ __forceinline__ void x_into_smem(const void* x, int in, const uint4 (&nw)[kPiecesPerThread], float eps,
+                                            uint4* xs) {
   const int nvec = in / 8;
   if constexpr (!kNorm) {
     for (int v = threadIdx.x; v < nvec; v += kConsumers) xs[v] = __ldcg(static_cast<const uint4*>(x) + v);
   } else {
     const float4* xf = static_cast<const float4*>(x);
+    float4 a[kPiecesPerThread], b[kPiecesPerThread];
     float ss = 0;
-    for (int v = threadIdx.x; v < nvec; v += kConsumers) {
-      const float4 a = __ldcg(xf + 2 * v), b = __ldcg(xf + 2 * v + 1);
-      ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w + b.x * b.x + b.y * b.y + b.z * b.z + b.w * b.w;
+#pragma unroll
+    for (int i = 0; i < kPiecesPerThread; ++i) {
+      const int v = threadIdx.x + i * kConsumers;
+      if (v < nvec) {
+        a[i] = __ldcg(xf + 2 * v), b[i] = __ldcg(xf + 2 * v + 1);
+        ss += a[i].x * a[i].x + a[i].y * a[i].y + a[i].z * a[i].z + a[i].w * a[i].w + b[i].x * b[i].x +
+              b[i].y * b[i].y + b[i].z * b[i].z + b[i].w * b[i].w;
+      }
     }
     const float inv = rsqrtf(consumers_sum(ss) / float(in) + eps);
-    for (int v = threadIdx.x; v < nvec; v += kConsumers) {
-      const float4 a = __ldcg(xf + 2 * v), b = __ldcg(xf + 2 * v + 1);
-      const uint4 w = *reinterpret_cast<const uint4*>(nw + 8 * v);
-      const float2 w0 = dev::bf2_to_float2(w.x), w1 = dev::bf2_to_float2(w.y), w2 = dev::bf2_to_float2(w.z),
-                   w3 = dev::bf2_to_float2(w.w);
+#pragma unroll
+    for (int i = 0; i < kPiecesPerThread; ++i) {
+      const int v = threadIdx.x + i * kConsumers;
+      if (v >= nvec) continue;
+      const float2 w0 = dev::bf2_to_float2(nw[i].x), w1 = dev::bf2_to_float2(nw[i].y), w2 = dev::bf2_to_float2(nw[i].z),
+                   w3 = dev::bf2_to_float2(nw[i].w);
       uint4 o;
-      o.x = pack_bf2(w0.x * (a.x * inv), w0.y * (a.y * inv));
-      o.y = pack_bf2(w1.x * (a.z * inv), w1.y * (a.w * inv));
-      o.z = pack_bf2(w2.x * (b.x * inv), w2.y * (b.y * inv));
-      o.w = pack_bf2(w3.x * (b.z * inv), w3.y * (b.w * inv));
+      o.x = pack_bf2(w0.x * (a[i].x * inv), w0.y * (a[i].y * inv));
+      o.y = pack_bf2(w1.x * (a[i].z * inv), w1.y * (a[i].w * inv));
+      o.z = pack_bf2(w2.x * (b[i].x * inv), w2.y * (b[i].y * inv));
+      o.w = pack_bf2(w3.x * (b[i].z * inv), w3.y * (b[i].w * inv));
       xs[v] = o;
     }
   }
@@ -175,29 +198,43 @@ __global__ void __launch_bounds__(kThreads, 2)
     return;
   }
 
+  uint4 nw_pieces[kPiecesPerThread];
+  if constexpr (kNorm) norm_pieces(nw, in, nw_pieces);
   dev::pdl_wait();
-  x_into_smem<kNorm>(x, in, nw, eps, xs);
+  x_into_smem<kNorm>(x, in, nw_pieces, eps, xs);
   const int nvec = in / 8;
   for (int s = 0; s < n_stages; ++s) {
     const int slot = s % p.ring_stages, nu = stage_units(s);
     mbar_wait(full + slot, unsigned(s / p.ring_stages) & 1u);
     const uint4* st = reinterpret_cast<const uint4*>(ring + size_t(slot) * size_t(p.stage_bytes));
     for (int k = ((warp - s * ups) % kConsumerWarps + kConsumerWarps) % kConsumerWarps; k < nu; k += kConsumerWarps) {
+      const int u = first_unit(s) + k;
+      const float prior = lane == 0 ? epi.prior(u, 0) : 0.f;  // in flight during the arithmetic
+      const uint4* row = st + size_t(k * R) * nvec;            // the unit's rows, one after another
+      float p[R][4] = {};
+      int v = lane;
+      for (; v + 96 < nvec; v += 128) {  // four pieces of x, shared by the unit's rows, and 4 R of W in flight
+        const uint4 x0 = xs[v], x1 = xs[v + 32], x2 = xs[v + 64], x3 = xs[v + 96];
+#pragma unroll
+        for (int j = 0; j < R; ++j) {
+          const uint4* r = row + size_t(j) * nvec;
+          p[j][0] += dot8(r[v], x0), p[j][1] += dot8(r[v + 32], x1), p[j][2] += dot8(r[v + 64], x2),
+              p[j][3] += dot8(r[v + 96], x3);
+        }
+      }
+      for (; v < nvec; v += 32) {
+        const uint4 x0 = xs[v];
+#pragma unroll
+        for (int j = 0; j < R; ++j) p[j][0] += dot8(row[size_t(j) * nvec + v], x0);
+      }
       float acc[R];
 #pragma unroll
-      for (int j = 0; j < R; ++j) {
-        const uint4* row = st + size_t(k * R + j) * nvec;
-        float a0 = 0, a1 = 0;
-        int v = lane;
-        for (; v + 32 < nvec; v += 64) a0 += dot8(row[v], xs[v]), a1 += dot8(row[v + 32], xs[v + 32]);
-        if (v < nvec) a0 += dot8(row[v], xs[v]);
-        acc[j] = a0 + a1;
-      }
+      for (int j = 0; j < R; ++j) acc[j] = (p[j][0] + p[j][1]) + (p[j][2] + p[j][3]);
 #pragma unroll
       for (int o = 16; o > 0; o >>= 1)
 #pragma unroll
         for (int j = 0; j < R; ++j) acc[j] += __shfl_xor_sync(dev::kFull, acc[j], o);
-      if (lane == 0) epi.store(first_unit(s) + k, 0, acc);
+      if (lane == 0) epi.store(u, 0, acc, prior);
     }
     __syncwarp();
     if (lane == 0) mbar_arrive(empty + slot);
