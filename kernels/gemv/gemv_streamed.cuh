@@ -7,7 +7,8 @@
 // rings of 110 KB, which let the next product's blocks be resident beside this one's and fill their rings
 // early, were slower (docs/BENCHMARKS.md). Reference: the register kernel in gemv.cu (same epilogues,
 // gemv_rows.cuh) and through it matmul_ref.cpp; the GPU tests compare both on every epilogue.
-// Must not: read x or step metadata, or write anything, before pdl_wait() (only consumer threads do that);
+// Must not: read x or step metadata, or write anything, before pdl_wait() (weights, the rows' and the norm's,
+// may be read earlier: nothing writes them);
 // take rows wider than kMaxIn or units larger than a stage (plan() says which shapes it takes).
 #pragma once
 #include <algorithm>
