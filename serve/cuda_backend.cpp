@@ -13,6 +13,7 @@
 #include <map>
 #include <string>
 
+#include "common/env.h"
 #include "common/error.h"
 #include "kernels/cuda.h"
 #include "serve/tuned_gemm.h"
@@ -98,10 +99,6 @@ struct CudaBackend::Impl {
   }
   // The attention launch heuristics; each can be overridden from the environment for measurements (bench
   // serve sweeps, docs/BENCHMARKS.md) and defaults to the value those measurements chose.
-  static int env_int(const char* name, int fallback) {
-    const char* v = std::getenv(name);
-    return v && *v ? std::max(0, std::atoi(v)) : fallback;
-  }
   // Up to this many narrow tiles the CUDA-core kernel runs them (CHUNKWISE_ATTN_SIMT_TILES).
   const int simt_tiles = env_int("CHUNKWISE_ATTN_SIMT_TILES", 4);
   // Chunks of fewer rows go to narrow tiles too: more blocks for a short chunk beside decodes (a wide tile

@@ -11,6 +11,7 @@
 
 #include "kernels/common/device.cuh"
 #include "kernels/common/launch.cuh"
+#include "common/env.h"
 #include "common/error.h"
 #include "kernels/cuda.h"
 #include "kernels/gemv/gemv_rows.cuh"
@@ -158,11 +159,6 @@ bool gemv_streamed() {
     streamed_setting = e && std::string(e) == "0" ? 0 : 1;
   }
   return streamed_setting == 1;
-}
-
-static int env_int(const char* name, int fallback) {
-  const char* e = std::getenv(name);
-  return e && *e ? std::atoi(e) : fallback;
 }
 
 // The streamed kernel's ring (shared memory per block, x included) and stage sizes in KB and its blocks per SM:

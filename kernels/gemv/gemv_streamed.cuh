@@ -16,6 +16,7 @@
 
 #include "kernels/common/device.cuh"
 #include "kernels/common/launch.cuh"
+#include "kernels/cuda.h"
 #include "kernels/gemv/gemv_rows.cuh"
 
 namespace cw::kern::cuda {
