@@ -74,6 +74,8 @@ void merge_states(const float* o_part, const float* lse_part, int slots, int row
 // here or by CHUNKWISE_GEMV_STREAMED=0; process-wide.
 void set_gemv_streamed(bool on);
 bool gemv_streamed();
+// Streamed launches so far in this process (tests check that a shape went where they expect).
+int64_t gemv_streamed_launches();
 // Its shared memory per block (ring and x) and stage size in KB, and blocks per SM; 0 = the default (200, 32,
 // 1; the environment's CHUNKWISE_GEMV_STREAM_SMEM_KB / _STAGE_KB / _BLOCKS_PER_SM when never set). Shapes
 // that do not fit use the register kernel.

@@ -171,6 +171,9 @@ void set_gemv_stream_sizes(int smem_kb, int stage_kb, int blocks_per_sm) {
   stream_blocks_per_sm = blocks_per_sm > 0 ? blocks_per_sm : 1;
 }
 
+static int64_t streamed_launches = 0;
+int64_t gemv_streamed_launches() { return streamed_launches; }
+
 template <bool kNorm, class Epi>
 static bool try_streamed(const uint16_t* W, int in, const void* x, const uint16_t* nw, float eps, int T, const Epi& epi,
                          cudaStream_t s) {
@@ -183,6 +186,7 @@ static bool try_streamed(const uint16_t* W, int in, const void* x, const uint16_
                                size_t(stream_smem_kb) * 1024, stream_blocks_per_sm, s))
     return false;
   check_cuda(cudaGetLastError(), "streamed gemv kernel");
+  ++streamed_launches;
   return true;
 }
 

@@ -233,7 +233,8 @@ TEST(GpuKernels, GemvWithRopeAppendOrSwigluEpilogueMatchesTheReferences) {
 // LM head's 243 units per block), odd sizes, the widest row it takes and one it leaves to the register
 // kernel: every epilogue and prologue against the CPU reference, both paths switched explicitly, the streamed
 // one with its default ring (200 KB, one block per SM), a 110 KB ring, two blocks of 110 KB per SM, and 8 KB
-// stages.
+// stages; a launch counter says which kernel ran (a shape the streamed kernel silently left to the register one
+// would otherwise pass unnoticed).
 TEST(GpuKernels, StreamedAndRegisterOneRowProductsMatchTheReferences) {
   std::mt19937_64 rng(37);
   const bool before = kc::gemv_streamed();
@@ -241,7 +242,6 @@ TEST(GpuKernels, StreamedAndRegisterOneRowProductsMatchTheReferences) {
   for (Path pa : {Path{true, 0, 0, 0}, Path{true, 110, 0, 0}, Path{true, 110, 0, 2}, Path{true, 0, 8, 0}, Path{false, 0, 0, 0}}) {
     kc::set_gemv_streamed(pa.streamed);
     kc::set_gemv_stream_sizes(pa.smem_kb, pa.stage_kb, pa.per_sm);
-    EXPECT_EQ(kc::gemv_streamed(), pa.streamed);
     const std::string path = !pa.streamed ? "register"
                                           : "streamed, " + std::to_string(pa.smem_kb) + " KB ring, " +
                                                 std::to_string(pa.stage_kb) + " KB stages, " + std::to_string(pa.per_sm) +
@@ -255,7 +255,11 @@ TEST(GpuKernels, StreamedAndRegisterOneRowProductsMatchTheReferences) {
         kern::ref::matmul(xin.data(), 1, in, W.data(), out, beta, want.data());
         Dev<uint16_t> dW(to_bf16(W)), dx(to_bf16(xin));
         Dev<float> dy(beta == 0 ? std::vector<float>(y0.size(), NAN) : y0);
+        const int64_t launches = kc::gemv_streamed_launches();
         kc::gemv(dW.p, out, in, dx.p, 1, beta, dy.p, nullptr);
+        // The streamed kernel takes rows of up to 8,192 (kMaxIn); wider ones and the register path never reach it.
+        EXPECT_EQ(kc::gemv_streamed_launches() - launches, pa.streamed && in <= 8192 ? 1 : 0)
+            << path << " " << out << "x" << in << ": which kernel ran";
         auto got = dy.get();
         for (float v : got) ASSERT_FALSE(std::isnan(v)) << path << " " << out << "x" << in;
         EXPECT_LE(rel_err(got, want), 1e-5) << path << " " << out << "x" << in << " beta " << beta;
@@ -280,10 +284,12 @@ TEST(GpuKernels, StreamedAndRegisterOneRowProductsMatchTheReferences) {
     Dev<uint16_t> dk(std::vector<uint16_t>(want_k.size(), 0)), dv(std::vector<uint16_t>(want_k.size(), 0));
     Dev<float> dx(x), dqkv(size_t(nqkv) * 1), dplain(size_t(nqkv) * 1);
     Dev<int32_t> dpos(pos), dslot(slot);
+    const int64_t launches = kc::gemv_streamed_launches();
     kc::gemv_rmsnorm(dWqkv.p, nqkv, d, dx.p, dnw.p, 1e-5f, 1, 0, dplain.p, nullptr);
     kc::gemv_rmsnorm_rope_append(dWqkv.p, d, dx.p, dnw.p, 1e-5f, 1, dpos.p, dslot.p, H, Hkv, hd, 10000.f, dqkv.p, dk.p,
                                  dv.p, nullptr);
     kc::gemv_rmsnorm_swiglu(dWgu.p, ff, d, dx.p, dnw.p, 1e-5f, 1, dh.p, nullptr);
+    EXPECT_EQ(kc::gemv_streamed_launches() - launches, pa.streamed ? 3 : 0) << path << ": which kernel ran (prologues)";
     EXPECT_LE(rel_err(dplain.get(), plain_want), 1e-3) << path << ": norm prologue";
     auto got_qkv = dqkv.get();
     std::vector<float> gq(got_qkv.begin(), got_qkv.begin() + H * hd), wq(want_qkv.begin(), want_qkv.begin() + H * hd);
