@@ -80,6 +80,10 @@ int64_t gemv_streamed_launches();
 // 1; the environment's CHUNKWISE_GEMV_STREAM_SMEM_KB / _STAGE_KB / _BLOCKS_PER_SM when never set). Shapes
 // that do not fit use the register kernel.
 void set_gemv_stream_sizes(int smem_kb, int stage_kb, int blocks_per_sm = 0);
+// Its smallest shared memory per block (one block per SM: 116, so that two never share an SM) and how many KB
+// its producer loads before the consumers have x (64); 0 = the default (the environment's
+// CHUNKWISE_GEMV_STREAM_MIN_SMEM_KB / _EARLY_KB when never set). early_kb 100000: no limit.
+void set_gemv_stream_start(int min_smem_kb, int early_kb);
 // y[T][out] = beta * y + x[T][in] W^T for T in 1..4 (bandwidth-bound decode); in must be a multiple of 8.
 void gemv(const uint16_t* W, int out, int in, const uint16_t* x, int T, float beta, float* y, cudaStream_t s);
 // The same product for 1 to 64 rows of x on tensor cores (gemm_skinny.cu): split K with atomics, so the

@@ -171,6 +171,15 @@ void set_gemv_stream_sizes(int smem_kb, int stage_kb, int blocks_per_sm) {
   stream_blocks_per_sm = blocks_per_sm > 0 ? blocks_per_sm : 1;
 }
 
+// Its smallest shared memory per block and how far its producer runs ahead of x, in KB: set_gemv_stream_start,
+// else CHUNKWISE_GEMV_STREAM_MIN_SMEM_KB / _EARLY_KB, else the defaults (streamed::kMinSmem, kEarlyBytes).
+// A huge early_kb (the environment's 100000) means no limit; min_smem_kb 1, blocks share SMs as they fit.
+static int stream_min_smem_kb = -1, stream_early_kb = -1;
+void set_gemv_stream_start(int min_smem_kb, int early_kb) {
+  stream_min_smem_kb = min_smem_kb > 0 ? min_smem_kb : int(streamed::kMinSmem / 1024);
+  stream_early_kb = early_kb > 0 ? early_kb : streamed::kEarlyBytes / 1024;
+}
+
 static int64_t streamed_launches = 0;
 int64_t gemv_streamed_launches() { return streamed_launches; }
 
@@ -182,8 +191,11 @@ static bool try_streamed(const uint16_t* W, int in, const void* x, const uint16_
   if (stream_smem_kb < 0)
     set_gemv_stream_sizes(env_int("CHUNKWISE_GEMV_STREAM_SMEM_KB", 0), env_int("CHUNKWISE_GEMV_STREAM_STAGE_KB", 0),
                           env_int("CHUNKWISE_GEMV_STREAM_BLOCKS_PER_SM", 0));
+  if (stream_min_smem_kb < 0)
+    set_gemv_stream_start(env_int("CHUNKWISE_GEMV_STREAM_MIN_SMEM_KB", 0), env_int("CHUNKWISE_GEMV_STREAM_EARLY_KB", 0));
   if (!streamed::launch<kNorm>(W, in, x, nw, eps, epi, sm_count(), stream_stage_kb * 1024,
-                               size_t(stream_smem_kb) * 1024, stream_blocks_per_sm, s))
+                               size_t(stream_smem_kb) * 1024, stream_blocks_per_sm, size_t(stream_min_smem_kb) * 1024,
+                               stream_early_kb * 1024, s))
     return false;
   check_cuda(cudaGetLastError(), "streamed gemv kernel");
   ++streamed_launches;

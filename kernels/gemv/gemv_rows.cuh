@@ -29,7 +29,8 @@ __device__ __forceinline__ uint4 load_streaming(const uint4* p) {
 // Epilogues. A unit is the kRows output rows one warp computes; store(u, t, s, prior) receives their sums
 // s[kRows] for row t of x (lane 0 only), with prior = prior(u, t), which a kernel may read before it computes
 // the sums (a residual's old value: its load then overlaps the arithmetic). Step metadata (positions, slots)
-// is read in store, after pdl_wait().
+// is read in store, after pdl_wait(), or once per block with with_row0() (the streamed kernel: one round trip
+// beside x's, not one per unit behind the weights in flight).
 struct StoreRows {  // y[t][row] = s, or s + y[t][row] with beta = 1
   static constexpr int kRows = 1;
   int out;
@@ -38,6 +39,7 @@ struct StoreRows {  // y[t][row] = s, or s + y[t][row] with beta = 1
   __host__ __device__ int units() const { return out; }
   __device__ int row(int u, int) const { return u; }
   __device__ float prior(int u, int t) const { return beta == 0.f ? 0.f : y[int64_t(t) * out + u]; }
+  __device__ StoreRows with_row0() const { return *this; }
   __device__ void store(int u, int t, const float* s, float prior) const {
     y[int64_t(t) * out + u] = beta == 0.f ? s[0] : s[0] + beta * prior;
   }
@@ -52,7 +54,13 @@ struct RopeAppendRows {
   const int32_t *pos, *slot;
   float* qkv;
   uint16_t *k_cache, *v_cache;
+  int pos0 = -1, slot0 = -1;  // row 0's position and slot, once with_row0() read them
   __host__ __device__ int units() const { return (H + 2 * Hkv) * hd / 2; }
+  __device__ RopeAppendRows with_row0() const {
+    RopeAppendRows e = *this;
+    e.pos0 = pos[0], e.slot0 = slot[0];
+    return e;
+  }
   __device__ int row(int u, int j) const {
     const int half = hd / 2;
     return (u / half) * hd + u % half + j * half;
@@ -60,7 +68,8 @@ struct RopeAppendRows {
   __device__ float prior(int, int) const { return 0.f; }
   __device__ void store(int u, int t, const float* s, float) const {
     const int half = hd / 2, h = u / half, i = u % half;
-    const int64_t base = int64_t(slot[t]) * Hkv * hd;
+    const int p = t == 0 && pos0 >= 0 ? pos0 : pos[t], sl = t == 0 && slot0 >= 0 ? slot0 : slot[t];
+    const int64_t base = int64_t(sl) * Hkv * hd;
     if (h >= H + Hkv) {  // v: appended as it is
       const int64_t o = base + int64_t(h - H - Hkv) * hd;
       v_cache[o + i] = dev::float_to_bf(s[0]), v_cache[o + i + half] = dev::float_to_bf(s[1]);
@@ -68,7 +77,7 @@ struct RopeAppendRows {
     }
     const float inv_freq = powf(theta, -float(2 * i) / float(hd));
     float sn, cs;
-    sincosf(float(pos[t]) * inv_freq, &sn, &cs);
+    sincosf(float(p) * inv_freq, &sn, &cs);
     const float y1 = s[0] * cs - s[1] * sn, y2 = s[1] * cs + s[0] * sn;
     if (h < H) {
       float* q = qkv + int64_t(t) * (H + 2 * Hkv) * hd + int64_t(h) * hd;
@@ -88,6 +97,7 @@ struct SwigluRows {
   __host__ __device__ int units() const { return ff; }
   __device__ int row(int u, int j) const { return u + j * ff; }
   __device__ float prior(int, int) const { return 0.f; }
+  __device__ SwigluRows with_row0() const { return *this; }
   __device__ void store(int u, int t, const float* s, float) const {
     const float g = s[0], up = s[1];
     h[int64_t(t) * ff + u] = dev::float_to_bf(g / (1.f + expf(-g)) * up);

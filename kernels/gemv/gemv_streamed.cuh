@@ -27,10 +27,16 @@ constexpr int kMaxIn = 8192;               // x (bf16) is held in shared memory
 constexpr int kMaxStages = 16;
 constexpr int kStageTarget = 32 * 1024;    // bytes per stage aimed at (whole units)
 constexpr size_t kSmemBudget = 200 * 1024;  // one block per SM, a deep ring (faster than two of 110 KB)
+constexpr int kMaxPriors = kConsumers;       // a block's residual values read with x (more: read per unit)
+// Asked for by every block whatever its ring (see launch()): more than half an SM's shared memory.
+constexpr size_t kMinSmem = 116 * 1024;
+// The producer's start before x is loaded: up to this many bytes, then it waits for the consumers' x_ready.
+constexpr int kEarlyBytes = 64 * 1024;
 
 struct Plan {
   int blocks = 0, units_per_stage = 0, stages = 0, ring_stages = 0;  // stages: of the whole product
   int stage_bytes = 0, ring_offset = 0;
+  int early_stages = 0;  // stages the producer loads before x is in shared memory (0: no limit)
   size_t smem = 0;
   bool ok() const { return blocks > 0; }
 };
@@ -178,8 +184,11 @@ __global__ void __launch_bounds__(kThreads, 2)
   auto first_unit = [&](int s) { return (s * int(gridDim.x) + int(blockIdx.x)) * ups; };  // of the block's stage s
   auto stage_units = [&](int s) { return min(ups, units - first_unit(s)); };
   const unsigned row_bytes = unsigned(in) * 2u;
+  __shared__ uint64_t x_ready;  // the consumers have x (and the epilogue's inputs): the producer may run ahead
+  __shared__ float priors[kMaxPriors];
   if (threadIdx.x == 0) {
     for (int s = 0; s < p.ring_stages; ++s) mbar_init(full + s, 1), mbar_init(empty + s, kConsumerWarps);
+    mbar_init(&x_ready, 1);
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
   __syncthreads();
@@ -188,6 +197,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     if (lane == 0)
       for (int s = 0; s < n_stages; ++s) {
         const int slot = s % p.ring_stages, use = s / p.ring_stages;
+        if (s == p.early_stages && s > 0) mbar_wait(&x_ready, 0);
         if (use > 0) mbar_wait(empty + slot, unsigned(use - 1) & 1u);
         const int u0 = first_unit(s), nu = stage_units(s);
         unsigned char* dst = ring + size_t(slot) * size_t(p.stage_bytes);
@@ -203,7 +213,20 @@ __global__ void __launch_bounds__(kThreads, 2)
   uint4 nw_pieces[kPiecesPerThread];
   if constexpr (kNorm) norm_pieces(nw, in, nw_pieces);
   dev::pdl_wait();
+  // The epilogue's inputs in the same round trip as x: row 0's step metadata, and the old values of this
+  // block's outputs (a residual) where they fit priors[].
+  const Epi ep = epi.with_row0();
+  const int block_units = n_stages * ups;
+  const bool preloaded = block_units <= kMaxPriors;
+  float my_prior = 0.f;
+  if (preloaded && int(threadIdx.x) < block_units) {
+    const int u = first_unit(int(threadIdx.x) / ups) + int(threadIdx.x) % ups;
+    if (u < units) my_prior = ep.prior(u, 0);
+  }
   x_into_smem<kNorm>(x, in, nw_pieces, eps, xs);
+  if (preloaded && int(threadIdx.x) < block_units) priors[threadIdx.x] = my_prior;
+  consumers_sync();
+  if (threadIdx.x == 0) mbar_arrive(&x_ready);
   const int nvec = in / 8;
   for (int s = 0; s < n_stages; ++s) {
     const int slot = s % p.ring_stages, nu = stage_units(s);
@@ -211,7 +234,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     const uint4* st = reinterpret_cast<const uint4*>(ring + size_t(slot) * size_t(p.stage_bytes));
     for (int k = ((warp - s * ups) % kConsumerWarps + kConsumerWarps) % kConsumerWarps; k < nu; k += kConsumerWarps) {
       const int u = first_unit(s) + k;
-      const float prior = lane == 0 ? epi.prior(u, 0) : 0.f;  // in flight during the arithmetic
+      const float prior = lane != 0 ? 0.f : preloaded ? priors[s * ups + k] : ep.prior(u, 0);  // in flight during the arithmetic
       const uint4* row = st + size_t(k * R) * nvec;            // the unit's rows, one after another
       float p[R][4] = {};
       int v = lane;
@@ -236,7 +259,7 @@ __global__ void __launch_bounds__(kThreads, 2)
       for (int o = 16; o > 0; o >>= 1)
 #pragma unroll
         for (int j = 0; j < R; ++j) acc[j] += __shfl_xor_sync(dev::kFull, acc[j], o);
-      if (lane == 0) epi.store(u, 0, acc, prior);
+      if (lane == 0) ep.store(u, 0, acc, prior);
     }
     __syncwarp();
     if (lane == 0) mbar_arrive(empty + slot);
@@ -245,7 +268,9 @@ __global__ void __launch_bounds__(kThreads, 2)
 
 // Launches the streamed product if the shape fits (returns false otherwise, launching nothing). stage_target,
 // smem_budget and blocks_per_sm as for plan(); smem_budget is cut to what a block of this device may opt into
-// (device_smem_limit()).
+// (device_smem_limit()). With one block per SM each asks for at least min_smem bytes (kMinSmem: two never
+// share an SM). early_bytes: what the producer loads before the consumers have x (0: no limit; kEarlyBytes:
+// more queued ahead of x's loads delays them, and with them the whole product).
 constexpr size_t kSmemLimit = 220 * 1024;  // under Hopper's 227 KB per block, static shared memory included
 inline size_t device_smem_limit() {
   static const size_t limit = [] {
@@ -259,10 +284,15 @@ inline size_t device_smem_limit() {
 }
 template <bool kNorm, class Epi>
 bool launch(const uint16_t* W, int in, const void* x, const uint16_t* nw, float eps, const Epi& epi, int sms,
-            int stage_target, size_t smem_budget, int blocks_per_sm, cudaStream_t s) {
+            int stage_target, size_t smem_budget, int blocks_per_sm, size_t min_smem, int early_bytes,
+            cudaStream_t s) {
   const size_t limit = device_smem_limit();
-  const Plan p = plan(epi.units(), Epi::kRows, in, sms, stage_target, std::min(smem_budget, limit), blocks_per_sm);
+  Plan p = plan(epi.units(), Epi::kRows, in, sms, stage_target, std::min(smem_budget, limit), blocks_per_sm);
   if (!p.ok()) return false;
+  // One block per SM: a small product's blocks (a few stages each) would otherwise pair up on half the SMs
+  // and leave the other half's share of the bandwidth unused (docs/BENCHMARKS.md, ninth part).
+  if (blocks_per_sm <= 1) p.smem = std::max(p.smem, std::min(min_smem, std::min(smem_budget, limit)));
+  if (early_bytes > 0) p.early_stages = std::max(1, (early_bytes + p.stage_bytes - 1) / p.stage_bytes);
   auto kernel = gemv_streamed_kernel<kNorm, Epi>;
   static const bool configured = [&] {  // once per instantiation: more than 48 KB, shared memory first
     check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(limit)),

@@ -9,6 +9,8 @@
 
 namespace cw::kern::dev {
 
+constexpr int kFewSlots = 16;  // up to this many slots merge with all their loads in flight
+
 // out[i] = dimension lane + 32 i (PER * 32 >= hd); returns the merged lse (natural log), -inf when all empty.
 template <int PER>
 __device__ __forceinline__ float merge_row(const float* o_part, const float* lse_part, int slots, int rows, int heads,
@@ -18,6 +20,29 @@ __device__ __forceinline__ float merge_row(const float* o_part, const float* lse
   for (int i = 0; i < PER; ++i) out[i] = 0;
   auto lse_at = [&](int s) { return __ldcg(lse_part + (int64_t(s) * rows + r) * heads + h); };
   float m = -INFINITY;
+  if (slots <= kFewSlots) {  // every slot's loads in flight at once: two memory round trips in all
+    const float mine = lane < slots ? lse_at(lane) : -INFINITY;
+    m = warp_max(mine);
+    if (m == -INFINITY) return -INFINITY;
+    const float w = lane < slots ? expf(mine - m) : 0.f;
+    float ov[kFewSlots][PER], wj[kFewSlots];
+#pragma unroll
+    for (int u = 0; u < kFewSlots; ++u) {
+      wj[u] = __shfl_sync(kFull, w, u);
+      if (u >= slots) wj[u] = 0;
+      const float* o = o_part + ((int64_t(u) * rows + r) * heads + h) * hd + lane;
+#pragma unroll
+      for (int i = 0; i < PER; ++i) ov[u][i] = wj[u] != 0 && lane + 32 * i < hd ? __ldcg(o + 32 * i) : 0.f;
+    }
+#pragma unroll
+    for (int u = 0; u < kFewSlots; ++u)  // the same order of additions as the loop below
+#pragma unroll
+      for (int i = 0; i < PER; ++i) out[i] += wj[u] * ov[u][i];
+    const float z = warp_sum(w);
+#pragma unroll
+    for (int i = 0; i < PER; ++i) out[i] /= z;
+    return m + logf(z);
+  }
   for (int s = lane; s < slots; s += 32) m = fmaxf(m, lse_at(s));
   m = warp_max(m);
   if (m == -INFINITY) return -INFINITY;

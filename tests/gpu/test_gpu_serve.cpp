@@ -232,21 +232,28 @@ TEST(GpuKernels, GemvWithRopeAppendOrSwigluEpilogueMatchesTheReferences) {
 // on the decode shapes of the TinyLlama benchmark model (several stages per block, units across stages, the
 // LM head's 243 units per block), odd sizes, the widest row it takes and one it leaves to the register
 // kernel: every epilogue and prologue against the CPU reference, both paths switched explicitly, the streamed
-// one with its default ring (200 KB, one block per SM), a 110 KB ring, two blocks of 110 KB per SM, and 8 KB
-// stages; a launch counter says which kernel ran (a shape the streamed kernel silently left to the register one
+// one with its default ring (200 KB, one block per SM), a 110 KB ring, two blocks of 110 KB per SM, 8 KB
+// stages with the producer waiting for x after one, and blocks free to share an SM with an unlimited
+// producer; a launch counter says which kernel ran (a shape the streamed kernel silently left to the register one
 // would otherwise pass unnoticed).
 TEST(GpuKernels, StreamedAndRegisterOneRowProductsMatchTheReferences) {
   std::mt19937_64 rng(37);
   const bool before = kc::gemv_streamed();
-  struct Path { bool streamed; int smem_kb, stage_kb, per_sm; };
-  for (Path pa : {Path{true, 0, 0, 0}, Path{true, 110, 0, 0}, Path{true, 110, 0, 2}, Path{true, 0, 8, 0}, Path{false, 0, 0, 0}}) {
+  // min_kb / early_kb: set_gemv_stream_start (1 = blocks may share an SM; 100000 = the producer never waits
+  // for x; 8 = it waits after its first stage).
+  struct Path { bool streamed; int smem_kb, stage_kb, per_sm, min_kb, early_kb; };
+  for (Path pa : {Path{true, 0, 0, 0, 0, 0}, Path{true, 110, 0, 0, 0, 0}, Path{true, 110, 0, 2, 0, 0},
+                  Path{true, 0, 8, 0, 0, 8}, Path{true, 0, 0, 0, 1, 100000}, Path{false, 0, 0, 0, 0, 0}}) {
     kc::set_gemv_streamed(pa.streamed);
     kc::set_gemv_stream_sizes(pa.smem_kb, pa.stage_kb, pa.per_sm);
+    kc::set_gemv_stream_start(pa.min_kb, pa.early_kb);
     const std::string path = !pa.streamed ? "register"
                                           : "streamed, " + std::to_string(pa.smem_kb) + " KB ring, " +
                                                 std::to_string(pa.stage_kb) + " KB stages, " + std::to_string(pa.per_sm) +
-                                                " per SM (0 = default)";
-    for (auto [out, in] : std::vector<std::pair<int, int>>{{300, 264}, {2048, 2048}, {2048, 5632}, {32000, 2048}, {7, 8192}, {130, 8200}})
+                                                " per SM, min " + std::to_string(pa.min_kb) + " KB, early " +
+                                                std::to_string(pa.early_kb) + " KB (0 = default)";
+    // {5000, 8}: 2,048 units per stage, more than a block preloads residual values for (read per unit).
+    for (auto [out, in] : std::vector<std::pair<int, int>>{{300, 264}, {2048, 2048}, {2048, 5632}, {32000, 2048}, {7, 8192}, {130, 8200}, {5000, 8}})
       for (float beta : {0.f, 1.f}) {
         auto W = round_bf16(random_vec(size_t(out) * in, rng));
         auto xin = round_bf16(random_vec(size_t(in), rng));
@@ -303,6 +310,7 @@ TEST(GpuKernels, StreamedAndRegisterOneRowProductsMatchTheReferences) {
   }
   kc::set_gemv_streamed(before);
   kc::set_gemv_stream_sizes(0, 0);
+  kc::set_gemv_stream_start(0, 0);
 }
 
 TEST(GpuKernels, RopeAppendMatchesReference) {
