@@ -3,10 +3,12 @@
 // unit) into ring stages completed by mbarriers, ahead of sixteen consumer warps, each computing whole units
 // (a unit's rows, reduced, then its epilogue) against x in shared memory. The producer starts at the kernel's
 // first instruction, before the predecessor has finished (programmatic dependent launch; weights never depend
-// on it). One block per SM with a ring of about 200 KB (six stages of 32 KB in flight) measured fastest;
-// rings of 110 KB, which let the next product's blocks be resident beside this one's and fill their rings
-// early, were slower (docs/BENCHMARKS.md). Reference: the register kernel in gemv.cu (same epilogues,
-// gemv_rows.cuh) and through it matmul_ref.cpp; the GPU tests compare both on every epilogue.
+// on it), but only 64 KB before the consumers have x: more would sit in front of x's loads. One block per SM
+// with a ring of about 200 KB (six stages of 32 KB in flight) measured fastest, and small products' blocks
+// ask for 116 KB so that two never share an SM; rings of 110 KB, which let the next product's blocks be
+// resident beside this one's and fill their rings early, were slower (docs/BENCHMARKS.md). Reference: the
+// register kernel in gemv.cu (same epilogues, gemv_rows.cuh) and through it matmul_ref.cpp; the GPU tests
+// compare both on every epilogue.
 // Must not: read x or step metadata, or write anything, before pdl_wait() (weights, the rows' and the norm's,
 // may be read earlier: nothing writes them);
 // take rows wider than kMaxIn or units larger than a stage (plan() says which shapes it takes).

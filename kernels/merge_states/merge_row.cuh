@@ -1,8 +1,8 @@
 // Device helper shared by merge_states and the CUDA-core attention kernel's fused merge (the tensor-core
 // kernel merges a tile with the whole block, paged_attention_mma.cu): one warp combines the partial
 // states (o, lse per slot) of one (row, head). Lanes first hold the slots' log-sum-exps (32 at a time), then
-// every lane accumulates its dimensions over the non-empty slots with four slots' loads in flight, so a
-// merge of 16 slots costs a few memory round trips rather than one per slot.
+// every lane accumulates its dimensions over the non-empty slots: up to 16 slots with every load in flight
+// (two memory round trips in all), more with four slots' loads in flight at a time.
 // Must not: read o of an empty slot (lse -inf): those may be unwritten.
 #pragma once
 #include "kernels/common/device.cuh"
