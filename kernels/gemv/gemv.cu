@@ -6,8 +6,6 @@
 // (gemv_streamed.cuh) where the shape fits; the rest to the register kernel here. Reference: matmul_ref.cpp
 // composed with rope_append_ref.cpp / swiglu_ref.cpp.
 #include <algorithm>
-#include <cstdlib>
-#include <string>
 
 #include "kernels/common/device.cuh"
 #include "kernels/common/launch.cuh"
@@ -154,10 +152,7 @@ static int gemv_blocks(int units) {
 static int streamed_setting = -1;
 void set_gemv_streamed(bool on) { streamed_setting = on ? 1 : 0; }
 bool gemv_streamed() {
-  if (streamed_setting < 0) {
-    const char* e = std::getenv("CHUNKWISE_GEMV_STREAMED");
-    streamed_setting = e && std::string(e) == "0" ? 0 : 1;
-  }
+  if (streamed_setting < 0) streamed_setting = env_int("CHUNKWISE_GEMV_STREAMED", 1) == 0 ? 0 : 1;
   return streamed_setting == 1;
 }
 

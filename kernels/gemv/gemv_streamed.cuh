@@ -268,11 +268,6 @@ __global__ void __launch_bounds__(kThreads, 2)
   }
 }
 
-// Launches the streamed product if the shape fits (returns false otherwise, launching nothing). stage_target,
-// smem_budget and blocks_per_sm as for plan(); smem_budget is cut to what a block of this device may opt into
-// (device_smem_limit()). With one block per SM each asks for at least min_smem bytes (kMinSmem: two never
-// share an SM). early_bytes: what the producer loads before the consumers have x (0: no limit; kEarlyBytes:
-// more queued ahead of x's loads delays them, and with them the whole product).
 constexpr size_t kSmemLimit = 220 * 1024;  // under Hopper's 227 KB per block, static shared memory included
 inline size_t device_smem_limit() {
   static const size_t limit = [] {
@@ -284,6 +279,11 @@ inline size_t device_smem_limit() {
   }();
   return limit;
 }
+// Launches the streamed product if the shape fits (returns false otherwise, launching nothing). stage_target,
+// smem_budget and blocks_per_sm as for plan(); smem_budget is cut to what a block of this device may opt into
+// (device_smem_limit()). With one block per SM each asks for at least min_smem bytes (kMinSmem: two never
+// share an SM). early_bytes: what the producer loads before the consumers have x (0: no limit; kEarlyBytes:
+// more queued ahead of x's loads delays them, and with them the whole product).
 template <bool kNorm, class Epi>
 bool launch(const uint16_t* W, int in, const void* x, const uint16_t* nw, float eps, const Epi& epi, int sms,
             int stage_target, size_t smem_budget, int blocks_per_sm, size_t min_smem, int early_bytes,
