@@ -119,6 +119,9 @@ struct CudaBackend::Impl {
   // Split-KV targets this many blocks per SM: narrow tiles on tensor cores, others (CHUNKWISE_ATTN_WAVES_NARROW,
   // CHUNKWISE_ATTN_WAVES_OTHER).
   const int waves_narrow = std::max(1, env_int("CHUNKWISE_ATTN_WAVES_NARROW", 3));
+  // Single-level decode steps (one row per item) on tensor cores: this many blocks per SM
+  // (CHUNKWISE_ATTN_WAVES_DECODE). Batch 64 at context 256 gets one split and no merge.
+  const int waves_decode = std::max(1, env_int("CHUNKWISE_ATTN_WAVES_DECODE", 1));
   const int waves_other = std::max(1, env_int("CHUNKWISE_ATTN_WAVES_OTHER", 8));
   // Products of 5 to 64 rows: cuBLAS, or our tensor-core kernel (gemm_skinny.cu) when CHUNKWISE_GEMM_SKINNY is
   // set; on an H200 it is still slower than cuBLAS (docs/BENCHMARKS.md).
@@ -278,10 +281,11 @@ struct CudaBackend::Impl {
   }
 
 
-  int splits_for(int blocks, int max_kv, bool wide) const {
-    // Decode rows on tensor cores: about one wave (3-5 blocks per SM stay resident; fewer splits, fewer
-    // merges). Chunk tiles carry 4 times the rows, and the CUDA-core kernel is small: several waves.
-    const int per_sm = mma && !wide ? waves_narrow : waves_other;
+  int splits_for(int blocks, int max_kv, bool wide, bool decode = false) const {
+    // Narrow tiles on tensor cores: about one wave (3-5 blocks per SM stay resident; fewer splits, fewer
+    // merges), decode-only steps fewer still. Chunk tiles carry 4 times the rows, and the CUDA-core kernel is
+    // small: several waves.
+    const int per_sm = mma && !wide ? (decode ? waves_decode : waves_narrow) : waves_other;
     int s = std::max(1, (per_sm * sms + blocks - 1) / std::max(1, blocks));
     if (max_kv >= 0) s = std::min(s, std::max(1, (max_kv + 63) / 64));
     return std::min(s, opt.max_splits);
@@ -540,7 +544,7 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
                                                           : splits[li];
       wide_splits = std::max(1, std::min(wide_splits, m.opt.max_splits));
     } else {
-      splits[li] = blocks == 0 ? 1 : m.splits_for(blocks, graph || pad ? -1 : max_kv, wide_tiles[li] > 0);
+      splits[li] = blocks == 0 ? 1 : m.splits_for(blocks, graph || pad ? -1 : max_kv, wide_tiles[li] > 0, plan.decode_only());
     }
   }
   auto copy_in = [&](size_t off, size_t n) {
