@@ -119,8 +119,8 @@ struct CudaBackend::Impl {
   // Split-KV targets this many blocks per SM: narrow tiles on tensor cores, others (CHUNKWISE_ATTN_WAVES_NARROW,
   // CHUNKWISE_ATTN_WAVES_OTHER).
   const int waves_narrow = std::max(1, env_int("CHUNKWISE_ATTN_WAVES_NARROW", 3));
-  // Single-level decode steps (one row per item) on tensor cores: this many blocks per SM
-  // (CHUNKWISE_ATTN_WAVES_DECODE). Batch 64 at context 256 gets one split and no merge.
+  // Decode-only steps (one row per item, one level) on tensor cores: this many blocks per SM
+  // (CHUNKWISE_ATTN_WAVES_DECODE); batch 64 gets one split per (sequence, KV head) and no merge.
   const int waves_decode = std::max(1, env_int("CHUNKWISE_ATTN_WAVES_DECODE", 1));
   const int waves_other = std::max(1, env_int("CHUNKWISE_ATTN_WAVES_OTHER", 8));
   // Products of 5 to 64 rows: cuBLAS, or our tensor-core kernel (gemm_skinny.cu) when CHUNKWISE_GEMM_SKINNY is
