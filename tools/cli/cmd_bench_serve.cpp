@@ -217,7 +217,8 @@ int bench_serve_main(const Args& args) {
     if (auto* cb = dynamic_cast<serve::CudaBackend*>(backend.get())) {
       struct Case { const char* name; int B, L, C, P; };
       for (Case k : {Case{"decode-b1-ctx256", 1, 256, 0, 0}, Case{"decode-b64-ctx256", 64, 256, 0, 0},
-                     Case{"decode-b32-ctx512", 32, 512, 0, 0}, Case{"mixed-b32-chunk96-ctx1024", 32, 512, 96, 1024},
+                     Case{"decode-b32-ctx512", 32, 512, 0, 0}, Case{"decode-b16-ctx1024", 16, 1024, 0, 0},
+                     Case{"decode-b8-ctx2048", 8, 2048, 0, 0}, Case{"mixed-b32-chunk96-ctx1024", 32, 512, 96, 1024},
                      Case{"prefill-chunk2048", 0, 0, 2048, 2048}}) {
         auto p = cb->profile(synthetic_plan(k.B, k.L, k.C, k.P, flags.page_size, V), 20);
         std::cout << "{\"bench\": \"serve-profile\", \"card\": \"" << card << "\", \"step\": \"" << k.name
