@@ -442,7 +442,8 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
   check(R <= std::min(m.opt.max_sample_rows, m.opt.max_tokens), "cuda backend: ", R, " sample rows exceed the maximum");
   check(levels <= 2, "cuda backend: at most two attention levels");
   for (int32_t t : plan.tokens) check(t >= 0 && t < m.c.vocab_size, "token id ", t, " is outside the vocabulary");
-  const bool graph = allow_graph && m.opt.cuda_graphs && plan.decode_only();
+  const bool decode_only = plan.decode_only();
+  const bool graph = allow_graph && m.opt.cuda_graphs && decode_only;
   auto dense_item = [&](const AttnItem& it) { return !m.mma && it.q_end - it.q_begin >= 16 && it.kv_len >= 1; };
   int longest = 0;  // the longest chunk of the step: chunk tiles of 2 or 4 query warps
   for (const auto& lvl : plan.levels)
@@ -544,7 +545,7 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
                                                           : splits[li];
       wide_splits = std::max(1, std::min(wide_splits, m.opt.max_splits));
     } else {
-      splits[li] = blocks == 0 ? 1 : m.splits_for(blocks, graph || pad ? -1 : max_kv, wide_tiles[li] > 0, plan.decode_only());
+      splits[li] = blocks == 0 ? 1 : m.splits_for(blocks, graph || pad ? -1 : max_kv, wide_tiles[li] > 0, decode_only);
     }
   }
   auto copy_in = [&](size_t off, size_t n) {
