@@ -38,7 +38,9 @@ struct AttnMerge {
 void paged_attention(const float* q, const int32_t* q_pos, const AttnLevel& level, const int32_t* tile_item,
                      const int32_t* tile_row0, int num_tiles, int rows_per_tile, const AttnShape& shape,
                      const uint16_t* k_cache, const uint16_t* v_cache, int splits, int slot0, float* o_part,
-                     float* lse_part, const AttnMerge& merge, cudaStream_t s);
+                     float* lse_part, const AttnMerge& merge, cudaStream_t s, bool earlier_keys_ready = false);
+// earlier_keys_ready: every key before an item's first query row of this launch was written before the
+// previous kernel (decode steps: only each row's own key is new), so those are read before waiting for it.
 // The same work list and partial states on tensor cores (paged_attention_mma.cu), bf16 products with fp32
 // accumulation. query_warps (1, 2 or 4) of the block's four warps take 16 query rows each, the others split
 // the keys: rows_per_tile * group <= 16 * query_warps (1: decode rows; 2, 4: prefill chunks). Built for head
@@ -49,6 +51,15 @@ void paged_attention_mma(const float* q, const int32_t* q_pos, const AttnLevel& 
                          const int32_t* tile_row0, int num_tiles, int rows_per_tile, int query_warps, const AttnShape& shape,
                          const uint16_t* k_cache, const uint16_t* v_cache, int splits, int slot0, float* o_part,
                          float* lse_part, const AttnMerge& merge, cudaStream_t s);
+// Decode rows (one row per tile, one level) as paged_attention_mma with one query warp, but q and k taken
+// unrotated from the qkv rows (shape.q_stride covers q, k and v): RoPE at theta and the KV append of each
+// row's own position happen inside, so rope_append is not launched. Outputs and cache equal the separate
+// kernels'.
+void paged_attention_mma_decode_rope(const float* qkv, const int32_t* q_pos, const AttnLevel& level,
+                                     const int32_t* tile_item, const int32_t* tile_row0, int num_tiles,
+                                     const AttnShape& shape, uint16_t* k_cache, uint16_t* v_cache, int splits,
+                                     float* o_part, float* lse_part, const AttnMerge& merge, float rope_theta,
+                                     cudaStream_t s);
 // One level in one launch: tiles [0, narrow_tiles) narrow (one query warp) split `splits` times over the
 // keys, then wide_tiles chunk tiles of attention_mma_rows_per_tile(.., wide_query_warps) rows (2 or 4 query
 // warps) split `wide_splits` times; each tile merged into merge.out by its last block (written directly when

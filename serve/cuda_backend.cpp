@@ -86,6 +86,7 @@ struct CudaBackend::Impl {
     int wide_splits = 1;         // the one-level mixed launch: the chunk tiles' split-KV count
     int wide_qw = 4;             // warps over the query rows of a chunk tile (2 or 4)
     bool fused_merge = false;    // no cuBLAS items: the last level's attention launches merge their rows
+    bool decode = false;         // one row per item, every row sampled, one level (StepPlan::decode_only)
   };
   Staged stage(const StepPlan& plan, bool allow_graph);  // fills and copies the step's metadata
   static std::vector<int> staged_key(const Staged& st);   // every host value launch_all reads from st
@@ -127,6 +128,13 @@ struct CudaBackend::Impl {
   // set; on an H200 it is still slower than cuBLAS (docs/BENCHMARKS.md).
   bool skinny = std::getenv("CHUNKWISE_GEMM_SKINNY") != nullptr;
   bool unfused_decode = std::getenv("CHUNKWISE_DECODE_UNFUSED") != nullptr;
+  // Decode steps of more rows than the one-row products take (T > 4) on tensor cores: RoPE and the KV append
+  // inside the attention launch instead of rope_append (CHUNKWISE_DECODE_ROPE_IN_ATTN=0 keeps the separate one).
+  bool rope_in_attn_on = env_int("CHUNKWISE_DECODE_ROPE_IN_ATTN", 1) == 1;
+  int64_t rope_in_attn_steps = 0;
+  // Decode steps on the CUDA-core attention kernel read the keys of earlier steps before waiting for the qkv
+  // product (CHUNKWISE_ATTN_PREWAIT=0: after, as other steps).
+  bool prewait_keys = env_int("CHUNKWISE_ATTN_PREWAIT", 1) == 1;
   struct DenseItem {
     int row_begin, rows, kv_len, kv_pos0;
     size_t pages_off;
@@ -197,6 +205,9 @@ struct CudaBackend::Impl {
     // activations; see docs/BENCHMARKS.md.) CHUNKWISE_DECODE_UNFUSED keeps the separate kernels, to compare.
     const bool fuse = T <= 4, fuse_epilogues = fuse && !unfused_decode;
     const float theta = float(c.rope_theta);
+    const bool rope_in_attn = rope_in_attn_on && mma && st.decode && levels == 1 && !fuse && tiles[0] > simt_tiles &&
+                              st.wide_tiles[0] == 0 && dense[0].empty() && st.rpt[0] == 1;
+    rope_in_attn_steps += rope_in_attn;
     for (auto& L : layers) {
       if (fuse_epilogues) {
         kern::cuda::gemv_rmsnorm_rope_append(L.qkv, d, x, L.ln1, eps, T, pos, d_meta + m_slots, H, Hkv, hd, theta,
@@ -211,8 +222,10 @@ struct CudaBackend::Impl {
           linear(xn, T, L.qkv, nqkv, d, 0, qkv);
         }
         mark("qkv product");
-        kern::cuda::rope_append(qkv, pos, d_meta + m_slots, T, H, Hkv, hd, theta, L.k, L.v, stream);
-        mark("rope + KV append");
+        if (!rope_in_attn) {
+          kern::cuda::rope_append(qkv, pos, d_meta + m_slots, T, H, Hkv, hd, theta, L.k, L.v, stream);
+          mark("rope + KV append");
+        }
       }
       int slot0 = 0;
       for (int li = 0; li < levels; ++li) {
@@ -227,7 +240,10 @@ struct CudaBackend::Impl {
           const int32_t *ti = d_meta + lv[li].tile_item, *tr = d_meta + lv[li].tile_row0;
           if (tiles[li] <= simt_tiles)  // a handful of decode rows: latency-bound, the CUDA-core kernel is quicker
             kern::cuda::paged_attention(qkv, pos, level_view(li, items[li]), ti, tr, tiles[li], st.rpt[li], shape, L.k,
-                                        L.v, splits[li], slot0, o_part, lse_part, merge, stream);
+                                        L.v, splits[li], slot0, o_part, lse_part, merge, stream, st.decode && prewait_keys);
+          else if (rope_in_attn)
+            kern::cuda::paged_attention_mma_decode_rope(qkv, pos, level_view(li, items[li]), ti, tr, tiles[li], shape,
+                                                        L.k, L.v, splits[li], o_part, lse_part, merge, theta, stream);
           else
             kern::cuda::paged_attention_mma(qkv, pos, level_view(li, items[li]), ti, tr, tiles[li], st.rpt[li], 1,
                                             shape, L.k, L.v, splits[li], slot0, o_part, lse_part, merge, stream);
@@ -431,6 +447,7 @@ int CudaBackend::max_tokens() const { return impl_->opt.max_tokens; }
 std::string CudaBackend::device_name() const { return impl_->device; }
 double CudaBackend::weight_bytes() const { return impl_->weight_bytes; }
 int CudaBackend::graphs_captured() const { return int(impl_->graphs.size()); }
+int64_t CudaBackend::rope_in_attention_steps() const { return impl_->rope_in_attn_steps; }
 std::string CudaBackend::tuning_summary() const { return impl_->gemm->summary(); }
 
 CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool allow_graph) {
@@ -555,6 +572,7 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
   for (int li = 0; li < levels; ++li) copy_in(m.lv[li].kv_pages, pages_used[li]);
   check_cuda(cudaMemcpyAsync(m.d_params, m.h_params, size_t(Rp) * sizeof(kern::SampleParams),
                              cudaMemcpyHostToDevice, m.stream), "copying sampling parameters");
+  st.decode = decode_only;
   st.graph = graph, st.B = B, st.Rp = Rp, st.T = T, st.R = R, st.levels = levels, st.wide_splits = wide_splits,
   st.wide_qw = wide_qw;
   for (int li = 0; li < 2; ++li)
@@ -577,7 +595,7 @@ std::vector<int> CudaBackend::Impl::staged_key(const Staged& st) {
   if (st.graph) return {-1, st.B};
   return {st.B,        st.Rp,       st.levels,   st.items[0],      st.items[1],      st.tiles[0],
           st.tiles[1], st.splits[0], st.splits[1], st.rpt[0],        st.rpt[1],        st.wide_tiles[0],
-          st.wide_tiles[1], st.wide_splits, st.wide_qw, int(st.fused_merge)};
+          st.wide_tiles[1], st.wide_splits, st.wide_qw, int(st.fused_merge), int(st.decode)};
 }
 
 void CudaBackend::Impl::execute(const Staged& st) {

@@ -42,6 +42,9 @@ class CudaBackend : public Backend {
   std::string device_name() const;
   double weight_bytes() const;  // bytes read per decode step for the weights
   int graphs_captured() const;
+  // Steps whose attention launches applied RoPE and the KV append themselves (decode steps of more than four
+  // rows on tensor cores; recorded when a step is launched or captured, not at each replay).
+  int64_t rope_in_attention_steps() const;
   std::string tuning_summary() const;  // what choosing the products' algorithms by timing found
   std::vector<float> cached(bool key, int layer, int slot) const;  // for tests
   // Where one step's time goes: the whole forward() (host work included), the graph replay alone (plans that

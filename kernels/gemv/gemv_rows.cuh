@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "kernels/common/device.cuh"
+#include "kernels/rope_append/rope_math.cuh"
 
 namespace cw::kern::cuda {
 
@@ -75,10 +76,9 @@ struct RopeAppendRows {
       v_cache[o + i] = dev::float_to_bf(s[0]), v_cache[o + i + half] = dev::float_to_bf(s[1]);
       return;
     }
-    const float inv_freq = powf(theta, -float(2 * i) / float(hd));
-    float sn, cs;
-    sincosf(float(p) * inv_freq, &sn, &cs);
-    const float y1 = s[0] * cs - s[1] * sn, y2 = s[1] * cs + s[0] * sn;
+    float sn, cs, y1, y2;
+    dev::rope_angle(float(p), i, hd, theta, &sn, &cs);
+    dev::rope_rotate(s[0], s[1], sn, cs, &y1, &y2);
     if (h < H) {
       float* q = qkv + int64_t(t) * (H + 2 * Hkv) * hd + int64_t(h) * hd;
       q[i] = y1, q[i + half] = y2;

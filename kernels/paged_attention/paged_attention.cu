@@ -3,6 +3,9 @@
 // (row, head). K/V tiles of 32 tokens are gathered from the pages into shared memory; lane j scores token j,
 // then the warp folds the tile into an online softmax (base 2) and accumulates V with lanes over dimensions.
 // Splits ("flash-decoding") give long KV lists more blocks; merge_states combines the parts.
+// Decode steps (earlier_keys_ready): the keys before an item's first query row of this step were written by
+// earlier steps, so the block copies its first tile's share of them into shared memory before waiting for
+// the previous kernel; only q and this step's own key/value are read after the wait.
 // Reference: paged_attention_ref.cpp.
 #include <algorithm>
 
@@ -22,7 +25,7 @@ __global__ void __launch_bounds__(512)
     paged_attention_kernel(const float* q, const int32_t* q_pos, AttnLevel L, const int32_t* tile_item,
                            const int32_t* tile_row0, int rpt, AttnShape S, const uint16_t* k_cache,
                            const uint16_t* v_cache, int splits, int slot0, float* o_part, float* lse_part,
-                           AttnMerge merge) {
+                           AttnMerge merge, bool earlier_keys_ready) {
   constexpr int PER = HD / 32, KS = HD + 4;  // padded K rows: lane j reads row j in 16-byte pieces without conflicts
   extern __shared__ float smem[];
   dev::pdl_trigger();  // step metadata and page tables come from the host: read them before waiting
@@ -42,8 +45,29 @@ __global__ void __launch_bounds__(512)
   float* Vs = Ks + kTile * KS;               // [kTile][HD]
   float* Qs = Vs + kTile * HD + warp * HD;   // this warp's query, pre-scaled to base 2
   const int32_t* pages = L.kv_pages + L.kv_indptr[item];
-  for (int e = threadIdx.x; e < kTile && begin + e < block_end; e += blockDim.x) {  // first tile's lines into L2
+  // One 16-byte piece e of tile t0 (key t0 + e / (HD / 8)) into shared memory as floats; zero past block_end.
+  auto load_piece = [&](int t0, int e) {
+    const int j = e / (HD / 8), d = (e % (HD / 8)) * 8, t = t0 + j;
+    uint4 kb = make_uint4(0, 0, 0, 0), vb = kb;
+    if (t < block_end) {
+      const int64_t off = ((int64_t(pages[t / S.page_size]) * S.page_size + t % S.page_size) * S.kv_heads + kvh) * HD + d;
+      kb = *reinterpret_cast<const uint4*>(k_cache + off);
+      vb = *reinterpret_cast<const uint4*>(v_cache + off);
+    }
+    float4* kd = reinterpret_cast<float4*>(Ks + j * KS + d);
+    float4* vd = reinterpret_cast<float4*>(Vs + j * HD + d);
+    float2 a = dev::bf2_to_float2(kb.x), b = dev::bf2_to_float2(kb.y), c = dev::bf2_to_float2(kb.z), e2 = dev::bf2_to_float2(kb.w);
+    kd[0] = make_float4(a.x, a.y, b.x, b.y), kd[1] = make_float4(c.x, c.y, e2.x, e2.y);
+    a = dev::bf2_to_float2(vb.x), b = dev::bf2_to_float2(vb.y), c = dev::bf2_to_float2(vb.z), e2 = dev::bf2_to_float2(vb.w);
+    vd[0] = make_float4(a.x, a.y, b.x, b.y), vd[1] = make_float4(c.x, c.y, e2.x, e2.y);
+  };
+  // Keys [begin, ready) of the first tile need nothing from the previous kernels (earlier_keys_ready).
+  const int ready = earlier_keys_ready ? min(min(block_end, begin + kTile), q_pos[L.q_indptr[item]] - pos0) : begin;
+  for (int e = threadIdx.x; e < kTile * (HD / 8); e += blockDim.x)
+    if (begin + e / (HD / 8) < ready) load_piece(begin, e);
+  for (int e = threadIdx.x; e < kTile && begin + e < block_end; e += blockDim.x) {  // the rest of the tile into L2
     const int t = begin + e;
+    if (t < ready) continue;
     const uint16_t* kp = k_cache + ((int64_t(pages[t / S.page_size]) * S.page_size + t % S.page_size) * S.kv_heads + kvh) * HD;
     const uint16_t* vp = v_cache + (kp - k_cache);
     asm volatile("prefetch.global.L2 [%0];" ::"l"(kp));
@@ -57,22 +81,9 @@ __global__ void __launch_bounds__(512)
   for (int i = 0; i < PER; ++i) acc[i] = 0;
 
   for (int t0 = begin; t0 < block_end; t0 += kTile) {
-    __syncthreads();
-    for (int e = threadIdx.x; e < kTile * (HD / 8); e += blockDim.x) {  // 16-byte pieces of K and V
-      const int j = e / (HD / 8), d = (e % (HD / 8)) * 8, t = t0 + j;
-      uint4 kb = make_uint4(0, 0, 0, 0), vb = kb;
-      if (t < block_end) {
-        const int64_t off = ((int64_t(pages[t / S.page_size]) * S.page_size + t % S.page_size) * S.kv_heads + kvh) * HD + d;
-        kb = *reinterpret_cast<const uint4*>(k_cache + off);
-        vb = *reinterpret_cast<const uint4*>(v_cache + off);
-      }
-      float4* kd = reinterpret_cast<float4*>(Ks + j * KS + d);
-      float4* vd = reinterpret_cast<float4*>(Vs + j * HD + d);
-      float2 a = dev::bf2_to_float2(kb.x), b = dev::bf2_to_float2(kb.y), c = dev::bf2_to_float2(kb.z), e2 = dev::bf2_to_float2(kb.w);
-      kd[0] = make_float4(a.x, a.y, b.x, b.y), kd[1] = make_float4(c.x, c.y, e2.x, e2.y);
-      a = dev::bf2_to_float2(vb.x), b = dev::bf2_to_float2(vb.y), c = dev::bf2_to_float2(vb.z), e2 = dev::bf2_to_float2(vb.w);
-      vd[0] = make_float4(a.x, a.y, b.x, b.y), vd[1] = make_float4(c.x, c.y, e2.x, e2.y);
-    }
+    if (t0 != begin) __syncthreads();  // the previous tile is done (the first tile may hold keys loaded early)
+    for (int e = threadIdx.x; e < kTile * (HD / 8); e += blockDim.x)  // 16-byte pieces of K and V
+      if (t0 != begin || t0 + e / (HD / 8) >= ready) load_piece(t0, e);
     __syncthreads();
     if (!active) continue;
     const int t = t0 + lane;
@@ -143,26 +154,26 @@ template <int HD>
 static void launch(const float* q, const int32_t* q_pos, const AttnLevel& L, const int32_t* tile_item,
                    const int32_t* tile_row0, int num_tiles, int rpt, const AttnShape& S, const uint16_t* kc,
                    const uint16_t* vc, int splits, int slot0, float* o_part, float* lse_part, const AttnMerge& merge,
-                   cudaStream_t s) {
+                   cudaStream_t s, bool earlier_keys_ready) {
   const int warps = rpt * (S.heads / S.kv_heads);
   const size_t smem = sizeof(float) * (kTile * (HD + 4) + kTile * HD + warps * HD);
   dim3 grid(num_tiles, S.kv_heads, splits);
   dev::launch_pdl(paged_attention_kernel<HD>, grid, warps * 32, smem, s, "paged_attention kernel", q, q_pos, L, tile_item,
-                  tile_row0, rpt, S, kc, vc, splits, slot0, o_part, lse_part, merge);
+                  tile_row0, rpt, S, kc, vc, splits, slot0, o_part, lse_part, merge, earlier_keys_ready);
 }
 
 void paged_attention(const float* q, const int32_t* q_pos, const AttnLevel& level, const int32_t* tile_item,
                      const int32_t* tile_row0, int num_tiles, int rows_per_tile, const AttnShape& shape,
                      const uint16_t* k_cache, const uint16_t* v_cache, int splits, int slot0, float* o_part,
-                     float* lse_part, const AttnMerge& merge, cudaStream_t s) {
+                     float* lse_part, const AttnMerge& merge, cudaStream_t s, bool earlier_keys_ready) {
   if (num_tiles == 0) return;
   const int group = shape.heads / shape.kv_heads;
   check(shape.heads % shape.kv_heads == 0 && rows_per_tile >= 1 && rows_per_tile * group <= 16,
         "paged attention: heads per KV head times rows per tile must be at most 16");
   switch (shape.head_dim) {
-    case 32: launch<32>(q, q_pos, level, tile_item, tile_row0, num_tiles, rows_per_tile, shape, k_cache, v_cache, splits, slot0, o_part, lse_part, merge, s); break;
-    case 64: launch<64>(q, q_pos, level, tile_item, tile_row0, num_tiles, rows_per_tile, shape, k_cache, v_cache, splits, slot0, o_part, lse_part, merge, s); break;
-    case 128: launch<128>(q, q_pos, level, tile_item, tile_row0, num_tiles, rows_per_tile, shape, k_cache, v_cache, splits, slot0, o_part, lse_part, merge, s); break;
+    case 32: launch<32>(q, q_pos, level, tile_item, tile_row0, num_tiles, rows_per_tile, shape, k_cache, v_cache, splits, slot0, o_part, lse_part, merge, s, earlier_keys_ready); break;
+    case 64: launch<64>(q, q_pos, level, tile_item, tile_row0, num_tiles, rows_per_tile, shape, k_cache, v_cache, splits, slot0, o_part, lse_part, merge, s, earlier_keys_ready); break;
+    case 128: launch<128>(q, q_pos, level, tile_item, tile_row0, num_tiles, rows_per_tile, shape, k_cache, v_cache, splits, slot0, o_part, lse_part, merge, s, earlier_keys_ready); break;
     default: fail("paged attention: head dimension ", shape.head_dim, " is not built (32, 64 or 128)");
   }
   check_cuda(cudaGetLastError(), "paged_attention kernel");

@@ -13,16 +13,23 @@
 // bf16; everything accumulates in fp32. Writes the partial state of paged_attention (o, lse per split slot)
 // and, when asked, merges all slots in the last block of a (tile, KV head), every thread at once; with a
 // single slot (one level, one split) and a merge output it writes the bf16 output directly.
+// ROPE (decode steps, paged_attention_mma_decode_rope): q and this step's k arrive unrotated in the qkv rows;
+// the block rotates its q rows as it loads them, and the block whose keys include a row's own position
+// rotates that k, rounds k and v to bf16, writes both to the cache and puts them into the tile in place of
+// the cache's row: rope_append and its launch are not needed. The same arithmetic as rope_append
+// (rope_math.cuh), so the outputs and the cache are those of the separate kernels.
 // Must not: read keys past a row's causal limit (they are masked to -inf, and keys past the block's range
 // are zero-filled so that P V never sees stale shared memory).
 // Reference: paged_attention_ref.cpp (bf16 tolerance).
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "common/error.h"
 #include "kernels/common/device.cuh"
 #include "kernels/common/launch.cuh"
 #include "kernels/cuda.h"
+#include "kernels/rope_append/rope_math.cuh"
 
 namespace cw::kern::cuda {
 
@@ -113,12 +120,13 @@ __device__ __forceinline__ void merge_tile(const float* o_part, const float* lse
 // One block's work: tile `tile` of the list, split `split` of `splits`, KV head `kvh`.
 // QW: warps over query rows (4 = wide, 2 = medium, 1 = narrow); the other 4 / QW warps split each key tile.
 // direct: this tile's rows have one slot in all, so the normalised output goes straight to merge.out.
-template <int HD, int QW>
+template <int HD, int QW, bool ROPE = false>
 __device__ __forceinline__ void attend_tile(const float* q, const int32_t* q_pos, const AttnLevel& L,
                                             const int32_t* tile_item, const int32_t* tile_row0, int rpt,
                                             const AttnShape& S, const uint16_t* k_cache, const uint16_t* v_cache,
                                             int splits, int slot0, float* o_part, float* lse_part,
-                                            const AttnMerge& merge, bool direct, int tile, int split, int kvh) {
+                                            const AttnMerge& merge, bool direct, int tile, int split, int kvh,
+                                            float rope_theta = 0.f) {
   constexpr int KW = kWarps / QW, KPW = kKeys / KW, NS = KPW / 8, KS = HD / 16, NT = HD / 8, ST = HD + 8;
   extern __shared__ __align__(16) uint16_t smem[];
   __shared__ bool last;
@@ -139,6 +147,18 @@ __device__ __forceinline__ void attend_tile(const float* q, const int32_t* q_pos
   const int lim_a = ok_a ? min(end, q_pos[r_a] - pos0 + 1) : begin, lim_b = ok_b ? min(end, q_pos[r_b] - pos0 + 1) : begin;
   int block_end = begin;
   for (int rr = row0; rr < row_end; ++rr) block_end = max(block_end, min(end, q_pos[rr] - pos0 + 1));
+  // ROPE: the key of the tile's (single) row's own position, appended by this block if it falls in its range;
+  // the angles of that position's HD / 2 pairs, computed before waiting (they need only the position).
+  const int t_new = ROPE ? q_pos[row0] - pos0 : -1;
+  const float* rope_sn = nullptr;
+  const float* rope_cs = nullptr;
+  if constexpr (ROPE) {
+    __shared__ float tab[2][HD / 2];
+    for (int i = threadIdx.x; i < HD / 2; i += kWarps * 32)
+      dev::rope_angle(float(q_pos[row0]), i, HD, rope_theta, &tab[0][i], &tab[1][i]);
+    rope_sn = tab[0], rope_cs = tab[1];
+    __syncthreads();
+  }
   int warp_end = max(lim_a, lim_b);
   for (int o = 16; o > 0; o >>= 1) warp_end = max(warp_end, __shfl_xor_sync(dev::kFull, warp_end, o));
 
@@ -149,8 +169,29 @@ __device__ __forceinline__ void attend_tile(const float* q, const int32_t* q_pos
       const int j = e / (HD / 8), d = (e % (HD / 8)) * 8, t = t0 + j;
       if (t < block_end) {
         const int64_t off = ((int64_t(pages[t / S.page_size]) * S.page_size + t % S.page_size) * S.kv_heads + kvh) * HD + d;
-        cp_async16(Ks + j * ST + d, k_cache + off);
-        cp_async16(Vs + j * ST + d, v_cache + off);
+        if (ROPE && t == t_new) {  // this step's key and value: rotated and rounded here, then cached
+          const float* kr = q + int64_t(row0) * S.q_stride + (S.heads + kvh) * HD;
+          const float* vr = kr + S.kv_heads * HD;
+          constexpr int half = HD / 2;
+          const int i0 = d % half;  // this piece is dims i0.. of the first half (d < half) or of the second
+          uint32_t kp[4], vp[4];  // bf16 pairs, low half first
+#pragma unroll
+          for (int k = 0; k < 8; ++k) {
+            float y1, y2;
+            dev::rope_rotate(kr[i0 + k], kr[i0 + k + half], rope_sn[i0 + k], rope_cs[i0 + k], &y1, &y2);
+            const uint32_t kb = dev::float_to_bf(d < half ? y1 : y2), vb = dev::float_to_bf(vr[d + k]);
+            kp[k / 2] = k % 2 ? kp[k / 2] | kb << 16 : kb, vp[k / 2] = k % 2 ? vp[k / 2] | vb << 16 : vb;
+          }
+          const uint4 kw = make_uint4(kp[0], kp[1], kp[2], kp[3]), vw = make_uint4(vp[0], vp[1], vp[2], vp[3]);
+          *reinterpret_cast<uint4*>(Ks + j * ST + d) = kw, *reinterpret_cast<uint4*>(Vs + j * ST + d) = vw;
+          // The cache is written only here, by the one block whose keys include this position (ROPE launches
+          // take it writable: paged_attention_mma_decode_rope).
+          *reinterpret_cast<uint4*>(const_cast<uint16_t*>(k_cache) + off) = kw;
+          *reinterpret_cast<uint4*>(const_cast<uint16_t*>(v_cache) + off) = vw;
+        } else {
+          cp_async16(Ks + j * ST + d, k_cache + off);
+          cp_async16(Vs + j * ST + d, v_cache + off);
+        }
       } else {
         *reinterpret_cast<uint4*>(Ks + j * ST + d) = make_uint4(0, 0, 0, 0);
         *reinterpret_cast<uint4*>(Vs + j * ST + d) = make_uint4(0, 0, 0, 0);
@@ -169,6 +210,7 @@ __device__ __forceinline__ void attend_tile(const float* q, const int32_t* q_pos
     const float sc = S.scale * kLog2e;
     const float* qra = q + int64_t(r_a) * S.q_stride + h_a * HD;
     const float* qrb = q + int64_t(r_b) * S.q_stride + h_b * HD;
+    float fa[KS][4], fb[KS][4];  // this lane's dims ks * 16 + 2 tq + {0, 1, 8, 9} of rows a and b
 #pragma unroll
     for (int ks = 0; ks < KS; ++ks) {
       const int d0 = ks * 16 + tq * 2, d1 = d0 + 8;
@@ -176,8 +218,24 @@ __device__ __forceinline__ void attend_tile(const float* q, const int32_t* q_pos
       const float2 b0 = ok_b ? *reinterpret_cast<const float2*>(qrb + d0) : make_float2(0, 0);
       const float2 a1 = ok_a ? *reinterpret_cast<const float2*>(qra + d1) : make_float2(0, 0);
       const float2 b1 = ok_b ? *reinterpret_cast<const float2*>(qrb + d1) : make_float2(0, 0);
-      qa[ks][0] = pack_bf16(a0.x * sc, a0.y * sc), qa[ks][1] = pack_bf16(b0.x * sc, b0.y * sc);
-      qa[ks][2] = pack_bf16(a1.x * sc, a1.y * sc), qa[ks][3] = pack_bf16(b1.x * sc, b1.y * sc);
+      fa[ks][0] = a0.x, fa[ks][1] = a0.y, fa[ks][2] = a1.x, fa[ks][3] = a1.y;
+      fb[ks][0] = b0.x, fb[ks][1] = b0.y, fb[ks][2] = b1.x, fb[ks][3] = b1.y;
+    }
+    if (ROPE) {  // dims i and i + HD/2 of a pair sit in k-steps ks and ks + KS/2 of the same lane; every valid
+                 // row of a one-row tile is at the tile's position (rows outside are zero and stay zero)
+#pragma unroll
+      for (int ks = 0; ks < KS / 2; ++ks)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int i = ks * 16 + tq * 2 + (e & 1) + (e >> 1) * 8;
+          dev::rope_rotate(fa[ks][e], fa[ks + KS / 2][e], rope_sn[i], rope_cs[i], &fa[ks][e], &fa[ks + KS / 2][e]);
+          dev::rope_rotate(fb[ks][e], fb[ks + KS / 2][e], rope_sn[i], rope_cs[i], &fb[ks][e], &fb[ks + KS / 2][e]);
+        }
+    }
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+      qa[ks][0] = pack_bf16(fa[ks][0] * sc, fa[ks][1] * sc), qa[ks][1] = pack_bf16(fb[ks][0] * sc, fb[ks][1] * sc);
+      qa[ks][2] = pack_bf16(fa[ks][2] * sc, fa[ks][3] * sc), qa[ks][3] = pack_bf16(fb[ks][2] * sc, fb[ks][3] * sc);
     }
   }
   float mx_a = -INFINITY, mx_b = -INFINITY, l_a = 0, l_b = 0, acc[NT][4];
@@ -342,6 +400,16 @@ __global__ void __launch_bounds__(kWarps * 32)
                       merge, merge.out && merge.slots == 1, blockIdx.x, blockIdx.z, blockIdx.y);
 }
 
+// Decode rows with RoPE and the KV append inside (narrow tiles of one row each).
+template <int HD>
+__global__ void __launch_bounds__(kWarps * 32)
+    paged_attention_decode_rope_kernel(const float* qkv, const int32_t* q_pos, AttnLevel L, const int32_t* tile_item,
+                                       const int32_t* tile_row0, AttnShape S, uint16_t* k_cache, uint16_t* v_cache,
+                                       int splits, float* o_part, float* lse_part, AttnMerge merge, float theta) {
+  attend_tile<HD, 1, true>(qkv, q_pos, L, tile_item, tile_row0, 1, S, k_cache, v_cache, splits, 0, o_part, lse_part,
+                           merge, merge.out && merge.slots == 1, blockIdx.x, blockIdx.z, blockIdx.y, theta);
+}
+
 // Decode tiles (narrow) and chunk tiles (WQW warps over their rows: 2 or 4) of one level in one launch, each
 // kind split over the keys its own number of times (grid z: the larger count; a block past its kind's splits
 // has nothing to do). Blocks past the narrow tiles take the chunk ones; tiles fastest, so the chunk blocks are
@@ -433,6 +501,30 @@ void paged_attention_mma(const float* q, const int32_t* q_pos, const AttnLevel& 
     default: go(launch<128, 4>); break;
   }
   check_cuda(cudaGetLastError(), "paged attention (tensor cores)");
+}
+
+void paged_attention_mma_decode_rope(const float* qkv, const int32_t* q_pos, const AttnLevel& level,
+                                     const int32_t* tile_item, const int32_t* tile_row0, int num_tiles,
+                                     const AttnShape& shape, uint16_t* k_cache, uint16_t* v_cache, int splits,
+                                     float* o_part, float* lse_part, const AttnMerge& merge, float rope_theta,
+                                     cudaStream_t s) {
+  if (num_tiles == 0) return;
+  check(attention_mma_supported(shape), "paged attention (tensor cores): head dimension ", shape.head_dim, " and ",
+        shape.heads / shape.kv_heads, " heads per KV head are not built (64 or 128; at most 16)");
+  check(shape.q_stride >= (shape.heads + 2 * shape.kv_heads) * shape.head_dim,
+        "paged attention with RoPE: q must be the qkv rows (q, k and v of each row)");
+  auto go = [&](auto kernel) {
+    constexpr size_t smem = smem_bytes<decltype(kernel)::value>();
+    static const bool configured = (allow_smem(paged_attention_decode_rope_kernel<decltype(kernel)::value>, smem), true);
+    (void)configured;
+    dim3 grid(num_tiles, shape.kv_heads, splits);
+    dev::launch_pdl(paged_attention_decode_rope_kernel<decltype(kernel)::value>, grid, kWarps * 32, smem, s,
+                    "paged attention with RoPE (tensor cores)", qkv, q_pos, level, tile_item, tile_row0, shape, k_cache,
+                    v_cache, splits, o_part, lse_part, merge, rope_theta);
+  };
+  if (shape.head_dim == 64) go(std::integral_constant<int, 64>{});
+  else go(std::integral_constant<int, 128>{});
+  check_cuda(cudaGetLastError(), "paged attention with RoPE (tensor cores)");
 }
 
 void paged_attention_mma_mixed(const float* q, const int32_t* q_pos, const AttnLevel& level, const int32_t* tile_item,

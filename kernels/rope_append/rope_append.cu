@@ -3,6 +3,7 @@
 #include "kernels/common/device.cuh"
 #include "kernels/common/launch.cuh"
 #include "kernels/cuda.h"
+#include "kernels/rope_append/rope_math.cuh"
 
 namespace cw::kern::cuda {
 
@@ -16,12 +17,10 @@ __global__ void rope_append_kernel(float* qkv, const int32_t* pos, const int32_t
   dev::pdl_wait();
   for (int e = threadIdx.x; e < (H + Hkv) * half; e += blockDim.x) {
     const int h = e / half, i = e % half;
-    const float inv_freq = powf(theta, -float(2 * i) / float(hd));
-    float sn, cs;
-    sincosf(p * inv_freq, &sn, &cs);
+    float sn, cs, y1, y2;
+    dev::rope_angle(p, i, hd, theta, &sn, &cs);
     float* a = row + int64_t(h) * hd;
-    const float x1 = a[i], x2 = a[i + half];
-    const float y1 = x1 * cs - x2 * sn, y2 = x2 * cs + x1 * sn;
+    dev::rope_rotate(a[i], a[i + half], sn, cs, &y1, &y2);
     if (h < H) {
       a[i] = y1, a[i + half] = y2;
     } else {

@@ -453,9 +453,14 @@ TEST(GpuKernels, DecodeAttentionWithFusedMergeMatchesReference) {
     DL.num_items = rows, DL.q_indptr = a.p, DL.kv_indptr = b.p, DL.kv_pages = c.p, DL.kv_len = e.p, DL.kv_pos0 = f.p;
     kc::AttnMerge merge;
     merge.slots = splits, merge.out = out.p, merge.counters = counters.p;
-    for (int rep = 0; rep < 2; ++rep)  // the second launch relies on the counters the first left at zero
-      kc::paged_attention(dq.p, dpos.p, DL, dti.p, dtr.p, int(ti.size()), 1, S, dk.p, dv.p, splits, 0, dop.p, dlp.p, merge, nullptr);
-    EXPECT_LE(rel_err(from_bf16(out.get()), want), 1e-2) << "H " << H << "/" << Hkv << " hd " << hd << " splits " << splits;
+    for (bool early : {false, true}) {  // keys before each row's own position read before the wait, or after
+      cudaMemset(out.p, 0xff, out.n * sizeof(uint16_t));  // NaN: a row the launch leaves unwritten fails
+      for (int rep = 0; rep < 2; ++rep)  // the second launch relies on the counters the first left at zero
+        kc::paged_attention(dq.p, dpos.p, DL, dti.p, dtr.p, int(ti.size()), 1, S, dk.p, dv.p, splits, 0, dop.p, dlp.p,
+                            merge, nullptr, early);
+      EXPECT_LE(rel_err(from_bf16(out.get()), want), 1e-2)
+          << "H " << H << "/" << Hkv << " hd " << hd << " splits " << splits << (early ? ", keys read early" : "");
+    }
   }
   }
 }
@@ -622,6 +627,78 @@ TEST(GpuKernels, TensorCoreAttentionMatchesReference) {
     }
 }
 
+// Decode attention with RoPE and the KV append inside (paged_attention_mma_decode_rope) against the separate
+// kernels it replaces: rope_append, then the narrow tensor-core attention. The same arithmetic, so the output
+// and both caches must be bit for bit those of the separate launches (which the tests above hold to the CPU
+// references). Decode rows of lengths 1-300, one with a shifted position (kv_pos0), shuffled pages of 1 and
+// 16, one to three splits, head dims 64 and 128.
+TEST(GpuKernels, DecodeAttentionWithRopeInsideEqualsRopeAppendThenAttention) {
+  std::mt19937_64 rng(41);
+  struct Item {
+    int len, pos0;
+  };
+  const std::vector<Item> items = {{1, 0}, {17, 0}, {64, 0}, {65, 0}, {300, 0}, {130, 64}, {2, 0}};
+  for (auto [H, Hkv, hd] : std::vector<std::tuple<int, int, int>>{{32, 4, 64}, {8, 1, 64}, {12, 4, 128}})
+    for (int page : {1, 16})
+      for (int splits : {1, 3}) {
+        std::vector<int32_t> q_ind = {0}, kv_ind = {0}, pages, kv_len, kv_pos0, pos, slot;
+        int n_pages = 0;
+        for (const Item& it : items) n_pages += (it.len + page - 1) / page;
+        std::vector<int32_t> perm(static_cast<size_t>(n_pages + 1));
+        std::iota(perm.begin(), perm.end(), 0);
+        std::shuffle(perm.begin(), perm.end(), rng);
+        for (const Item& it : items) {
+          const size_t first = pages.size();
+          for (int p = 0; p < (it.len + page - 1) / page; ++p) pages.push_back(perm[pages.size()]);
+          const int t_new = it.len - 1;  // this step's token: the last key
+          q_ind.push_back(q_ind.back() + 1), kv_ind.push_back(int32_t(pages.size()));
+          kv_len.push_back(it.len), kv_pos0.push_back(it.pos0), pos.push_back(it.pos0 + t_new);
+          slot.push_back(pages[first + size_t(t_new / page)] * page + t_new % page);
+        }
+        const int rows = q_ind.back(), nqkv = (H + 2 * Hkv) * hd;
+        const auto kc0 = to_bf16(random_vec(size_t(n_pages + 1) * page * Hkv * hd, rng));
+        const auto vc0 = to_bf16(random_vec(size_t(n_pages + 1) * page * Hkv * hd, rng));
+        const auto qkv = random_vec(size_t(rows) * nqkv, rng);
+        kern::AttnShape S;
+        S.rows = rows, S.heads = H, S.kv_heads = Hkv, S.head_dim = hd, S.page_size = page, S.q_stride = nqkv;
+        S.scale = float(1 / std::sqrt(double(hd)));
+        std::vector<int32_t> ti, tr;
+        kc::attention_tiles(q_ind, 1, ti, tr);
+        Dev<int32_t> dpos(pos), dslot(slot), a(q_ind), b(kv_ind), c(pages), e(kv_len), f(kv_pos0), dti(ti), dtr(tr);
+        kern::AttnLevel DL;
+        DL.num_items = int(items.size()), DL.q_indptr = a.p, DL.kv_indptr = b.p, DL.kv_pages = c.p, DL.kv_len = e.p;
+        DL.kv_pos0 = f.p;
+        const size_t n_out = size_t(rows) * H * hd;
+        auto run = [&](bool inside, std::vector<uint16_t>& out, std::vector<uint16_t>& kc_out, std::vector<uint16_t>& vc_out) {
+          Dev<float> dqkv(qkv), dop(size_t(splits) * n_out), dlp(size_t(splits) * rows * H);
+          Dev<uint16_t> dk(kc0), dv(vc0), dout(n_out);
+          Dev<int32_t> counters(std::vector<int32_t>(ti.size() * size_t(Hkv), 0));
+          kc::AttnMerge merge;
+          merge.slots = splits, merge.out = dout.p, merge.counters = counters.p;
+          if (inside) {
+            kc::paged_attention_mma_decode_rope(dqkv.p, dpos.p, DL, dti.p, dtr.p, int(ti.size()), S, dk.p, dv.p, splits,
+                                                dop.p, dlp.p, merge, 10000.f, nullptr);
+          } else {
+            kc::rope_append(dqkv.p, dpos.p, dslot.p, rows, H, Hkv, hd, 10000.f, dk.p, dv.p, nullptr);
+            kc::paged_attention_mma(dqkv.p, dpos.p, DL, dti.p, dtr.p, int(ti.size()), 1, 1, S, dk.p, dv.p, splits, 0,
+                                    dop.p, dlp.p, merge, nullptr);
+          }
+          out = dout.get(), kc_out = dk.get(), vc_out = dv.get();
+          for (int32_t cnt : counters.get()) ASSERT_EQ(cnt, 0) << "counters are left at zero";
+        };
+        std::vector<uint16_t> want, want_k, want_v, got, got_k, got_v;
+        run(false, want, want_k, want_v);
+        run(true, got, got_k, got_v);
+        const std::string where = "H " + std::to_string(H) + "/" + std::to_string(Hkv) + " hd " + std::to_string(hd) +
+                                  " page " + std::to_string(page) + " splits " + std::to_string(splits);
+        for (float x : from_bf16(got)) ASSERT_FALSE(std::isnan(x)) << where;
+        EXPECT_EQ(got, want) << where << ": attention output";
+        EXPECT_EQ(got_k, want_k) << where << ": K cache";
+        EXPECT_EQ(got_v, want_v) << where << ": V cache";
+        EXPECT_NE(got_k, kc0) << where << ": the step's keys were appended";
+      }
+}
+
 TEST(GpuKernels, SamplingPicksTheReferenceToken) {
   std::mt19937_64 rng(24);
   const int rows = 64, V = 32000;
@@ -751,6 +828,9 @@ TEST(GpuEngine, GreedyAgreesAcrossBudgetsGraphsSharingAndWithTheCpu) {
     }
     if (v.graphs && !v.sharing) {
       EXPECT_GT(gpu.graphs_captured(), 0) << v.name;
+    }
+    if (v.budget >= 64 && !v.sharing) {  // decode steps of up to 10 rows: RoPE and the KV append in the attention
+      EXPECT_GT(gpu.rope_in_attention_steps(), 0) << v.name;
     }
   }
 }
