@@ -1,5 +1,6 @@
 // RoPE (rotate-half) on q in place and on k, then k and v appended to the paged KV cache in bf16.
-// One block per token, one thread per rotated pair. Reference: rope_append_ref.cpp.
+// One block per token, one thread per rotated pair; the token's angles are computed once into shared memory
+// before waiting for the qkv product. Reference: rope_append_ref.cpp.
 #include "kernels/common/device.cuh"
 #include "kernels/common/launch.cuh"
 #include "kernels/cuda.h"
@@ -14,13 +15,16 @@ __global__ void rope_append_kernel(float* qkv, const int32_t* pos, const int32_t
   float* row = qkv + int64_t(t) * (H + 2 * Hkv) * hd;
   const float p = float(pos[t]);
   const int64_t base = int64_t(slot[t]) * Hkv * hd;
+  // The token's hd / 2 angles, shared by all its heads, before waiting (they need only the position).
+  extern __shared__ float tab[];  // [2][half]: sin, cos
+  for (int i = threadIdx.x; i < half; i += blockDim.x) dev::rope_angle(p, i, hd, theta, &tab[i], &tab[half + i]);
+  __syncthreads();
   dev::pdl_wait();
   for (int e = threadIdx.x; e < (H + Hkv) * half; e += blockDim.x) {
     const int h = e / half, i = e % half;
-    float sn, cs, y1, y2;
-    dev::rope_angle(p, i, hd, theta, &sn, &cs);
+    float y1, y2;
     float* a = row + int64_t(h) * hd;
-    dev::rope_rotate(a[i], a[i + half], sn, cs, &y1, &y2);
+    dev::rope_rotate(a[i], a[i + half], tab[i], tab[half + i], &y1, &y2);
     if (h < H) {
       a[i] = y1, a[i + half] = y2;
     } else {
@@ -36,7 +40,7 @@ __global__ void rope_append_kernel(float* qkv, const int32_t* pos, const int32_t
 void rope_append(float* qkv, const int32_t* pos, const int32_t* slot, int T, int H, int Hkv, int hd, float theta,
                  uint16_t* k_cache, uint16_t* v_cache, cudaStream_t s) {
   if (T == 0) return;
-  dev::launch_pdl(rope_append_kernel, T, 256, 0, s, "rope_append kernel", qkv, pos, slot, H, Hkv, hd, theta, k_cache,
+  dev::launch_pdl(rope_append_kernel, T, 256, sizeof(float) * hd, s, "rope_append kernel", qkv, pos, slot, H, Hkv, hd, theta, k_cache,
                   v_cache);
 }
 

@@ -80,25 +80,27 @@ TEST(GpuKernels, ElementwiseKernelsAndGemvMatchTheirReferences) {
   Dev<float> dx(size_t(T) * d);
   kc::embedding(dtab.p, dtok.p, T, d, dx.p, nullptr);
   EXPECT_EQ(dx.get(), want);
-  // rmsnorm (with a row map)
-  auto x = random_vec(size_t(T) * d, rng, 3.f);
-  auto w = round_bf16(random_vec(size_t(d), rng));
-  std::vector<int32_t> map = {4, 0, 2};
-  std::vector<float> ref_norm(size_t(3) * d);
-  kern::ref::rmsnorm(x.data(), map.data(), 3, d, w.data(), 1e-5f, ref_norm.data());
-  Dev<float> dxx(x);
-  Dev<uint16_t> dw(to_bf16(w)), dy(size_t(3) * d);
-  Dev<int32_t> dmap(map);
-  kc::rmsnorm(dxx.p, dmap.p, 3, d, dw.p, 1e-5f, dy.p, nullptr);
-  EXPECT_LE(rel_err(from_bf16(dy.get()), ref_norm), 1e-2);
-  // swiglu
-  auto gu = random_vec(size_t(T) * 2 * d, rng, 2.f);
-  std::vector<float> ref_sw(size_t(T) * d);
-  kern::ref::swiglu(gu.data(), T, d, ref_sw.data());
-  Dev<float> dgu(gu);
-  Dev<uint16_t> dsw(size_t(T) * d);
-  kc::swiglu(dgu.p, T, d, dsw.p, nullptr);
-  EXPECT_LE(rel_err(from_bf16(dsw.get()), ref_sw), 1e-2);
+  // rmsnorm (with a row map) and swiglu at widths of both kernels: float4 pieces (264, 2,048, 4,096) and the
+  // plain loop (262: not a multiple of four; 4,100: more than 4,096)
+  for (int w_d : {264, 262, 2048, 4096, 4100}) {
+    auto x = random_vec(size_t(T) * w_d, rng, 3.f);
+    auto w = round_bf16(random_vec(size_t(w_d), rng));
+    std::vector<int32_t> map = {4, 0, 2};
+    std::vector<float> ref_norm(size_t(3) * w_d);
+    kern::ref::rmsnorm(x.data(), map.data(), 3, w_d, w.data(), 1e-5f, ref_norm.data());
+    Dev<float> dxx(x);
+    Dev<uint16_t> dw(to_bf16(w)), dy(size_t(3) * w_d);
+    Dev<int32_t> dmap(map);
+    kc::rmsnorm(dxx.p, dmap.p, 3, w_d, dw.p, 1e-5f, dy.p, nullptr);
+    EXPECT_LE(rel_err(from_bf16(dy.get()), ref_norm), 1e-2) << "rmsnorm width " << w_d;
+    auto gu = random_vec(size_t(T) * 2 * w_d, rng, 2.f);
+    std::vector<float> ref_sw(size_t(T) * w_d);
+    kern::ref::swiglu(gu.data(), T, w_d, ref_sw.data());
+    Dev<float> dgu(gu);
+    Dev<uint16_t> dsw(size_t(T) * w_d);
+    kc::swiglu(dgu.p, T, w_d, dsw.p, nullptr);
+    EXPECT_LE(rel_err(from_bf16(dsw.get()), ref_sw), 1e-2) << "swiglu width " << w_d;
+  }
   // gemv, 1..4 rows, with and without the fused residual
   for (int rows = 1; rows <= 4; ++rows)
     for (float beta : {0.f, 1.f}) {
