@@ -64,6 +64,11 @@ serve::Bundle bf16_bundle(const ModelConfig& c, uint64_t seed) {
   for (auto& [name, w] : b.weights) w.data = round_bf16(w.data);
   return b;
 }
+// Page numbers 0..n_pages in random order: block tables that are not in cache order.
+std::vector<int32_t> shuffled_pages(int n_pages, std::mt19937_64& rng) {
+  const std::vector<int32_t> perm = shuffled_pages(n_pages, rng);
+  return perm;
+}
 
 }  // namespace
 
@@ -423,9 +428,7 @@ TEST(GpuKernels, DecodeAttentionWithFusedMergeMatchesReference) {
   std::vector<int32_t> q_ind = {0}, kv_ind = {0}, pages, kv_len, kv_pos0, pos;
   int n_pages = 0;
   for (int L : lens) n_pages += (L + page - 1) / page;
-  std::vector<int32_t> perm(static_cast<size_t>(n_pages + 1));
-  std::iota(perm.begin(), perm.end(), 0);
-  std::shuffle(perm.begin(), perm.end(), rng);
+  const std::vector<int32_t> perm = shuffled_pages(n_pages, rng);
   for (int L : lens) {
     for (int p = 0; p < (L + page - 1) / page; ++p) pages.push_back(perm[pages.size()]);
     q_ind.push_back(q_ind.back() + 1), kv_ind.push_back(int32_t(pages.size())), kv_len.push_back(L), kv_pos0.push_back(0);
@@ -533,9 +536,7 @@ TEST(GpuKernels, TensorCoreAttentionMatchesReference) {
       std::vector<int32_t> q_ind = {0}, kv_ind = {0}, pages, kv_len, kv_pos0, pos;
       int n_pages = 0;
       for (const Item& it : items) n_pages += (it.len + page - 1) / page;
-      std::vector<int32_t> perm(static_cast<size_t>(n_pages + 1));
-      std::iota(perm.begin(), perm.end(), 0);
-      std::shuffle(perm.begin(), perm.end(), rng);
+      const std::vector<int32_t> perm = shuffled_pages(n_pages, rng);
       for (const Item& it : items) {
         for (int p = 0; p < (it.len + page - 1) / page; ++p) pages.push_back(perm[pages.size()]);
         q_ind.push_back(q_ind.back() + it.rows), kv_ind.push_back(int32_t(pages.size()));
@@ -646,9 +647,7 @@ TEST(GpuKernels, DecodeAttentionWithRopeInsideEqualsRopeAppendThenAttention) {
         std::vector<int32_t> q_ind = {0}, kv_ind = {0}, pages, kv_len, kv_pos0, pos, slot;
         int n_pages = 0;
         for (const Item& it : items) n_pages += (it.len + page - 1) / page;
-        std::vector<int32_t> perm(static_cast<size_t>(n_pages + 1));
-        std::iota(perm.begin(), perm.end(), 0);
-        std::shuffle(perm.begin(), perm.end(), rng);
+        const std::vector<int32_t> perm = shuffled_pages(n_pages, rng);
         for (const Item& it : items) {
           const size_t first = pages.size();
           for (int p = 0; p < (it.len + page - 1) / page; ++p) pages.push_back(perm[pages.size()]);
