@@ -65,8 +65,11 @@ serve::Bundle bf16_bundle(const ModelConfig& c, uint64_t seed) {
   return b;
 }
 // Page numbers 0..n_pages in random order: block tables that are not in cache order.
+// One spare page (n_pages + 1 entries) so that the tables also skip a page.
 std::vector<int32_t> shuffled_pages(int n_pages, std::mt19937_64& rng) {
-  const std::vector<int32_t> perm = shuffled_pages(n_pages, rng);
+  std::vector<int32_t> perm(static_cast<size_t>(n_pages + 1));
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), rng);
   return perm;
 }
 

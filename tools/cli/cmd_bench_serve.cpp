@@ -148,7 +148,7 @@ serve::StepPlan synthetic_plan(int B, int L, int C, int P, int page, int vocab) 
 
 int bench_serve_main(const Args& args) {
   po::options_description desc("bench serve options");
-  std::string scenario, config;
+  std::string scenario, config, profile_case;
   bool quick = false, cold_start = false;
   std::vector<int> budgets;
   EngineFlags flags;
@@ -158,7 +158,9 @@ int bench_serve_main(const Args& args) {
       "mixed-budget", po::value(&budgets)->multitoken()->default_value(std::vector<int>{128, 192, 256}, "128 192 256"),
       "token budgets of the chunked-prefill runs in `mixed` (one run each)")(
       "mixed-cold-start", po::bool_switch(&cold_start),
-      "`mixed`: prefill the decoders' own prompts inside the timed window at each run's budget");
+      "`mixed`: prefill the decoders' own prompts inside the timed window at each run's budget")(
+      "profile-case", po::value(&profile_case)->default_value(""),
+      "`profile`: only the steps whose name contains this (e.g. mixed, decode-b64)");
   flags.add_to(desc);
   po::positional_options_description pos;
   po::variables_map vm;
@@ -220,6 +222,7 @@ int bench_serve_main(const Args& args) {
                      Case{"decode-b32-ctx512", 32, 512, 0, 0}, Case{"decode-b16-ctx1024", 16, 1024, 0, 0},
                      Case{"decode-b8-ctx2048", 8, 2048, 0, 0}, Case{"mixed-b32-chunk96-ctx1024", 32, 512, 96, 1024},
                      Case{"prefill-chunk2048", 0, 0, 2048, 2048}}) {
+        if (std::string(k.name).find(profile_case) == std::string::npos) continue;
         auto p = cb->profile(synthetic_plan(k.B, k.L, k.C, k.P, flags.page_size, V), 20);
         std::cout << "{\"bench\": \"serve-profile\", \"card\": \"" << card << "\", \"step\": \"" << k.name
                   << "\", \"forward_ms\": " << p.forward_ms << ", \"graph_ms\": " << p.graph_ms
