@@ -3,7 +3,9 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <map>
+#include <set>
 #include <sstream>
 
 #include "checkpoints/hf_bundle.h"
@@ -224,5 +226,44 @@ TEST(ServeCli, BenchMixedStartsWithTheDecodersDecoding) {
   for (auto* r : {&warm, &cold}) {
     EXPECT_GT((*r)["chunked"]["iterations"].get<int>(), (*r)["prefill-first"]["iterations"].get<int>());
     EXPECT_GT((*r)["ratio"]["throughput_chunked_over_prefill_first"].get<double>(), 0);
+  }
+}
+
+// --mixed-rounds N repeats the three runs N times (each line names its round) and ends with one summary per
+// budget: the median of the rounds' ratios and how many rounds met both targets (p99 <= 1.5 x, throughput >= 1 x).
+TEST(ServeCli, BenchMixedRoundsSummariseEveryRound) {
+  std::string out;
+  ASSERT_EQ(run_command(chunkwise_bin() + " bench serve --device cpu --config tiny --quick --scenario mixed " +
+                            "--mixed-budget 16 24 --mixed-rounds 3 2>/dev/null",
+                        &out),
+            0)
+      << out;
+  std::map<int, std::vector<json>> ratios;  // budget -> ratio lines
+  std::map<int, json> summary;
+  std::set<int> rounds_seen;
+  std::istringstream lines(out);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.empty() || line[0] != '{') continue;
+    json j = parse_json_checked(line, "bench serve output");
+    if (j["bench"] == "serve-mixed") rounds_seen.insert(j["round"].get<int>());
+    if (j["bench"] == "serve-mixed-ratio") ratios[j["budget"].get<int>()].push_back(j);
+    if (j["bench"] == "serve-mixed-summary") summary[j["budget"].get<int>()] = j;
+  }
+  EXPECT_EQ(rounds_seen, (std::set<int>{1, 2, 3}));
+  ASSERT_EQ(summary.size(), 2u) << out;
+  for (int budget : {16, 24}) {
+    ASSERT_EQ(ratios[budget].size(), 3u) << budget;
+    std::vector<double> p99, thr;
+    int met = 0;
+    for (const json& r : ratios[budget]) {
+      const double p = r["p99_chunked_over_decode_only"].get<double>(), t = r["throughput_chunked_over_prefill_first"].get<double>();
+      p99.push_back(p), thr.push_back(t), met += p <= 1.5 && t >= 1.0;
+    }
+    std::sort(p99.begin(), p99.end()), std::sort(thr.begin(), thr.end());
+    const json& s = summary[budget];
+    EXPECT_EQ(s["rounds"].get<int>(), 3);
+    EXPECT_NEAR(s["median_p99_chunked_over_decode_only"].get<double>(), p99[1], 1e-4 * p99[1]);
+    EXPECT_NEAR(s["median_throughput_chunked_over_prefill_first"].get<double>(), thr[1], 1e-4 * thr[1]);
+    EXPECT_EQ(s["rounds_meeting_both"].get<int>(), met);
   }
 }
