@@ -107,6 +107,7 @@ struct PackIo {
     store_pack<T, N>(p, in);
   }
 };
-__host__ __device__ __forceinline__ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+__host__ __device__ __forceinline__ bool aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+__host__ __device__ __forceinline__ bool aligned16(const void* p) { return aligned(p, 16); }
 
 }  // namespace cw::kern::dev

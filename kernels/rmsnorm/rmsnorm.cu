@@ -67,15 +67,13 @@ __global__ void __launch_bounds__(kVecThreads)
   }
 }
 
-bool aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
-
 }  // namespace
 
 void rmsnorm(const float* x, const int32_t* row_map, int rows, int d, const uint16_t* w, float eps, uint16_t* y,
              cudaStream_t s) {
   if (rows == 0) return;
   const int n4 = d / 4, per = (n4 + kVecThreads - 1) / kVecThreads;
-  if (d % 4 == 0 && per <= 8 && aligned(x, 16) && aligned(w, 8) && aligned(y, 8)) {
+  if (d % 4 == 0 && per <= 8 && dev::aligned16(x) && dev::aligned(w, 8) && dev::aligned(y, 8)) {
     auto go = [&](auto kernel) {
       dev::launch_pdl(kernel, rows, kVecThreads, 0, s, "rmsnorm kernel", x, row_map, d, w, eps, y);
     };

@@ -43,8 +43,8 @@ __global__ void swiglu_vec_kernel(const float* gate_up, int pieces, int ff4, uin
 void swiglu(const float* gate_up, int T, int ff, uint16_t* out, cudaStream_t s) {
   const int64_t n = int64_t(T) * ff;
   if (n == 0) return;
-  if (ff % 4 == 0 && n / 4 < (int64_t(1) << 31) - 1024 && reinterpret_cast<uintptr_t>(gate_up) % 16 == 0 &&
-      reinterpret_cast<uintptr_t>(out) % 8 == 0) {
+  if (ff % 4 == 0 && n / 4 < (int64_t(1) << 31) - 1024 && dev::aligned16(gate_up) &&
+      dev::aligned(out, 8)) {
     const int pieces = int(n / 4), blocks = int(std::min<int64_t>((pieces + 255) / 256, 4096));
     dev::launch_pdl(swiglu_vec_kernel, blocks, 256, 0, s, "swiglu kernel", gate_up, pieces, ff / 4, out);
     return;
