@@ -87,6 +87,8 @@ struct CudaBackend::Impl {
     int wide_qw = 4;             // warps over the query rows of a chunk tile (2 or 4)
     bool fused_merge = false;    // no cuBLAS items: the last level's attention launches merge their rows
     bool decode = false;         // one row per item, every row sampled, one level (StepPlan::decode_only)
+    bool last_keys = false;      // one level, each item's rows its last keys in order, cached where its pages put
+                                 // them: the rope phase may run inside the attention launch
   };
   Staged stage(const StepPlan& plan, bool allow_graph);  // fills and copies the step's metadata
   static std::vector<int> staged_key(const Staged& st);   // every host value launch_all reads from st
@@ -131,6 +133,10 @@ struct CudaBackend::Impl {
   // Decode steps of more rows than the one-row products take (T > 4) on tensor cores: RoPE and the KV append
   // inside the attention launch instead of rope_append (CHUNKWISE_DECODE_ROPE_IN_ATTN=0 keeps the separate one).
   bool rope_in_attn_on = env_int("CHUNKWISE_DECODE_ROPE_IN_ATTN", 1) == 1;
+  // Other single-level steps on narrow tensor-core tiles (decodes beside chunks shorter than wide_rows): the
+  // rope phase inside the attention launch, which rotates and caches every row's k and v once
+  // (paged_attention_mma_rope_phase) instead of rope_append (CHUNKWISE_CHUNK_ROPE_IN_ATTN=0 keeps rope_append).
+  bool rope_phase_on = env_int("CHUNKWISE_CHUNK_ROPE_IN_ATTN", 1) == 1;
   int64_t rope_in_attn_steps = 0;
   // Decode steps on the CUDA-core attention kernel read the keys of earlier steps before waiting for the qkv
   // product (CHUNKWISE_ATTN_PREWAIT=0: after, as other steps).
@@ -142,6 +148,7 @@ struct CudaBackend::Impl {
   std::vector<DenseItem> dense[2];
   void* prefill_ws = nullptr;
   int32_t* merge_counters = nullptr;  // fused merge: finished splits per (tile, KV head)
+  int32_t* rope_sync = nullptr;       // the rope phase's three counters (left at zero by each launch)
   int prefill_row_block = 0;
   std::vector<std::pair<const char*, cudaEvent_t>>* marks = nullptr;  // set while profiling
   void mark(const char* what) {
@@ -207,7 +214,9 @@ struct CudaBackend::Impl {
     const float theta = float(c.rope_theta);
     const bool rope_in_attn = rope_in_attn_on && mma && st.decode && levels == 1 && !fuse && tiles[0] > simt_tiles &&
                               st.wide_tiles[0] == 0 && dense[0].empty() && st.rpt[0] == 1;
-    rope_in_attn_steps += rope_in_attn;
+    const bool rope_phase = rope_phase_on && mma && !st.decode && st.last_keys && levels == 1 && !fuse &&
+                            tiles[0] > simt_tiles && st.wide_tiles[0] == 0 && dense[0].empty();
+    rope_in_attn_steps += rope_in_attn || rope_phase;
     for (auto& L : layers) {
       if (fuse_epilogues) {
         kern::cuda::gemv_rmsnorm_rope_append(L.qkv, d, x, L.ln1, eps, T, pos, d_meta + m_slots, H, Hkv, hd, theta,
@@ -222,7 +231,7 @@ struct CudaBackend::Impl {
           linear(xn, T, L.qkv, nqkv, d, 0, qkv);
         }
         mark("qkv product");
-        if (!rope_in_attn) {
+        if (!rope_in_attn && !rope_phase) {
           kern::cuda::rope_append(qkv, pos, d_meta + m_slots, T, H, Hkv, hd, theta, L.k, L.v, stream);
           mark("rope + KV append");
         }
@@ -241,6 +250,10 @@ struct CudaBackend::Impl {
           if (tiles[li] <= simt_tiles)  // a handful of decode rows: latency-bound, the CUDA-core kernel is quicker
             kern::cuda::paged_attention(qkv, pos, level_view(li, items[li]), ti, tr, tiles[li], st.rpt[li], shape, L.k,
                                         L.v, splits[li], slot0, o_part, lse_part, merge, stream, st.decode && prewait_keys);
+          else if (rope_phase)
+            kern::cuda::paged_attention_mma_rope_phase(qkv, pos, d_meta + m_slots, level_view(li, items[li]), ti, tr,
+                                                       tiles[li], st.rpt[li], shape, L.k, L.v, splits[li], o_part,
+                                                       lse_part, merge, theta, rope_sync, stream);
           else if (rope_in_attn)
             kern::cuda::paged_attention_mma_decode_rope(qkv, pos, level_view(li, items[li]), ti, tr, tiles[li], shape,
                                                         L.k, L.v, splits[li], o_part, lse_part, merge, theta, stream);
@@ -360,6 +373,8 @@ CudaBackend::CudaBackend(const Bundle& b, CudaBackendOptions opt) : impl_(std::m
   m.logits = m.alloc<float>(R * size_t(c.vocab_size), "logits");
   m.merge_counters = m.alloc<int32_t>(T * Hkv, "attention counters");
   check_cuda(cudaMemset(m.merge_counters, 0, T * Hkv * 4), "attention counters");
+  m.rope_sync = m.alloc<int32_t>(3, "attention counters");
+  check_cuda(cudaMemset(m.rope_sync, 0, 3 * 4), "attention counters");
   {
     kern::AttnShape shape;
     shape.heads = int(H), shape.kv_heads = int(Hkv), shape.head_dim = int(hd), shape.page_size = opt.page_size;
@@ -573,6 +588,18 @@ CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool al
   check_cuda(cudaMemcpyAsync(m.d_params, m.h_params, size_t(Rp) * sizeof(kern::SampleParams),
                              cudaMemcpyHostToDevice, m.stream), "copying sampling parameters");
   st.decode = decode_only;
+  // The rope phase finds an item's new keys as its last ones and caches them at the rows' slots: both must hold.
+  st.last_keys = levels == 1;
+  for (const AttnItem& it : plan.levels[0]) {
+    const int n = it.q_end - it.q_begin, P = m.opt.page_size;
+    st.last_keys = st.last_keys && n >= 1 && it.kv_len >= n;
+    for (int j = 0; j < n && st.last_keys; ++j) {
+      const int r = it.q_begin + j, t = it.kv_len - n + j;
+      st.last_keys = plan.positions[size_t(r)] == it.kv_pos0 + t &&
+                     plan.slots[size_t(r)] == it.pages[size_t(t / P)] * P + t % P;
+    }
+    if (!st.last_keys) break;
+  }
   st.graph = graph, st.B = B, st.Rp = Rp, st.T = T, st.R = R, st.levels = levels, st.wide_splits = wide_splits,
   st.wide_qw = wide_qw;
   for (int li = 0; li < 2; ++li)
@@ -595,7 +622,7 @@ std::vector<int> CudaBackend::Impl::staged_key(const Staged& st) {
   if (st.graph) return {-1, st.B};
   return {st.B,        st.Rp,       st.levels,   st.items[0],      st.items[1],      st.tiles[0],
           st.tiles[1], st.splits[0], st.splits[1], st.rpt[0],        st.rpt[1],        st.wide_tiles[0],
-          st.wide_tiles[1], st.wide_splits, st.wide_qw, int(st.fused_merge), int(st.decode)};
+          st.wide_tiles[1], st.wide_splits, st.wide_qw, int(st.fused_merge), int(st.decode), int(st.last_keys)};
 }
 
 void CudaBackend::Impl::execute(const Staged& st) {

@@ -18,6 +18,15 @@
 // rotates that k, rounds k and v to bf16, writes both to the cache and puts them into the tile in place of
 // the cache's row: rope_append and its launch are not needed. The same arithmetic as rope_append
 // (rope_math.cuh), so the outputs and the cache are those of the separate kernels.
+// ROPE PHASE (steps with chunks, paged_attention_mma_rope_phase): every step row's k and v are rotated, rounded
+// and cached once, in units of (row, KV head) that the launch's blocks claim from a counter: two by each block
+// of a one-row item (decodes, whose blocks read fewer keys than a chunk's) as it starts, while its first key
+// tile is copied, and the rest by any block before it waits. A block waits for all units only before it copies
+// a tile holding one of this step's keys, which come last in an item's keys. A unit is claimed only by a
+// running block that finishes it without waiting, so no block waits on one that has not started. q rows are
+// rotated as they are loaded. The counters end at zero (the last block out resets them), so graph replays
+// start from zero. Held to 96 registers for head dimension 64, so that five blocks fit an SM as with the plain
+// narrow kernel (at 116 a mixed step's launch took two waves: +0.29 ms per step on an H200).
 // Must not: read keys past a row's causal limit (they are masked to -inf, and keys past the block's range
 // are zero-filled so that P V never sees stale shared memory).
 // Reference: paged_attention_ref.cpp (bf16 tolerance).
@@ -58,6 +67,12 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+// A counter that other blocks raise after writing: what they wrote before is visible after this load.
+__device__ __forceinline__ int ld_acquire(const int32_t* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
 // Four 8x8 bf16 matrices, transposed: the B fragments of two n-tiles of P V from V stored [key][dim].
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, const uint16_t* p) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(p));
@@ -120,13 +135,64 @@ __device__ __forceinline__ void merge_tile(const float* o_part, const float* lse
 // One block's work: tile `tile` of the list, split `split` of `splits`, KV head `kvh`.
 // QW: warps over query rows (4 = wide, 2 = medium, 1 = narrow); the other 4 / QW warps split each key tile.
 // direct: this tile's rows have one slot in all, so the normalised output goes straight to merge.out.
-template <int HD, int QW, bool ROPE = false>
+enum Rope { kRopeNone = 0, kRopeOwnRow = 1, kRopePhase = 2 };
+// The launch-wide state of a ROPE PHASE launch: the step rows' cache slots, the counters (next unit, units
+// done, blocks finished) and RoPE's theta.
+struct RopePhase {
+  const int32_t* slot = nullptr;
+  int32_t* sync = nullptr;
+  float theta = 0.f;
+};
+
+// One unit of the rope phase: row r's k for KV head kvh rotated, k and v rounded to bf16 and cached, exactly as
+// rope_append does it.
+template <int HD>
+__device__ __forceinline__ void rope_unit(const float* qkv, const int32_t* q_pos, const AttnShape& S, const RopePhase& P,
+                                          uint16_t* k_cache, uint16_t* v_cache, int u) {
+  constexpr int half = HD / 2;
+  const int r = u / S.kv_heads, kvh = u % S.kv_heads;
+  const float* kr = qkv + int64_t(r) * S.q_stride + (S.heads + kvh) * HD;
+  const float* vr = kr + S.kv_heads * HD;
+  const int64_t base = (int64_t(P.slot[r]) * S.kv_heads + kvh) * HD;
+  const float p = float(q_pos[r]);
+  for (int i = threadIdx.x; i < half; i += kWarps * 32) {
+    float sn, cs, y1, y2;
+    dev::rope_angle(p, i, HD, P.theta, &sn, &cs);
+    dev::rope_rotate(kr[i], kr[i + half], sn, cs, &y1, &y2);
+    k_cache[base + i] = dev::float_to_bf(y1), k_cache[base + i + half] = dev::float_to_bf(y2);
+  }
+  for (int e = threadIdx.x; e < HD; e += kWarps * 32) v_cache[base + e] = dev::float_to_bf(vr[e]);
+}
+
+// Claims and runs rope-phase units (at most `most`) until none is left; block-uniform. Returns after the units
+// it ran are counted as done.
+template <int HD>
+__device__ __forceinline__ void rope_units(const float* qkv, const int32_t* q_pos, const AttnShape& S, const RopePhase& P,
+                                           uint16_t* k_cache, uint16_t* v_cache, int most) {
+  __shared__ int claimed;
+  const int units = S.rows * S.kv_heads;
+  int done = 0;
+  for (int n = 0; n < most; ++n) {
+    __syncthreads();  // the previous unit's `claimed` has been read by every thread
+    if (threadIdx.x == 0) claimed = atomicAdd(P.sync, 1);
+    __syncthreads();
+    if (claimed >= units) break;
+    rope_unit<HD>(qkv, q_pos, S, P, k_cache, v_cache, claimed);
+    ++done;
+  }
+  if (done == 0) return;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) atomicAdd(P.sync + 1, done);
+}
+
+template <int HD, int QW, int ROPE = kRopeNone>
 __device__ __forceinline__ void attend_tile(const float* q, const int32_t* q_pos, const AttnLevel& L,
                                             const int32_t* tile_item, const int32_t* tile_row0, int rpt,
                                             const AttnShape& S, const uint16_t* k_cache, const uint16_t* v_cache,
                                             int splits, int slot0, float* o_part, float* lse_part,
                                             const AttnMerge& merge, bool direct, int tile, int split, int kvh,
-                                            float rope_theta = 0.f) {
+                                            float rope_theta = 0.f, const RopePhase& phase = RopePhase{}) {
   constexpr int KW = kWarps / QW, KPW = kKeys / KW, NS = KPW / 8, KS = HD / 16, NT = HD / 8, ST = HD + 8;
   extern __shared__ __align__(16) uint16_t smem[];
   __shared__ bool last;
@@ -149,10 +215,22 @@ __device__ __forceinline__ void attend_tile(const float* q, const int32_t* q_pos
   for (int rr = row0; rr < row_end; ++rr) block_end = max(block_end, min(end, q_pos[rr] - pos0 + 1));
   // ROPE: the key of the tile's (single) row's own position, appended by this block if it falls in its range;
   // the angles of that position's HD / 2 pairs, computed before waiting (they need only the position).
-  const int t_new = ROPE ? q_pos[row0] - pos0 : -1;
+  const int t_new = ROPE == kRopeOwnRow ? q_pos[row0] - pos0 : -1;
   const float* rope_sn = nullptr;
   const float* rope_cs = nullptr;
-  if constexpr (ROPE) {
+  // ROPE PHASE: this step's keys are the item's last ones (from new_from on); the angles of the tile's rows.
+  const int new_from = kv_len - (L.q_indptr[item + 1] - L.q_indptr[item]);
+  bool keys_ready = ROPE != kRopePhase;
+  float(*qtab)[HD] = nullptr;  // [tile row][sin of the HD / 2 pairs, then cos]
+  if constexpr (ROPE == kRopePhase) {
+    __shared__ float tab[16][HD];
+    for (int e = threadIdx.x; e < (row_end - row0) * (HD / 2); e += kWarps * 32) {
+      const int rr = e / (HD / 2), i = e % (HD / 2);
+      dev::rope_angle(float(q_pos[row0 + rr]), i, HD, rope_theta, &tab[rr][i], &tab[rr][HD / 2 + i]);
+    }
+    qtab = tab;
+  }
+  if constexpr (ROPE == kRopeOwnRow) {
     __shared__ float tab[2][HD / 2];
     for (int i = threadIdx.x; i < HD / 2; i += kWarps * 32)
       dev::rope_angle(float(q_pos[row0]), i, HD, rope_theta, &tab[0][i], &tab[1][i]);
@@ -163,13 +241,20 @@ __device__ __forceinline__ void attend_tile(const float* q, const int32_t* q_pos
   for (int o = 16; o > 0; o >>= 1) warp_end = max(warp_end, __shfl_xor_sync(dev::kFull, warp_end, o));
 
   auto load_tile = [&](int t0, int stage) {
+    if (ROPE == kRopePhase && !keys_ready && min(t0 + kKeys, block_end) > new_from) {  // block-uniform: new keys
+      rope_units<HD>(q, q_pos, S, phase, const_cast<uint16_t*>(k_cache), const_cast<uint16_t*>(v_cache), 1 << 30);
+      if (threadIdx.x == 0)
+        while (ld_acquire(phase.sync + 1) < S.rows * S.kv_heads) __nanosleep(32);
+      __syncthreads();
+      keys_ready = true;
+    }
     uint16_t* Ks = smem + stage * 2 * kKeys * ST;
     uint16_t* Vs = Ks + kKeys * ST;
     for (int e = threadIdx.x; e < kKeys * (HD / 8); e += kWarps * 32) {
       const int j = e / (HD / 8), d = (e % (HD / 8)) * 8, t = t0 + j;
       if (t < block_end) {
         const int64_t off = ((int64_t(pages[t / S.page_size]) * S.page_size + t % S.page_size) * S.kv_heads + kvh) * HD + d;
-        if (ROPE && t == t_new) {  // this step's key and value: rotated and rounded here, then cached
+        if (ROPE == kRopeOwnRow && t == t_new) {  // this step's key and value: rotated and rounded here, then cached
           const float* kr = q + int64_t(row0) * S.q_stride + (S.heads + kvh) * HD;
           const float* vr = kr + S.kv_heads * HD;
           constexpr int half = HD / 2;
@@ -202,7 +287,17 @@ __device__ __forceinline__ void attend_tile(const float* q, const int32_t* q_pos
 
   dev::pdl_wait();  // q and this step's K/V come from the previous kernels
   const int tiles = block_end > begin ? (block_end - begin + kKeys - 1) / kKeys : 0;
-  if (tiles > 0) load_tile(begin, 0);
+  if constexpr (ROPE == kRopePhase) {
+    // Blocks of one-row items (decodes: fewer keys than a chunk's tiles, off the launch's longest path) run two
+    // units as they start, while their first key tile (when it holds only earlier keys) is copied.
+    const bool first_now = tiles > 0 && min(begin + kKeys, block_end) <= new_from;
+    if (first_now) load_tile(begin, 0);
+    if (L.q_indptr[item + 1] - L.q_indptr[item] == 1)
+      rope_units<HD>(q, q_pos, S, phase, const_cast<uint16_t*>(k_cache), const_cast<uint16_t*>(v_cache), 2);
+    if (tiles > 0 && !first_now) load_tile(begin, 0);
+  } else {
+    if (tiles > 0) load_tile(begin, 0);
+  }
 
   // Q fragments (A operand), scaled to base 2 and rounded to bf16; rows outside the tile are zero.
   uint32_t qa[KS][4];
@@ -221,7 +316,19 @@ __device__ __forceinline__ void attend_tile(const float* q, const int32_t* q_pos
       fa[ks][0] = a0.x, fa[ks][1] = a0.y, fa[ks][2] = a1.x, fa[ks][3] = a1.y;
       fb[ks][0] = b0.x, fb[ks][1] = b0.y, fb[ks][2] = b1.x, fb[ks][3] = b1.y;
     }
-    if (ROPE) {  // dims i and i + HD/2 of a pair sit in k-steps ks and ks + KS/2 of the same lane; every valid
+    if constexpr (ROPE == kRopePhase) {  // as below, each row with its own token's angles (rows outside stay zero)
+      const float* ta = qtab[ok_a ? m_a / group : 0];
+      const float* tb = qtab[ok_b ? m_b / group : 0];
+#pragma unroll
+      for (int ks = 0; ks < KS / 2; ++ks)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int i = ks * 16 + tq * 2 + (e & 1) + (e >> 1) * 8;
+          if (ok_a) dev::rope_rotate(fa[ks][e], fa[ks + KS / 2][e], ta[i], ta[HD / 2 + i], &fa[ks][e], &fa[ks + KS / 2][e]);
+          if (ok_b) dev::rope_rotate(fb[ks][e], fb[ks + KS / 2][e], tb[i], tb[HD / 2 + i], &fb[ks][e], &fb[ks + KS / 2][e]);
+        }
+    }
+    if constexpr (ROPE == kRopeOwnRow) {  // dims i and i + HD/2 of a pair sit in k-steps ks and ks + KS/2 of the same lane; every valid
                  // row of a one-row tile is at the tile's position (rows outside are zero and stay zero)
 #pragma unroll
       for (int ks = 0; ks < KS / 2; ++ks)
@@ -406,8 +513,32 @@ __global__ void __launch_bounds__(kWarps * 32)
     paged_attention_decode_rope_kernel(const float* qkv, const int32_t* q_pos, AttnLevel L, const int32_t* tile_item,
                                        const int32_t* tile_row0, AttnShape S, uint16_t* k_cache, uint16_t* v_cache,
                                        int splits, float* o_part, float* lse_part, AttnMerge merge, float theta) {
-  attend_tile<HD, 1, true>(qkv, q_pos, L, tile_item, tile_row0, 1, S, k_cache, v_cache, splits, 0, o_part, lse_part,
+  attend_tile<HD, 1, kRopeOwnRow>(qkv, q_pos, L, tile_item, tile_row0, 1, S, k_cache, v_cache, splits, 0, o_part, lse_part,
                            merge, merge.out && merge.slots == 1, blockIdx.x, blockIdx.z, blockIdx.y, theta);
+}
+
+// Narrow tiles of one level with the rope phase inside (decode rows beside short chunks); the last block out
+// resets the phase's counters.
+template <int HD>
+__global__ void __launch_bounds__(kWarps * 32, HD == 64 ? 5 : 3)  // 5: the plain narrow kernel's 96 registers
+    paged_attention_rope_phase_kernel(const float* qkv, const int32_t* q_pos, AttnLevel L, const int32_t* tile_item,
+                                      const int32_t* tile_row0, int rpt, AttnShape S, uint16_t* k_cache,
+                                      uint16_t* v_cache, int splits, float* o_part, float* lse_part, AttnMerge merge,
+                                      float theta, const int32_t* slot, int32_t* sync) {
+  RopePhase phase;
+  phase.slot = slot, phase.sync = sync, phase.theta = theta;
+  attend_tile<HD, 1, kRopePhase>(qkv, q_pos, L, tile_item, tile_row0, rpt, S, k_cache, v_cache, splits, 0, o_part,
+                                 lse_part, merge, merge.out && merge.slots == 1, blockIdx.x, blockIdx.z, blockIdx.y,
+                                 theta, phase);
+  if (threadIdx.x == 0) {  // this block's thread 0 is past every read of the counters
+    __threadfence();
+    const int blocks = int(gridDim.x * gridDim.y * gridDim.z);
+    if (atomicAdd(sync + 2, 1) == blocks - 1) {
+      sync[0] = 0, sync[1] = 0;
+      __threadfence();
+      sync[2] = 0;
+    }
+  }
 }
 
 // Decode tiles (narrow) and chunk tiles (WQW warps over their rows: 2 or 4) of one level in one launch, each
@@ -525,6 +656,34 @@ void paged_attention_mma_decode_rope(const float* qkv, const int32_t* q_pos, con
   if (shape.head_dim == 64) go(std::integral_constant<int, 64>{});
   else go(std::integral_constant<int, 128>{});
   check_cuda(cudaGetLastError(), "paged attention with RoPE (tensor cores)");
+}
+
+void paged_attention_mma_rope_phase(const float* qkv, const int32_t* q_pos, const int32_t* slot, const AttnLevel& level,
+                                    const int32_t* tile_item, const int32_t* tile_row0, int num_tiles, int rows_per_tile,
+                                    const AttnShape& shape, uint16_t* k_cache, uint16_t* v_cache, int splits,
+                                    float* o_part, float* lse_part, const AttnMerge& merge, float rope_theta,
+                                    int32_t* sync, cudaStream_t s) {
+  if (num_tiles == 0) return;
+  check(attention_mma_supported(shape), "paged attention (tensor cores): head dimension ", shape.head_dim, " and ",
+        shape.heads / shape.kv_heads, " heads per KV head are not built (64 or 128; at most 16)");
+  check(shape.q_stride >= (shape.heads + 2 * shape.kv_heads) * shape.head_dim,
+        "paged attention with RoPE: q must be the qkv rows (q, k and v of each row)");
+  check(rows_per_tile >= 1 && rows_per_tile <= attention_mma_rows_per_tile(shape.heads, shape.kv_heads, 1),
+        "paged attention (tensor cores): ", rows_per_tile, " rows per tile do not fit the block");
+  check(sync != nullptr, "paged attention with the rope phase: three zeroed counters are needed");
+  auto go = [&](auto kernel) {
+    constexpr int HD = decltype(kernel)::value;
+    constexpr size_t smem = smem_bytes<HD>();
+    static const bool configured = (allow_smem(paged_attention_rope_phase_kernel<HD>, smem), true);
+    (void)configured;
+    dim3 grid(num_tiles, shape.kv_heads, splits);
+    dev::launch_pdl(paged_attention_rope_phase_kernel<HD>, grid, kWarps * 32, smem, s,
+                    "paged attention with the rope phase (tensor cores)", qkv, q_pos, level, tile_item, tile_row0,
+                    rows_per_tile, shape, k_cache, v_cache, splits, o_part, lse_part, merge, rope_theta, slot, sync);
+  };
+  if (shape.head_dim == 64) go(std::integral_constant<int, 64>{});
+  else go(std::integral_constant<int, 128>{});
+  check_cuda(cudaGetLastError(), "paged attention with the rope phase (tensor cores)");
 }
 
 void paged_attention_mma_mixed(const float* q, const int32_t* q_pos, const AttnLevel& level, const int32_t* tile_item,

@@ -703,6 +703,85 @@ TEST(GpuKernels, DecodeAttentionWithRopeInsideEqualsRopeAppendThenAttention) {
       }
 }
 
+// Narrow-tile attention with the rope phase inside (paged_attention_mma_rope_phase) against rope_append, then
+// the narrow tensor-core attention: the same arithmetic, so output and caches bit for bit. Decode rows (one
+// with a shifted position) beside chunks of 2-40 rows, tiles of several rows, shuffled pages of 1 and 16, one
+// to three splits, head dims 64 and 128; with one KV head of eight heads a tile holds 16 rows, so a launch has
+// more (row, KV head) units than blocks and blocks claim several. Launched twice: the counters end at zero.
+TEST(GpuKernels, AttentionWithTheRopePhaseEqualsRopeAppendThenAttention) {
+  std::mt19937_64 rng(43);
+  struct Item {
+    int len, pos0, rows;  // keys (this step's rows are the last `rows` of them), position of key 0, rows
+  };
+  const std::vector<Item> items = {{1, 0, 1},   {17, 0, 1},  {300, 0, 1}, {130, 64, 1}, {40, 0, 40},
+                                   {200, 0, 17}, {97, 31, 2}, {130, 0, 33}, {2, 0, 1}};
+  for (auto [H, Hkv, hd] : std::vector<std::tuple<int, int, int>>{{32, 4, 64}, {8, 1, 64}, {12, 4, 128}})
+    for (int page : {1, 16})
+      for (int splits : {1, 3}) {
+        const int rpt = kc::attention_mma_rows_per_tile(H, Hkv, 1);
+        std::vector<int32_t> q_ind = {0}, kv_ind = {0}, pages, kv_len, kv_pos0, pos, slot;
+        int n_pages = 0;
+        for (const Item& it : items) n_pages += (it.len + page - 1) / page;
+        const std::vector<int32_t> perm = shuffled_pages(n_pages, rng);
+        for (const Item& it : items) {
+          const size_t first = pages.size();
+          for (int p = 0; p < (it.len + page - 1) / page; ++p) pages.push_back(perm[pages.size()]);
+          for (int t = it.len - it.rows; t < it.len; ++t) {  // this step's tokens: the last keys
+            pos.push_back(it.pos0 + t);
+            slot.push_back(pages[first + size_t(t / page)] * page + t % page);
+          }
+          q_ind.push_back(q_ind.back() + it.rows), kv_ind.push_back(int32_t(pages.size()));
+          kv_len.push_back(it.len), kv_pos0.push_back(it.pos0);
+        }
+        const int rows = q_ind.back(), nqkv = (H + 2 * Hkv) * hd;
+        const auto kc0 = to_bf16(random_vec(size_t(n_pages + 1) * page * Hkv * hd, rng));
+        const auto vc0 = to_bf16(random_vec(size_t(n_pages + 1) * page * Hkv * hd, rng));
+        const auto qkv = random_vec(size_t(rows) * nqkv, rng);
+        kern::AttnShape S;
+        S.rows = rows, S.heads = H, S.kv_heads = Hkv, S.head_dim = hd, S.page_size = page, S.q_stride = nqkv;
+        S.scale = float(1 / std::sqrt(double(hd)));
+        std::vector<int32_t> ti, tr;
+        kc::attention_tiles(q_ind, rpt, ti, tr);
+        Dev<int32_t> dpos(pos), dslot(slot), a(q_ind), b(kv_ind), c(pages), e(kv_len), f(kv_pos0), dti(ti), dtr(tr);
+        kern::AttnLevel DL;
+        DL.num_items = int(items.size()), DL.q_indptr = a.p, DL.kv_indptr = b.p, DL.kv_pages = c.p, DL.kv_len = e.p;
+        DL.kv_pos0 = f.p;
+        const size_t n_out = size_t(rows) * H * hd;
+        const std::string where = "H " + std::to_string(H) + "/" + std::to_string(Hkv) + " hd " + std::to_string(hd) +
+                                  " page " + std::to_string(page) + " splits " + std::to_string(splits) +
+                                  " rows per tile " + std::to_string(rpt);
+        Dev<int32_t> sync(std::vector<int32_t>(3, 0));
+        auto run = [&](bool inside, std::vector<uint16_t>& out, std::vector<uint16_t>& kc_out, std::vector<uint16_t>& vc_out) {
+          Dev<float> dqkv(qkv), dop(size_t(splits) * n_out), dlp(size_t(splits) * rows * H);
+          Dev<uint16_t> dk(kc0), dv(vc0), dout(n_out);
+          Dev<int32_t> counters(std::vector<int32_t>(ti.size() * size_t(Hkv), 0));
+          kc::AttnMerge merge;
+          merge.slots = splits, merge.out = dout.p, merge.counters = counters.p;
+          if (inside) {
+            kc::paged_attention_mma_rope_phase(dqkv.p, dpos.p, dslot.p, DL, dti.p, dtr.p, int(ti.size()), rpt, S, dk.p,
+                                               dv.p, splits, dop.p, dlp.p, merge, 10000.f, sync.p, nullptr);
+          } else {
+            kc::rope_append(dqkv.p, dpos.p, dslot.p, rows, H, Hkv, hd, 10000.f, dk.p, dv.p, nullptr);
+            kc::paged_attention_mma(dqkv.p, dpos.p, DL, dti.p, dtr.p, int(ti.size()), rpt, 1, S, dk.p, dv.p, splits, 0,
+                                    dop.p, dlp.p, merge, nullptr);
+          }
+          out = dout.get(), kc_out = dk.get(), vc_out = dv.get();
+          for (int32_t cnt : counters.get()) ASSERT_EQ(cnt, 0) << where << ": merge counters are left at zero";
+        };
+        std::vector<uint16_t> want, want_k, want_v, got, got_k, got_v;
+        run(false, want, want_k, want_v);
+        for (int rep = 0; rep < 2; ++rep) {  // the second launch relies on the counters the first left at zero
+          run(true, got, got_k, got_v);
+          for (float x : from_bf16(got)) ASSERT_FALSE(std::isnan(x)) << where;
+          EXPECT_EQ(got, want) << where << ": attention output, launch " << rep;
+          EXPECT_EQ(got_k, want_k) << where << ": K cache, launch " << rep;
+          EXPECT_EQ(got_v, want_v) << where << ": V cache, launch " << rep;
+          for (int32_t cnt : sync.get()) ASSERT_EQ(cnt, 0) << where << ": rope-phase counters are left at zero";
+        }
+        EXPECT_NE(got_k, kc0) << where << ": the step's keys were appended";
+      }
+}
+
 TEST(GpuKernels, SamplingPicksTheReferenceToken) {
   std::mt19937_64 rng(24);
   const int rows = 64, V = 32000;
