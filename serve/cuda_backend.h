@@ -43,7 +43,8 @@ class CudaBackend : public Backend {
   double weight_bytes() const;  // bytes read per decode step for the weights
   int graphs_captured() const;
   // Steps whose attention launches applied RoPE and the KV append themselves (decode steps of more than four
-  // rows on tensor cores; recorded when a step is launched or captured, not at each replay).
+  // rows on tensor cores, and other narrow-tile steps through the rope phase; recorded when a step is launched
+  // or captured, not at each replay).
   int64_t rope_in_attention_steps() const;
   std::string tuning_summary() const;  // what choosing the products' algorithms by timing found
   std::vector<float> cached(bool key, int layer, int slot) const;  // for tests
