@@ -60,18 +60,25 @@ void paged_attention_mma_decode_rope(const float* qkv, const int32_t* q_pos, con
                                      const AttnShape& shape, uint16_t* k_cache, uint16_t* v_cache, int splits,
                                      float* o_part, float* lse_part, const AttnMerge& merge, float rope_theta,
                                      cudaStream_t s);
+// The rope phase of an attention launch: RoPE at theta and the KV append of every row of the step, done inside
+// the launch instead of by rope_append. slot: each row's cache slot (as rope_append's); sync: three int32
+// counters, zero before the first launch and left at zero by each.
+struct AttnRopePhase {
+  const int32_t* slot = nullptr;
+  int32_t* sync = nullptr;
+  float theta = 0.f;
+};
 // Narrow tiles of one level (rows_per_tile as paged_attention_mma with one query warp) whose items' rows are
 // their last keys, each cached at slot[row] where the item's page list puts that key: decode rows beside short
 // chunks. q, k and v come unrotated from the qkv rows. Every row's k and v are rotated and cached once inside
 // (in (row, KV head) units the blocks claim), every tile rotates its q rows as it loads them, and a block waits
 // for the units only before it copies a tile holding one of this step's keys; rope_append is not launched.
-// sync: three int32 counters, zero before the first launch and left at zero. Outputs and caches equal
-// rope_append + paged_attention_mma's.
-void paged_attention_mma_rope_phase(const float* qkv, const int32_t* q_pos, const int32_t* slot, const AttnLevel& level,
+// Outputs and caches equal rope_append + paged_attention_mma's.
+void paged_attention_mma_rope_phase(const float* qkv, const int32_t* q_pos, const AttnLevel& level,
                                     const int32_t* tile_item, const int32_t* tile_row0, int num_tiles, int rows_per_tile,
                                     const AttnShape& shape, uint16_t* k_cache, uint16_t* v_cache, int splits,
-                                    float* o_part, float* lse_part, const AttnMerge& merge, float rope_theta,
-                                    int32_t* sync, cudaStream_t s);
+                                    float* o_part, float* lse_part, const AttnMerge& merge, const AttnRopePhase& phase,
+                                    cudaStream_t s);
 // One level in one launch: tiles [0, narrow_tiles) narrow (one query warp) split `splits` times over the
 // keys, then wide_tiles chunk tiles of attention_mma_rows_per_tile(.., wide_query_warps) rows (2 or 4 query
 // warps) split `wide_splits` times; each tile merged into merge.out by its last block (written directly when
@@ -81,7 +88,9 @@ void paged_attention_mma_mixed(const float* q, const int32_t* q_pos, const AttnL
                                const int32_t* tile_row0, int narrow_tiles, int narrow_rpt, int wide_tiles,
                                int wide_query_warps, const AttnShape& shape, const uint16_t* k_cache,
                                const uint16_t* v_cache, int splits, int wide_splits, float* o_part, float* lse_part,
-                               const AttnMerge& merge, cudaStream_t s);
+                               const AttnMerge& merge, cudaStream_t s, const AttnRopePhase* phase = nullptr);
+// With phase: q, k and v unrotated in the qkv rows and the rope phase inside, as paged_attention_mma_rope_phase
+// (every item's rows its last keys; outputs and caches equal rope_append + this launch without it).
 // One item with many query rows (rows row_begin.. of the launch, its page list PAGES on the device) on tensor
 // cores: the same partial state as paged_attention, into slot0, and -inf into slots slot0+1..slot0+splits-1.
 size_t paged_prefill_workspace(int rows, int kv_len, const AttnShape& shape);

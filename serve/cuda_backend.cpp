@@ -214,8 +214,13 @@ struct CudaBackend::Impl {
     const float theta = float(c.rope_theta);
     const bool rope_in_attn = rope_in_attn_on && mma && st.decode && levels == 1 && !fuse && tiles[0] > simt_tiles &&
                               st.wide_tiles[0] == 0 && dense[0].empty() && st.rpt[0] == 1;
+    // The rope phase in narrow-tile launches, and in mixed launches whose chunk tiles are medium (chunks under
+    // qw4_rows rows; longer prefills keep rope_append).
     const bool rope_phase = rope_phase_on && mma && !st.decode && st.last_keys && levels == 1 && !fuse &&
-                            tiles[0] > simt_tiles && st.wide_tiles[0] == 0 && dense[0].empty();
+                            dense[0].empty() &&
+                            (st.wide_tiles[0] == 0 ? tiles[0] > simt_tiles : st.wide_qw == 2);
+    kern::cuda::AttnRopePhase phase;
+    phase.slot = d_meta + m_slots, phase.sync = rope_sync, phase.theta = theta;
     rope_in_attn_steps += rope_in_attn || rope_phase;
     for (auto& L : layers) {
       if (fuse_epilogues) {
@@ -244,16 +249,16 @@ struct CudaBackend::Impl {
           kern::cuda::paged_attention_mma_mixed(qkv, pos, level_view(0, items[0]), d_meta + lv[0].tile_item,
                                                 d_meta + lv[0].tile_row0, tiles[0], st.rpt[0], st.wide_tiles[0], st.wide_qw,
                                                 shape, L.k, L.v, splits[0], st.wide_splits, o_part, lse_part, merge,
-                                                stream);
+                                                stream, rope_phase ? &phase : nullptr);
         } else if (mma) {
           const int32_t *ti = d_meta + lv[li].tile_item, *tr = d_meta + lv[li].tile_row0;
           if (tiles[li] <= simt_tiles)  // a handful of decode rows: latency-bound, the CUDA-core kernel is quicker
             kern::cuda::paged_attention(qkv, pos, level_view(li, items[li]), ti, tr, tiles[li], st.rpt[li], shape, L.k,
                                         L.v, splits[li], slot0, o_part, lse_part, merge, stream, st.decode && prewait_keys);
           else if (rope_phase)
-            kern::cuda::paged_attention_mma_rope_phase(qkv, pos, d_meta + m_slots, level_view(li, items[li]), ti, tr,
-                                                       tiles[li], st.rpt[li], shape, L.k, L.v, splits[li], o_part,
-                                                       lse_part, merge, theta, rope_sync, stream);
+            kern::cuda::paged_attention_mma_rope_phase(qkv, pos, level_view(li, items[li]), ti, tr, tiles[li], st.rpt[li],
+                                                       shape, L.k, L.v, splits[li], o_part, lse_part, merge, phase,
+                                                       stream);
           else if (rope_in_attn)
             kern::cuda::paged_attention_mma_decode_rope(qkv, pos, level_view(li, items[li]), ti, tr, tiles[li], shape,
                                                         L.k, L.v, splits[li], o_part, lse_part, merge, theta, stream);

@@ -136,13 +136,10 @@ __device__ __forceinline__ void merge_tile(const float* o_part, const float* lse
 // QW: warps over query rows (4 = wide, 2 = medium, 1 = narrow); the other 4 / QW warps split each key tile.
 // direct: this tile's rows have one slot in all, so the normalised output goes straight to merge.out.
 enum Rope { kRopeNone = 0, kRopeOwnRow = 1, kRopePhase = 2 };
-// The launch-wide state of a ROPE PHASE launch: the step rows' cache slots, the counters (next unit, units
-// done, blocks finished) and RoPE's theta.
-struct RopePhase {
-  const int32_t* slot = nullptr;
-  int32_t* sync = nullptr;
-  float theta = 0.f;
-};
+using RopePhase = AttnRopePhase;
+// Bytes of dynamic shared memory after smem_bytes<HD>() for a ROPE PHASE block's angle table: rows tokens.
+template <int HD>
+constexpr size_t qtab_bytes(int rows) { return size_t(rows) * HD * sizeof(float); }
 
 // One unit of the rope phase: row r's k for KV head kvh rotated, k and v rounded to bf16 and cached, exactly as
 // rope_append does it.
@@ -221,14 +218,13 @@ __device__ __forceinline__ void attend_tile(const float* q, const int32_t* q_pos
   // ROPE PHASE: this step's keys are the item's last ones (from new_from on); the angles of the tile's rows.
   const int new_from = kv_len - (L.q_indptr[item + 1] - L.q_indptr[item]);
   bool keys_ready = ROPE != kRopePhase;
-  float(*qtab)[HD] = nullptr;  // [tile row][sin of the HD / 2 pairs, then cos]
+  // [tile row][sin of the HD / 2 pairs, then cos], after the K/V stages in dynamic shared memory (rpt rows)
+  float(*qtab)[HD] = reinterpret_cast<float(*)[HD]>(reinterpret_cast<char*>(smem) + smem_bytes<HD>());
   if constexpr (ROPE == kRopePhase) {
-    __shared__ float tab[16][HD];
     for (int e = threadIdx.x; e < (row_end - row0) * (HD / 2); e += kWarps * 32) {
       const int rr = e / (HD / 2), i = e % (HD / 2);
-      dev::rope_angle(float(q_pos[row0 + rr]), i, HD, rope_theta, &tab[rr][i], &tab[rr][HD / 2 + i]);
+      dev::rope_angle(float(q_pos[row0 + rr]), i, HD, rope_theta, &qtab[rr][i], &qtab[rr][HD / 2 + i]);
     }
-    qtab = tab;
   }
   if constexpr (ROPE == kRopeOwnRow) {
     __shared__ float tab[2][HD / 2];
@@ -519,26 +515,29 @@ __global__ void __launch_bounds__(kWarps * 32)
 
 // Narrow tiles of one level with the rope phase inside (decode rows beside short chunks); the last block out
 // resets the phase's counters.
+// The end of every block of a ROPE PHASE launch, by thread 0 once it is past every read of the counters: the
+// last block out sets them back to zero.
+__device__ __forceinline__ void rope_phase_block_done(int32_t* sync) {
+  if (threadIdx.x != 0) return;
+  __threadfence();
+  const int blocks = int(gridDim.x * gridDim.y * gridDim.z);
+  if (atomicAdd(sync + 2, 1) == blocks - 1) {
+    sync[0] = 0, sync[1] = 0;
+    __threadfence();
+    sync[2] = 0;
+  }
+}
+
 template <int HD>
 __global__ void __launch_bounds__(kWarps * 32, HD == 64 ? 5 : 3)  // 5: the plain narrow kernel's 96 registers
     paged_attention_rope_phase_kernel(const float* qkv, const int32_t* q_pos, AttnLevel L, const int32_t* tile_item,
                                       const int32_t* tile_row0, int rpt, AttnShape S, uint16_t* k_cache,
                                       uint16_t* v_cache, int splits, float* o_part, float* lse_part, AttnMerge merge,
-                                      float theta, const int32_t* slot, int32_t* sync) {
-  RopePhase phase;
-  phase.slot = slot, phase.sync = sync, phase.theta = theta;
+                                      RopePhase phase) {
   attend_tile<HD, 1, kRopePhase>(qkv, q_pos, L, tile_item, tile_row0, rpt, S, k_cache, v_cache, splits, 0, o_part,
                                  lse_part, merge, merge.out && merge.slots == 1, blockIdx.x, blockIdx.z, blockIdx.y,
-                                 theta, phase);
-  if (threadIdx.x == 0) {  // this block's thread 0 is past every read of the counters
-    __threadfence();
-    const int blocks = int(gridDim.x * gridDim.y * gridDim.z);
-    if (atomicAdd(sync + 2, 1) == blocks - 1) {
-      sync[0] = 0, sync[1] = 0;
-      __threadfence();
-      sync[2] = 0;
-    }
-  }
+                                 phase.theta, phase);
+  rope_phase_block_done(phase.sync);
 }
 
 // Decode tiles (narrow) and chunk tiles (WQW warps over their rows: 2 or 4) of one level in one launch, each
@@ -564,6 +563,31 @@ __global__ void __launch_bounds__(kWarps * 32)
                          lse_part, m, wide_splits == 1, blockIdx.x, blockIdx.z, blockIdx.y);
 }
 
+// The same with the rope phase inside (decode rows beside chunks in medium tiles): five blocks per SM for head
+// dimension 64, as the narrow phase kernel.
+template <int HD, int WQW>
+__global__ void __launch_bounds__(kWarps * 32, HD == 64 ? 5 : 3)
+    paged_attention_mixed_rope_phase_kernel(const float* qkv, const int32_t* q_pos, AttnLevel L,
+                                            const int32_t* tile_item, const int32_t* tile_row0, int narrow_tiles,
+                                            int narrow_rpt, int wide_rpt, AttnShape S, uint16_t* k_cache,
+                                            uint16_t* v_cache, int splits, int wide_splits, float* o_part,
+                                            float* lse_part, AttnMerge merge, RopePhase phase) {
+  const bool narrow = int(blockIdx.x) < narrow_tiles;
+  AttnMerge m = merge;
+  m.slots = narrow ? splits : wide_splits;
+  if (int(blockIdx.z) < m.slots) {
+    if (narrow)
+      attend_tile<HD, 1, kRopePhase>(qkv, q_pos, L, tile_item, tile_row0, narrow_rpt, S, k_cache, v_cache, splits, 0,
+                                     o_part, lse_part, m, splits == 1, blockIdx.x, blockIdx.z, blockIdx.y, phase.theta,
+                                     phase);
+    else
+      attend_tile<HD, WQW, kRopePhase>(qkv, q_pos, L, tile_item, tile_row0, wide_rpt, S, k_cache, v_cache,
+                                       wide_splits, 0, o_part, lse_part, m, wide_splits == 1, blockIdx.x, blockIdx.z,
+                                       blockIdx.y, phase.theta, phase);
+  }
+  rope_phase_block_done(phase.sync);
+}
+
 template <typename Kernel>
 void allow_smem(Kernel kernel, size_t bytes) {
   check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
@@ -586,11 +610,23 @@ template <int HD, int WQW>
 void launch_mixed(const float* q, const int32_t* q_pos, const AttnLevel& L, const int32_t* tile_item,
                   const int32_t* tile_row0, int narrow_tiles, int narrow_rpt, int wide_tiles, int wide_rpt,
                   const AttnShape& S, const uint16_t* kc, const uint16_t* vc, int splits, int wide_splits,
-                  float* o_part, float* lse_part, const AttnMerge& merge, cudaStream_t s) {
+                  float* o_part, float* lse_part, const AttnMerge& merge, const RopePhase* phase, cudaStream_t s) {
+  dim3 grid(narrow_tiles + wide_tiles, S.kv_heads, std::max(splits, wide_splits));
+  if (phase) {
+    // The angle table holds a tile's tokens: up to 16 * WQW of them (one head per KV head).
+    constexpr size_t most = smem_bytes<HD>() + qtab_bytes<HD>(16 * WQW);
+    static const bool configured = (allow_smem(paged_attention_mixed_rope_phase_kernel<HD, WQW>, most), true);
+    (void)configured;
+    const size_t smem = smem_bytes<HD>() + qtab_bytes<HD>(std::max(narrow_rpt, wide_rpt));
+    dev::launch_pdl(paged_attention_mixed_rope_phase_kernel<HD, WQW>, grid, kWarps * 32, smem, s,
+                    "paged attention with the rope phase (tensor cores)", q, q_pos, L, tile_item, tile_row0,
+                    narrow_tiles, narrow_rpt, wide_rpt, S, const_cast<uint16_t*>(kc), const_cast<uint16_t*>(vc),
+                    splits, wide_splits, o_part, lse_part, merge, *phase);
+    return;
+  }
   constexpr size_t smem = smem_bytes<HD>();
   static const bool configured = (allow_smem(paged_attention_mixed_kernel<HD, WQW>, smem), true);
   (void)configured;
-  dim3 grid(narrow_tiles + wide_tiles, S.kv_heads, std::max(splits, wide_splits));
   dev::launch_pdl(paged_attention_mixed_kernel<HD, WQW>, grid, kWarps * 32, smem, s, "paged attention (tensor cores)",
                   q, q_pos, L, tile_item, tile_row0, narrow_tiles, narrow_rpt, wide_rpt, S, kc, vc, splits,
                   wide_splits, o_part, lse_part, merge);
@@ -658,11 +694,11 @@ void paged_attention_mma_decode_rope(const float* qkv, const int32_t* q_pos, con
   check_cuda(cudaGetLastError(), "paged attention with RoPE (tensor cores)");
 }
 
-void paged_attention_mma_rope_phase(const float* qkv, const int32_t* q_pos, const int32_t* slot, const AttnLevel& level,
+void paged_attention_mma_rope_phase(const float* qkv, const int32_t* q_pos, const AttnLevel& level,
                                     const int32_t* tile_item, const int32_t* tile_row0, int num_tiles, int rows_per_tile,
                                     const AttnShape& shape, uint16_t* k_cache, uint16_t* v_cache, int splits,
-                                    float* o_part, float* lse_part, const AttnMerge& merge, float rope_theta,
-                                    int32_t* sync, cudaStream_t s) {
+                                    float* o_part, float* lse_part, const AttnMerge& merge, const AttnRopePhase& phase,
+                                    cudaStream_t s) {
   if (num_tiles == 0) return;
   check(attention_mma_supported(shape), "paged attention (tensor cores): head dimension ", shape.head_dim, " and ",
         shape.heads / shape.kv_heads, " heads per KV head are not built (64 or 128; at most 16)");
@@ -670,16 +706,17 @@ void paged_attention_mma_rope_phase(const float* qkv, const int32_t* q_pos, cons
         "paged attention with RoPE: q must be the qkv rows (q, k and v of each row)");
   check(rows_per_tile >= 1 && rows_per_tile <= attention_mma_rows_per_tile(shape.heads, shape.kv_heads, 1),
         "paged attention (tensor cores): ", rows_per_tile, " rows per tile do not fit the block");
-  check(sync != nullptr, "paged attention with the rope phase: three zeroed counters are needed");
+  check(phase.slot && phase.sync, "paged attention with the rope phase: the rows' slots and three zeroed counters are needed");
   auto go = [&](auto kernel) {
     constexpr int HD = decltype(kernel)::value;
-    constexpr size_t smem = smem_bytes<HD>();
-    static const bool configured = (allow_smem(paged_attention_rope_phase_kernel<HD>, smem), true);
+    constexpr size_t most = smem_bytes<HD>() + qtab_bytes<HD>(16);
+    static const bool configured = (allow_smem(paged_attention_rope_phase_kernel<HD>, most), true);
     (void)configured;
     dim3 grid(num_tiles, shape.kv_heads, splits);
-    dev::launch_pdl(paged_attention_rope_phase_kernel<HD>, grid, kWarps * 32, smem, s,
+    dev::launch_pdl(paged_attention_rope_phase_kernel<HD>, grid, kWarps * 32,
+                    smem_bytes<HD>() + qtab_bytes<HD>(rows_per_tile), s,
                     "paged attention with the rope phase (tensor cores)", qkv, q_pos, level, tile_item, tile_row0,
-                    rows_per_tile, shape, k_cache, v_cache, splits, o_part, lse_part, merge, rope_theta, slot, sync);
+                    rows_per_tile, shape, k_cache, v_cache, splits, o_part, lse_part, merge, phase);
   };
   if (shape.head_dim == 64) go(std::integral_constant<int, 64>{});
   else go(std::integral_constant<int, 128>{});
@@ -690,8 +727,10 @@ void paged_attention_mma_mixed(const float* q, const int32_t* q_pos, const AttnL
                                const int32_t* tile_row0, int narrow_tiles, int narrow_rpt, int wide_tiles,
                                int wide_query_warps, const AttnShape& shape, const uint16_t* k_cache,
                                const uint16_t* v_cache, int splits, int wide_splits, float* o_part, float* lse_part,
-                               const AttnMerge& merge, cudaStream_t s) {
+                               const AttnMerge& merge, cudaStream_t s, const AttnRopePhase* phase) {
   if (narrow_tiles + wide_tiles == 0) return;
+  check(!phase || (phase->slot && phase->sync && shape.q_stride >= (shape.heads + 2 * shape.kv_heads) * shape.head_dim),
+        "paged attention with the rope phase: q must be the qkv rows, with the rows' slots and three counters");
   check(attention_mma_supported(shape), "paged attention (tensor cores): head dimension ", shape.head_dim, " and ",
         shape.heads / shape.kv_heads, " heads per KV head are not built (64 or 128; at most 16)");
   check(splits >= 1 && wide_splits >= 1, "paged attention (tensor cores): splits must be positive");
@@ -704,7 +743,7 @@ void paged_attention_mma_mixed(const float* q, const int32_t* q_pos, const AttnL
   const int wide_rpt = attention_mma_rows_per_tile(shape.heads, shape.kv_heads, wide_query_warps);
   auto go = [&](auto kernel_launch) {
     kernel_launch(q, q_pos, level, tile_item, tile_row0, narrow_tiles, narrow_rpt, wide_tiles, wide_rpt, shape,
-                  k_cache, v_cache, splits, wide_splits, o_part, lse_part, merge, s);
+                  k_cache, v_cache, splits, wide_splits, o_part, lse_part, merge, phase, s);
   };
   const int key = shape.head_dim * 8 + wide_query_warps;
   switch (key) {

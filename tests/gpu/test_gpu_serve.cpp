@@ -703,11 +703,13 @@ TEST(GpuKernels, DecodeAttentionWithRopeInsideEqualsRopeAppendThenAttention) {
       }
 }
 
-// Narrow-tile attention with the rope phase inside (paged_attention_mma_rope_phase) against rope_append, then
-// the narrow tensor-core attention: the same arithmetic, so output and caches bit for bit. Decode rows (one
-// with a shifted position) beside chunks of 2-40 rows, tiles of several rows, shuffled pages of 1 and 16, one
-// to three splits, head dims 64 and 128; with one KV head of eight heads a tile holds 16 rows, so a launch has
-// more (row, KV head) units than blocks and blocks claim several. Launched twice: the counters end at zero.
+// Attention with the rope phase inside against rope_append, then the same attention launch without it: the
+// same arithmetic, so output and caches bit for bit. Two launches: narrow tiles for every item
+// (paged_attention_mma_rope_phase), and the one mixed launch with the chunks of a medium tile's rows or more in
+// medium tiles (paged_attention_mma_mixed with the phase). Decode rows (one with a shifted position) beside
+// chunks of 2-40 rows, tiles of several rows, shuffled pages of 1 and 16, one to three splits, head dims 64 and
+// 128; with one KV head and one split a launch has fewer blocks than (row, KV head) units, so blocks claim
+// several. Launched twice: the counters end at zero.
 TEST(GpuKernels, AttentionWithTheRopePhaseEqualsRopeAppendThenAttention) {
   std::mt19937_64 rng(43);
   struct Item {
@@ -740,45 +742,62 @@ TEST(GpuKernels, AttentionWithTheRopePhaseEqualsRopeAppendThenAttention) {
         kern::AttnShape S;
         S.rows = rows, S.heads = H, S.kv_heads = Hkv, S.head_dim = hd, S.page_size = page, S.q_stride = nqkv;
         S.scale = float(1 / std::sqrt(double(hd)));
-        std::vector<int32_t> ti, tr;
+        const int wide_rpt = kc::attention_mma_rows_per_tile(H, Hkv, 2);
+        std::vector<int32_t> ti, tr, mixed_ti, mixed_tr, wi, wr;
         kc::attention_tiles(q_ind, rpt, ti, tr);
+        for (size_t i = 0; i < items.size(); ++i) {  // the mixed launch: narrow tiles first, then medium ones
+          const bool wide = items[i].rows >= wide_rpt;
+          for (int r = q_ind[i]; r < q_ind[i + 1]; r += wide ? wide_rpt : rpt)
+            (wide ? wi : mixed_ti).push_back(int32_t(i)), (wide ? wr : mixed_tr).push_back(r);
+        }
+        const int narrow_tiles = int(mixed_ti.size()), wide_tiles = int(wi.size());
+        mixed_ti.insert(mixed_ti.end(), wi.begin(), wi.end()), mixed_tr.insert(mixed_tr.end(), wr.begin(), wr.end());
         Dev<int32_t> dpos(pos), dslot(slot), a(q_ind), b(kv_ind), c(pages), e(kv_len), f(kv_pos0), dti(ti), dtr(tr);
+        Dev<int32_t> dmti(mixed_ti), dmtr(mixed_tr);
         kern::AttnLevel DL;
         DL.num_items = int(items.size()), DL.q_indptr = a.p, DL.kv_indptr = b.p, DL.kv_pages = c.p, DL.kv_len = e.p;
         DL.kv_pos0 = f.p;
         const size_t n_out = size_t(rows) * H * hd;
-        const std::string where = "H " + std::to_string(H) + "/" + std::to_string(Hkv) + " hd " + std::to_string(hd) +
-                                  " page " + std::to_string(page) + " splits " + std::to_string(splits) +
-                                  " rows per tile " + std::to_string(rpt);
         Dev<int32_t> sync(std::vector<int32_t>(3, 0));
-        auto run = [&](bool inside, std::vector<uint16_t>& out, std::vector<uint16_t>& kc_out, std::vector<uint16_t>& vc_out) {
-          Dev<float> dqkv(qkv), dop(size_t(splits) * n_out), dlp(size_t(splits) * rows * H);
-          Dev<uint16_t> dk(kc0), dv(vc0), dout(n_out);
-          Dev<int32_t> counters(std::vector<int32_t>(ti.size() * size_t(Hkv), 0));
-          kc::AttnMerge merge;
-          merge.slots = splits, merge.out = dout.p, merge.counters = counters.p;
-          if (inside) {
-            kc::paged_attention_mma_rope_phase(dqkv.p, dpos.p, dslot.p, DL, dti.p, dtr.p, int(ti.size()), rpt, S, dk.p,
-                                               dv.p, splits, dop.p, dlp.p, merge, 10000.f, sync.p, nullptr);
-          } else {
-            kc::rope_append(dqkv.p, dpos.p, dslot.p, rows, H, Hkv, hd, 10000.f, dk.p, dv.p, nullptr);
-            kc::paged_attention_mma(dqkv.p, dpos.p, DL, dti.p, dtr.p, int(ti.size()), rpt, 1, S, dk.p, dv.p, splits, 0,
-                                    dop.p, dlp.p, merge, nullptr);
+        kc::AttnRopePhase phase;
+        phase.slot = dslot.p, phase.sync = sync.p, phase.theta = 10000.f;
+        for (bool mixed : {false, true}) {
+          const std::string where = std::string(mixed ? "mixed launch" : "narrow launch") + " H " + std::to_string(H) +
+                                    "/" + std::to_string(Hkv) + " hd " + std::to_string(hd) + " page " +
+                                    std::to_string(page) + " splits " + std::to_string(splits) + " rows per tile " +
+                                    std::to_string(rpt);
+          auto run = [&](bool inside, std::vector<uint16_t>& out, std::vector<uint16_t>& kc_out, std::vector<uint16_t>& vc_out) {
+            Dev<float> dqkv(qkv), dop(size_t(splits) * n_out), dlp(size_t(splits) * rows * H);
+            Dev<uint16_t> dk(kc0), dv(vc0), dout(n_out);
+            Dev<int32_t> counters(std::vector<int32_t>(mixed_ti.size() * size_t(Hkv), 0));
+            kc::AttnMerge merge;
+            merge.slots = splits, merge.out = dout.p, merge.counters = counters.p;
+            if (!inside) kc::rope_append(dqkv.p, dpos.p, dslot.p, rows, H, Hkv, hd, 10000.f, dk.p, dv.p, nullptr);
+            if (mixed)
+              kc::paged_attention_mma_mixed(dqkv.p, dpos.p, DL, dmti.p, dmtr.p, narrow_tiles, rpt, wide_tiles, 2, S, dk.p,
+                                            dv.p, splits, splits, dop.p, dlp.p, merge, nullptr, inside ? &phase : nullptr);
+            else if (inside)
+              kc::paged_attention_mma_rope_phase(dqkv.p, dpos.p, DL, dti.p, dtr.p, int(ti.size()), rpt, S, dk.p, dv.p,
+                                                 splits, dop.p, dlp.p, merge, phase, nullptr);
+            else
+              kc::paged_attention_mma(dqkv.p, dpos.p, DL, dti.p, dtr.p, int(ti.size()), rpt, 1, S, dk.p, dv.p, splits, 0,
+                                      dop.p, dlp.p, merge, nullptr);
+            out = dout.get(), kc_out = dk.get(), vc_out = dv.get();
+            for (int32_t cnt : counters.get()) ASSERT_EQ(cnt, 0) << where << ": merge counters are left at zero";
+          };
+          std::vector<uint16_t> want, want_k, want_v, got, got_k, got_v;
+          run(false, want, want_k, want_v);
+          for (int rep = 0; rep < 2; ++rep) {  // the second launch relies on the counters the first left at zero
+            run(true, got, got_k, got_v);
+            for (float x : from_bf16(got)) ASSERT_FALSE(std::isnan(x)) << where;
+            EXPECT_EQ(got, want) << where << ": attention output, launch " << rep;
+            EXPECT_EQ(got_k, want_k) << where << ": K cache, launch " << rep;
+            EXPECT_EQ(got_v, want_v) << where << ": V cache, launch " << rep;
+            for (int32_t cnt : sync.get()) ASSERT_EQ(cnt, 0) << where << ": rope-phase counters are left at zero";
           }
-          out = dout.get(), kc_out = dk.get(), vc_out = dv.get();
-          for (int32_t cnt : counters.get()) ASSERT_EQ(cnt, 0) << where << ": merge counters are left at zero";
-        };
-        std::vector<uint16_t> want, want_k, want_v, got, got_k, got_v;
-        run(false, want, want_k, want_v);
-        for (int rep = 0; rep < 2; ++rep) {  // the second launch relies on the counters the first left at zero
-          run(true, got, got_k, got_v);
-          for (float x : from_bf16(got)) ASSERT_FALSE(std::isnan(x)) << where;
-          EXPECT_EQ(got, want) << where << ": attention output, launch " << rep;
-          EXPECT_EQ(got_k, want_k) << where << ": K cache, launch " << rep;
-          EXPECT_EQ(got_v, want_v) << where << ": V cache, launch " << rep;
-          for (int32_t cnt : sync.get()) ASSERT_EQ(cnt, 0) << where << ": rope-phase counters are left at zero";
+          EXPECT_NE(got_k, kc0) << where << ": the step's keys were appended";
+          if (mixed) EXPECT_GT(wide_tiles, 0) << where << ": the mixed launch has medium tiles";
         }
-        EXPECT_NE(got_k, kc0) << where << ": the step's keys were appended";
       }
 }
 
