@@ -645,13 +645,26 @@ int attention_mma_rows_per_tile(int heads, int kv_heads, int query_warps) {
   return std::max(1, query_warps * 16 / (heads / kv_heads));
 }
 
+namespace {
+
+void check_built(const AttnShape& shape) {
+  check(attention_mma_supported(shape), "paged attention (tensor cores): head dimension ", shape.head_dim, " and ",
+        shape.heads / shape.kv_heads, " heads per KV head are not built (64 or 128; at most 16)");
+}
+
+void check_qkv_rows(const AttnShape& shape) {  // RoPE inside reads each row's k and v beside its q
+  check(shape.q_stride >= (shape.heads + 2 * shape.kv_heads) * shape.head_dim,
+        "paged attention with RoPE: q must be the qkv rows (q, k and v of each row)");
+}
+
+}  // namespace
+
 void paged_attention_mma(const float* q, const int32_t* q_pos, const AttnLevel& level, const int32_t* tile_item,
                          const int32_t* tile_row0, int num_tiles, int rows_per_tile, int query_warps, const AttnShape& shape,
                          const uint16_t* k_cache, const uint16_t* v_cache, int splits, int slot0, float* o_part,
                          float* lse_part, const AttnMerge& merge, cudaStream_t s) {
   if (num_tiles == 0) return;
-  check(attention_mma_supported(shape), "paged attention (tensor cores): head dimension ", shape.head_dim, " and ",
-        shape.heads / shape.kv_heads, " heads per KV head are not built (64 or 128; at most 16)");
+  check_built(shape);
   check(rows_per_tile >= 1 && rows_per_tile <= attention_mma_rows_per_tile(shape.heads, shape.kv_heads, query_warps),
         "paged attention (tensor cores): ", rows_per_tile, " rows per tile do not fit the block");
   auto go = [&](auto kernel_launch) {
@@ -676,10 +689,8 @@ void paged_attention_mma_decode_rope(const float* qkv, const int32_t* q_pos, con
                                      float* o_part, float* lse_part, const AttnMerge& merge, float rope_theta,
                                      cudaStream_t s) {
   if (num_tiles == 0) return;
-  check(attention_mma_supported(shape), "paged attention (tensor cores): head dimension ", shape.head_dim, " and ",
-        shape.heads / shape.kv_heads, " heads per KV head are not built (64 or 128; at most 16)");
-  check(shape.q_stride >= (shape.heads + 2 * shape.kv_heads) * shape.head_dim,
-        "paged attention with RoPE: q must be the qkv rows (q, k and v of each row)");
+  check_built(shape);
+  check_qkv_rows(shape);
   auto go = [&](auto kernel) {
     constexpr size_t smem = smem_bytes<decltype(kernel)::value>();
     static const bool configured = (allow_smem(paged_attention_decode_rope_kernel<decltype(kernel)::value>, smem), true);
@@ -700,10 +711,8 @@ void paged_attention_mma_rope_phase(const float* qkv, const int32_t* q_pos, cons
                                     float* o_part, float* lse_part, const AttnMerge& merge, const AttnRopePhase& phase,
                                     cudaStream_t s) {
   if (num_tiles == 0) return;
-  check(attention_mma_supported(shape), "paged attention (tensor cores): head dimension ", shape.head_dim, " and ",
-        shape.heads / shape.kv_heads, " heads per KV head are not built (64 or 128; at most 16)");
-  check(shape.q_stride >= (shape.heads + 2 * shape.kv_heads) * shape.head_dim,
-        "paged attention with RoPE: q must be the qkv rows (q, k and v of each row)");
+  check_built(shape);
+  check_qkv_rows(shape);
   check(rows_per_tile >= 1 && rows_per_tile <= attention_mma_rows_per_tile(shape.heads, shape.kv_heads, 1),
         "paged attention (tensor cores): ", rows_per_tile, " rows per tile do not fit the block");
   check(phase.slot && phase.sync, "paged attention with the rope phase: the rows' slots and three zeroed counters are needed");
@@ -729,10 +738,11 @@ void paged_attention_mma_mixed(const float* q, const int32_t* q_pos, const AttnL
                                const uint16_t* v_cache, int splits, int wide_splits, float* o_part, float* lse_part,
                                const AttnMerge& merge, cudaStream_t s, const AttnRopePhase* phase) {
   if (narrow_tiles + wide_tiles == 0) return;
-  check(!phase || (phase->slot && phase->sync && shape.q_stride >= (shape.heads + 2 * shape.kv_heads) * shape.head_dim),
-        "paged attention with the rope phase: q must be the qkv rows, with the rows' slots and three counters");
-  check(attention_mma_supported(shape), "paged attention (tensor cores): head dimension ", shape.head_dim, " and ",
-        shape.heads / shape.kv_heads, " heads per KV head are not built (64 or 128; at most 16)");
+  check_built(shape);
+  if (phase) {
+    check_qkv_rows(shape);
+    check(phase->slot && phase->sync, "paged attention with the rope phase: the rows' slots and three zeroed counters are needed");
+  }
   check(splits >= 1 && wide_splits >= 1, "paged attention (tensor cores): splits must be positive");
   check(merge.out && merge.slots >= std::max(splits, wide_splits) && (std::max(splits, wide_splits) == 1 || merge.counters),
         "paged attention (tensor cores): a mixed launch merges its own rows (one level: slots for either kind's splits)");
