@@ -167,6 +167,57 @@ TEST(ServeCpu, BatchCommandWritesResultsInInputOrder) {
   EXPECT_FALSE(fs::exists(dir / "bad-out.jsonl"));
 }
 
+// An interrupted `chunkwise batch` job resumes: a run that dies after two results (CHUNKWISE_BATCH_EXIT_AFTER, as
+// a crash would) leaves no OUT and a journal (OUT.partial) with those two; a torn half line appended to it is
+// dropped; without --resume the journal is kept and the command says how to go on; with it, only the other
+// requests run and OUT equals the uninterrupted run's byte for byte (greedy and seeded sampling alike), and
+// the journal is gone. A journal of another job (the input changed) is refused and kept.
+TEST(ServeCpu, BatchCommandResumesAnInterruptedJob) {
+  auto dir = scratch_dir("serve-batch-resume");
+  random_model(dir / "bundle", false);
+  std::string in;
+  for (int i = 0; i < 6; ++i) {
+    in += "{\"id\": " + std::to_string(100 + i) + ", \"prompt_tokens\": [" + std::to_string(5 + i) + ", 17, " +
+          std::to_string(40 * i + 1) + "]";
+    in += i % 2 ? ", \"temperature\": 0.9, \"seed\": " + std::to_string(7 + i) + "}\n" : "}\n";
+  }
+  write_text(dir / "in.jsonl", in);
+  const std::string job = chunkwise_bin() + " batch " + (dir / "bundle").string() + " " + (dir / "in.jsonl").string() +
+                          " " + (dir / "out.jsonl").string() + " --device cpu --max-new-tokens 5 --token-budget 4";
+  const fs::path out_file = dir / "out.jsonl", journal = dir / "out.jsonl.partial";
+  std::string log;
+  ASSERT_EQ(run_command(job, &log), 0) << log;
+  const std::string whole = read_file(out_file);
+  ASSERT_EQ(split_lines(whole).size(), 6u);
+  EXPECT_FALSE(fs::exists(journal)) << "the journal is removed once OUT is written";
+  fs::remove(out_file);
+
+  EXPECT_NE(run_command("CHUNKWISE_BATCH_EXIT_AFTER=2 " + job, &log), 0) << log;
+  EXPECT_FALSE(fs::exists(out_file)) << "no OUT from an interrupted run";
+  ASSERT_TRUE(fs::exists(journal));
+  const std::string kept = read_file(journal);
+  ASSERT_EQ(split_lines(kept).size(), 3u) << kept;  // the header and two results
+  write_text(journal, kept + "{\"index\": 3, \"resu");  // torn while writing a third
+
+  EXPECT_EQ(run_command(job, &log), 2);
+  EXPECT_NE(log.find("--resume"), std::string::npos) << log;
+  EXPECT_EQ(read_file(journal), kept + "{\"index\": 3, \"resu") << "the journal is left as it was";
+
+  ASSERT_EQ(run_command(job + " --resume", &log), 0) << log;
+  EXPECT_NE(log.find("batch: 4 requests on cpu"), std::string::npos) << log;
+  EXPECT_NE(log.find("2 requests resumed"), std::string::npos) << log;
+  EXPECT_EQ(read_file(out_file), whole) << "the resumed job's results equal the uninterrupted run's";
+  EXPECT_FALSE(fs::exists(journal));
+
+  fs::remove(out_file);
+  EXPECT_NE(run_command("CHUNKWISE_BATCH_EXIT_AFTER=1 " + job, &log), 0) << log;
+  write_text(dir / "in.jsonl", in + "{\"prompt_tokens\": [9]}\n");
+  EXPECT_EQ(run_command(job + " --resume", &log), 2);
+  EXPECT_NE(log.find("another job: the input file changed"), std::string::npos) << log;
+  EXPECT_TRUE(fs::exists(journal));
+  EXPECT_FALSE(fs::exists(out_file));
+}
+
 // `chunkwise generate` streams the prompt and its greedy continuation, the reference model's tokens.
 TEST(ServeCpu, GenerateCommandStreamsTheGreedyContinuation) {
   auto dir = scratch_dir("serve-generate");

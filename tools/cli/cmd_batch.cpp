@@ -2,8 +2,11 @@
 // {"id": .., "prompt": "text"} or {"prompt_tokens": [..]}, optionally with max_new_tokens, temperature, top_k,
 // top_p, seed. Output lines come in input order: {"id", "text", "tokens", "finish_reason", "prompt_tokens"}.
 // Progress on stderr, one throughput line at the end; OUT appears only when complete (temp name + rename).
+// Each finished request is also appended to OUT.partial as it finishes (tools/cli/batch_journal.h), so that
+// after a crash `--resume` runs only the rest; OUT.partial is removed once OUT is written.
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -11,6 +14,7 @@
 #include "common/files.h"
 #include "common/json.h"
 #include "data/tokenizer.h"
+#include "tools/cli/batch_journal.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/serve_setup.h"
 
@@ -21,15 +25,18 @@ int batch_main(const Args& args) {
   std::string bundle, in_path, out_path;
   SamplingFlags sampling;  // defaults for lines that do not set their own
   EngineFlags flags;
+  bool resume = false;
   desc.add_options()("bundle", po::value(&bundle)->required(), "bundle folder")(
       "in", po::value(&in_path)->required(), "requests, one JSON object per line")(
-      "out", po::value(&out_path)->required(), "results, one JSON object per line");
+      "out", po::value(&out_path)->required(), "results, one JSON object per line")(
+      "resume", po::bool_switch(&resume),
+      "continue an interrupted job from OUT.partial (the requests that finished are not run again)");
   sampling.add_to(desc);
   flags.add_to(desc);
   po::positional_options_description pos;
   pos.add("bundle", 1).add("in", 1).add("out", 1);
   po::variables_map vm;
-  if (!parse_args(args, desc, pos, vm, "chunkwise batch BUNDLE IN.jsonl OUT.jsonl [--device auto|cpu|cuda] [--prefix-sharing on]"))
+  if (!parse_args(args, desc, pos, vm, "chunkwise batch BUNDLE IN.jsonl OUT.jsonl [--device auto|cpu|cuda] [--prefix-sharing on] [--resume]"))
     return 0;
   flags.finish();
   sampling.finish();
@@ -94,35 +101,68 @@ int batch_main(const Args& args) {
   check(!reqs.empty(), in_path, ": no requests");
   const size_t n = reqs.size();
 
+  // The journal: results kept from an interrupted run of the same job, and this run's as they finish.
+  const fs::path out_file = expand_user(out_path);
+  const fs::path journal_file = fs::path(out_file.string() + ".partial");
+  const json key = BatchJournal::job_key(
+      expand_user(in_path), dir,
+      {{"max_new_tokens", max_new}, {"temperature", defaults.temperature}, {"top_k", defaults.top_k},
+       {"top_p", defaults.top_p}, {"seed", defaults.seed}});
+  std::map<int64_t, json> results;  // request index -> output line
+  if (fs::exists(journal_file)) {
+    check(resume, journal_file.string(), " holds the finished requests of an interrupted run: pass --resume to ",
+          "continue it, or remove it to start the job over");
+    results = BatchJournal::read(journal_file, key, n);
+  } else if (resume) {
+    std::cerr << "batch: no " << journal_file.string() << ", so nothing to resume: running every request\n";
+  }
+  const size_t resumed = results.size();
+  std::vector<serve::GenRequest> to_run;
+  int64_t resumed_prompt_tokens = 0;
+  for (serve::GenRequest& r : reqs) {
+    if (results.count(r.id)) resumed_prompt_tokens += int64_t(r.prompt.size());
+    else to_run.push_back(std::move(r));
+  }
+  prompt_tokens -= resumed_prompt_tokens;
+  // Test hook: end the process (as a crash would) once this many results are in the journal.
+  const char* exit_after = std::getenv("CHUNKWISE_BATCH_EXIT_AFTER");
+  const size_t exit_after_n = exit_after ? size_t(std::strtoull(exit_after, nullptr, 10)) : 0;
+
   auto backend = make_backend(b, flags);
   serve::Engine engine(*backend, flags.engine);
+  BatchJournal journal;  // opened once the engine stands, so that a failed start leaves no journal behind
+  journal.open(journal_file, key, results);
   const auto t0 = std::chrono::steady_clock::now();
-  engine.submit_batch(std::move(reqs));
-  std::map<int64_t, serve::GenResult> done;
+  engine.submit_batch(std::move(to_run));
   int64_t new_tokens = 0;
   while (!engine.idle()) {
     engine.step();
-    for (auto& r : engine.take_finished()) new_tokens += int64_t(r.tokens.size()), done[r.id] = std::move(r);
+    for (auto& r : engine.take_finished()) {
+      new_tokens += int64_t(r.tokens.size());
+      std::vector<int> t(r.tokens.begin(), r.tokens.end());
+      json o = {{"id", ids[size_t(r.id)]}, {"text", tok.decode(t)}, {"tokens", r.tokens},
+                {"finish_reason", r.finish_reason}, {"prompt_tokens", r.prompt_tokens}};
+      journal.append(r.id, o);
+      results[r.id] = std::move(o);
+      if (exit_after_n > 0 && results.size() - resumed >= exit_after_n) std::_Exit(75);
+    }
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    const int bar = int(30 * done.size() / n);
-    std::cerr << "\r[" << std::string(size_t(bar), '#') << std::string(size_t(30 - bar), '.') << "] " << done.size() << "/" << n
-              << " requests, " << int64_t(double(new_tokens) / std::max(s, 1e-9)) << " new tok/s" << std::flush;
+    const int bar = int(30 * results.size() / n);
+    std::cerr << "\r[" << std::string(size_t(bar), '#') << std::string(size_t(30 - bar), '.') << "] " << results.size()
+              << "/" << n << " requests, " << int64_t(double(new_tokens) / std::max(s, 1e-9)) << " new tok/s"
+              << std::flush;
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::cerr << "\n";
   std::string out;
-  for (size_t i = 0; i < n; ++i) {
-    const auto& r = done.at(int64_t(i));
-    std::vector<int> t(r.tokens.begin(), r.tokens.end());
-    json o = {{"id", ids[i]}, {"text", tok.decode(t)}, {"tokens", r.tokens}, {"finish_reason", r.finish_reason},
-              {"prompt_tokens", r.prompt_tokens}};
-    out += o.dump() + "\n";
-  }
-  write_file_atomic(expand_user(out_path), out);
-  std::cout << "batch: " << n << " requests on " << backend->name() << ", " << prompt_tokens << " prompt + " << new_tokens
-            << " new tokens in " << secs << " s: " << int64_t(double(new_tokens) / secs) << " new tok/s, "
-            << int64_t(double(prompt_tokens + new_tokens) / secs) << " tok/s in all";
+  for (size_t i = 0; i < n; ++i) out += results.at(int64_t(i)).dump() + "\n";
+  write_file_atomic(out_file, out);
+  journal.finish();
+  std::cout << "batch: " << n - resumed << " requests on " << backend->name() << ", " << prompt_tokens << " prompt + "
+            << new_tokens << " new tokens in " << secs << " s: " << int64_t(double(new_tokens) / std::max(secs, 1e-9))
+            << " new tok/s, " << int64_t(double(prompt_tokens + new_tokens) / std::max(secs, 1e-9)) << " tok/s in all";
   if (engine.prefix_tokens_shared() > 0) std::cout << " (prefix sharing skipped " << engine.prefix_tokens_shared() << " prompt tokens)";
+  if (resumed > 0) std::cout << "; " << resumed << " requests resumed from " << journal_file.string();
   std::cout << "\n";
   return 0;
 }
