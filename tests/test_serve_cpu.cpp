@@ -171,7 +171,8 @@ TEST(ServeCpu, BatchCommandWritesResultsInInputOrder) {
 // a crash would) leaves no OUT and a journal (OUT.partial) with those two; a torn half line appended to it is
 // dropped; without --resume the journal is kept and the command says how to go on; with it, only the other
 // requests run and OUT equals the uninterrupted run's byte for byte (greedy and seeded sampling alike), and
-// the journal is gone. A journal of another job (the input changed) is refused and kept.
+// the journal is gone. A journal of another job (the input changed) is refused and kept. Progress written to a
+// log file (not a terminal) comes as a few whole lines, not a redrawn bar per step.
 TEST(ServeCpu, BatchCommandResumesAnInterruptedJob) {
   auto dir = scratch_dir("serve-batch-resume");
   random_model(dir / "bundle", false);
@@ -187,6 +188,10 @@ TEST(ServeCpu, BatchCommandResumesAnInterruptedJob) {
   const fs::path out_file = dir / "out.jsonl", journal = dir / "out.jsonl.partial";
   std::string log;
   ASSERT_EQ(run_command(job, &log), 0) << log;
+  size_t progress_lines = 0;  // not a terminal: a progress line every 10 s and the last, not one per step
+  for (const std::string& l : split_lines(log)) progress_lines += l.find(" new tok/s") != std::string::npos && l[0] == '[';
+  EXPECT_GE(progress_lines, 1u) << log;
+  EXPECT_LE(progress_lines, 2u) << log;
   const std::string whole = read_file(out_file);
   ASSERT_EQ(split_lines(whole).size(), 6u);
   EXPECT_FALSE(fs::exists(journal)) << "the journal is removed once OUT is written";
