@@ -513,8 +513,6 @@ __global__ void __launch_bounds__(kWarps * 32)
                            merge, merge.out && merge.slots == 1, blockIdx.x, blockIdx.z, blockIdx.y, theta);
 }
 
-// Narrow tiles of one level with the rope phase inside (decode rows beside short chunks); the last block out
-// resets the phase's counters.
 // The end of every block of a ROPE PHASE launch, by thread 0 once it is past every read of the counters: the
 // last block out sets them back to zero.
 __device__ __forceinline__ void rope_phase_block_done(int32_t* sync) {
@@ -528,6 +526,8 @@ __device__ __forceinline__ void rope_phase_block_done(int32_t* sync) {
   }
 }
 
+// Narrow tiles of one level with the rope phase inside (decode rows beside short chunks); the last block out
+// resets the phase's counters.
 template <int HD>
 __global__ void __launch_bounds__(kWarps * 32, HD == 64 ? 5 : 3)  // 5: the plain narrow kernel's 96 registers
     paged_attention_rope_phase_kernel(const float* qkv, const int32_t* q_pos, AttnLevel L, const int32_t* tile_item,
