@@ -106,6 +106,8 @@ int batch_main(const Args& args) {
   // The journal: results kept from an interrupted run of the same job, and this run's as they finish.
   const fs::path out_file = expand_user(out_path);
   const fs::path journal_file = fs::path(out_file.string() + ".partial");
+  const fs::path out_dir = out_file.has_parent_path() ? out_file.parent_path() : fs::path(".");
+  check(fs::is_directory(out_dir), out_path, ": the folder ", out_dir.string(), " does not exist (create it first)");
   const json key = BatchJournal::job_key(
       expand_user(in_path), dir,
       {{"max_new_tokens", max_new}, {"temperature", defaults.temperature}, {"top_k", defaults.top_k},
