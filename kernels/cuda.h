@@ -121,6 +121,16 @@ void gemv(const uint16_t* W, int out, int in, const uint16_t* x, int T, float be
 // The same product for 1 to 64 rows of x on tensor cores (gemm_skinny.cu): split K with atomics, so the
 // summation order varies between runs; beta 0 or 1.
 void gemm_skinny(const uint16_t* W, int out, int in, const uint16_t* x, int T, float beta, float* y, cudaStream_t s);
+// The same product on CUTLASS's Hopper kernels (gemm_cutlass.cu), configurations 0 .. gemm_cutlass_configs() - 1
+// (a tile shape and a persistent or stream-K scheduler each; none where the build found no CUTLASS headers),
+// launched with programmatic dependent launch. gemm_cutlass_workspace: the bytes of workspace a configuration
+// needs for this shape, -1 where it cannot run it (out % 4, in % 8). gemm_cutlass: false, with nothing
+// launched, where it cannot run it or the workspace is too small. Capturable in a CUDA graph.
+int gemm_cutlass_configs();
+const char* gemm_cutlass_name(int config);
+int64_t gemm_cutlass_workspace(int config, int T, int out, int in);
+bool gemm_cutlass(int config, const uint16_t* W, int out, int in, const uint16_t* x, int T, float beta, float* y,
+                  void* workspace, size_t workspace_bytes, cudaStream_t s);
 // The same product with its input built by each block: RMSNorm(x) * norm_w (x fp32 [T][in]), or
 // silu(gate) * up from gate_up fp32 [T][2*in]; equal to rmsnorm / swiglu followed by gemv.
 void gemv_rmsnorm(const uint16_t* W, int out, int in, const float* x, const uint16_t* norm_w, float eps, int T,

@@ -3,7 +3,9 @@
 
 #include <chrono>
 #include <cstdio>
+#include <map>
 #include <sstream>
+#include <string>
 
 #include "common/error.h"
 #include "kernels/cuda.h"
@@ -16,8 +18,10 @@ static void check_lt(cublasStatus_t s, const char* what) {
   check(s == CUBLAS_STATUS_SUCCESS, what, ": cuBLAS(Lt) status ", int(s));
 }
 
-TunedGemm::TunedGemm(cublasHandle_t blas, cudaStream_t stream, void* workspace, size_t workspace_bytes)
-    : blas_(blas), stream_(stream), ws_(workspace), ws_bytes_(workspace_bytes) {
+TunedGemm::TunedGemm(cublasHandle_t blas, cudaStream_t stream, void* workspace, size_t workspace_bytes,
+                     bool cutlass_candidates)
+    : blas_(blas), stream_(stream), ws_(workspace), ws_bytes_(workspace_bytes),
+      cutlass_candidates_(cutlass_candidates && kern::cuda::gemm_cutlass_configs() > 0) {
   check_lt(cublasLtCreate(&lt_), "creating the cuBLASLt handle");
   check_lt(cublasLtMatmulDescCreate(&desc_, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cuBLASLt product description");
   const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
@@ -29,6 +33,7 @@ TunedGemm::~TunedGemm() {
   for (auto& [s, l] : layouts_) {
     cublasLtMatrixLayoutDestroy(l.a), cublasLtMatrixLayoutDestroy(l.b), cublasLtMatrixLayoutDestroy(l.c);
   }
+  if (cutlass_ws_) cudaFree(cutlass_ws_);
   if (desc_) cublasLtMatmulDescDestroy(desc_);
   if (lt_) cublasLtDestroy(lt_);
 }
@@ -96,6 +101,18 @@ void TunedGemm::tune(int T, int out, int in, const uint16_t* W, const uint16_t* 
     const float us = time([&] { return gemm_lt(found[i].algo, T, out, in, W, x, 0.f, scratch); });
     if (us > 0 && us < 0.97f * ch.us) ch.lt = true, ch.algo = found[i].algo, ch.us = us;  // 3 %: beyond noise
   }
+  if (cutlass_candidates_ && !cutlass_ws_) {
+    cutlass_ws_bytes_ = size_t(64) << 20;
+    check_cuda(cudaMalloc(&cutlass_ws_, cutlass_ws_bytes_), "the CUTLASS products' workspace");
+  }
+  for (int c = 0; cutlass_candidates_ && c < kern::cuda::gemm_cutlass_configs(); ++c) {
+    const int64_t need = kern::cuda::gemm_cutlass_workspace(c, T, out, in);
+    if (need < 0 || size_t(need) > cutlass_ws_bytes_) continue;
+    const float us = time([&] {
+      return kern::cuda::gemm_cutlass(c, W, out, in, x, T, 0.f, scratch, cutlass_ws_, cutlass_ws_bytes_, stream_);
+    });
+    if (us > 0 && us < 0.97f * ch.us) ch.lt = false, ch.cutlass = c, ch.us = us;
+  }
   cudaGetLastError();  // a candidate that failed to launch leaves nothing behind
   check_cuda(cudaStreamSynchronize(stream_), "tuning products");
   cudaEventDestroy(e0), cudaEventDestroy(e1);
@@ -106,6 +123,9 @@ void TunedGemm::tune(int T, int out, int in, const uint16_t* W, const uint16_t* 
 
 void TunedGemm::run(int T, int out, int in, const uint16_t* W, const uint16_t* x, float beta, float* y) {
   auto it = tuned_.lower_bound(Shape{out, in, T});  // the same product's smallest tuned T' >= T
+  if (it != tuned_.end() && std::get<0>(it->first) == out && std::get<1>(it->first) == in && it->second.cutlass >= 0 &&
+      kern::cuda::gemm_cutlass(it->second.cutlass, W, out, in, x, T, beta, y, cutlass_ws_, cutlass_ws_bytes_, stream_))
+    return;
   if (it != tuned_.end() && std::get<0>(it->first) == out && std::get<1>(it->first) == in && it->second.lt) {
     const Shape key{out, in, T};
     auto f = fits_.find(key);
@@ -125,13 +145,23 @@ void TunedGemm::run(int T, int out, int in, const uint16_t* W, const uint16_t* x
 }
 
 std::string TunedGemm::summary() const {
-  int lt = 0;
+  int lt = 0, cutlass = 0;
   double saved = 0;
-  for (auto& [s, c] : tuned_)
+  std::map<std::string, int> configs;  // CUTLASS configuration -> shapes that chose it
+  for (auto& [s, c] : tuned_) {
     if (c.lt) ++lt, saved += c.default_us - c.us;
+    if (c.cutlass >= 0) ++cutlass, saved += c.default_us - c.us, ++configs[kern::cuda::gemm_cutlass_name(c.cutlass)];
+  }
   std::ostringstream o;
   o << "tuned " << tuned_.size() << " product shapes in " << tuning_s_ << " s; " << lt
-    << " run a cuBLASLt algorithm faster than cuBLAS's default (" << saved << " us saved over one product of each)";
+    << " run a cuBLASLt algorithm faster than cuBLAS's default";
+  if (cutlass_candidates_) {
+    o << ", " << cutlass << " a CUTLASS configuration";
+    const char* sep = " (";
+    for (auto& [name, n] : configs) o << sep << name << ": " << n, sep = ", ";
+    if (!configs.empty()) o << ")";
+  }
+  o << " (" << saved << " us saved over one product of each)";
   return o.str();
 }
 

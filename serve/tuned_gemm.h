@@ -1,7 +1,8 @@
 // The CUDA backend's matrix products of more than four rows, with the algorithm for each shape chosen by
 // timing: for every (rows, out, in) the backend will run, cuBLASLt's heuristic candidates and cuBLAS's default
-// (cublasGemmEx) are each run on the real weights at start-up and the fastest is kept. Skinny products (a
-// decode batch of 8 to 256 rows) are where the default leaves bandwidth unused. The contract is the plain
+// (cublasGemmEx) are each run on the real weights at start-up and the fastest is kept; with cutlass_candidates,
+// CUTLASS's Hopper kernels too (kernels/gemv/gemm_cutlass.cu, CHUNKWISE_GEMM_CUTLASS=1 in the backend). Skinny products
+// (a decode batch of 8 to 256 rows) are where the default leaves bandwidth unused. The contract is the plain
 // product's: y[T][out] = beta * y + x[T][in] W[out][in]^T, bf16 inputs, fp32 accumulation and output.
 // Must not: tune while a stream is being captured (tune() synchronises), or change anything but the summation
 // order of the product.
@@ -19,7 +20,10 @@ namespace cw::serve {
 
 class TunedGemm {
  public:
-  TunedGemm(cublasHandle_t blas, cudaStream_t stream, void* workspace, size_t workspace_bytes);
+  // cutlass_candidates: also time the CUTLASS configurations (where the build has them); they get a workspace
+  // of their own, allocated at the first tune().
+  TunedGemm(cublasHandle_t blas, cudaStream_t stream, void* workspace, size_t workspace_bytes,
+            bool cutlass_candidates = false);
   ~TunedGemm();
   TunedGemm(const TunedGemm&) = delete;
   TunedGemm& operator=(const TunedGemm&) = delete;
@@ -31,15 +35,16 @@ class TunedGemm {
   // tuned or the chosen algorithm does not take T rows). Capturable in a CUDA graph.
   void run(int T, int out, int in, const uint16_t* W, const uint16_t* x, float beta, float* y);
 
-  // For the benchmark's log: shapes tuned, how many chose a cuBLASLt algorithm over the default, their summed
-  // time saved per product set (microseconds), and the time tuning took.
+  // For the benchmark's log: shapes tuned, how many chose a cuBLASLt algorithm or a CUTLASS configuration over
+  // the default, their summed time saved per product set (microseconds), and the time tuning took.
   std::string summary() const;
 
  private:
   using Shape = std::tuple<int, int, int>;  // out, in, T
   struct Choice {
-    bool lt = false;  // false: cublasGemmEx's default
+    bool lt = false;  // false: cublasGemmEx's default (or CUTLASS)
     cublasLtMatmulAlgo_t algo{};
+    int cutlass = -1;  // a CUTLASS configuration, or -1
     float us = 0, default_us = 0;
   };
   struct Layouts {
@@ -60,6 +65,9 @@ class TunedGemm {
   std::map<Shape, Layouts> layouts_;
   std::map<Shape, bool> fits_;  // does the tuned algorithm take this T (cublasLtMatmulAlgoCheck)
   double tuning_s_ = 0;
+  bool cutlass_candidates_ = false;
+  void* cutlass_ws_ = nullptr;  // stream-K partial sums and locks
+  size_t cutlass_ws_bytes_ = 0;
 };
 
 }  // namespace cw::serve

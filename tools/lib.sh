@@ -10,6 +10,8 @@ CW_BUILD="${CHUNKWISE_BUILD:-$CW_ROOT/build}"
 CW_APT_PACKAGES=(cmake ninja-build g++ pkg-config ccache python3 python3-venv libsentencepiece-dev
   libhdf5-dev libboost-program-options-dev libgtest-dev nlohmann-json3-dev zlib1g-dev clang libclang-rt-14-dev)
 CW_PIP_PACKAGES=(torch==2.11.0 numpy h5py safetensors matplotlib transformers)
+# Installed without their dependencies: CUTLASS's C++ headers are all the CUDA build takes from this wheel.
+CW_PIP_HEADERS=(nvidia-cutlass==4.2.0.0)
 
 cw_log() { printf '[chunkwise] %s\n' "$*" >&2; }
 
@@ -28,14 +30,15 @@ cw_install_system() {
 
 cw_install_python() {
   local stamp="$CW_VENV/.chunkwise-packages"
-  if [ -x "$CW_VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "${CW_PIP_PACKAGES[*]}" ]; then
+  if [ -x "$CW_VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "${CW_PIP_PACKAGES[*]} ${CW_PIP_HEADERS[*]}" ]; then
     return 0
   fi
   cw_log "creating the Python environment in $CW_VENV (LibTorch comes from the torch wheel; first time: minutes)"
   mkdir -p "$CW_CACHE"
   [ -x "$CW_VENV/bin/python" ] || python3 -m venv "$CW_VENV"
   "$CW_VENV/bin/pip" install -q --disable-pip-version-check "${CW_PIP_PACKAGES[@]}"
-  echo "${CW_PIP_PACKAGES[*]}" > "$stamp"
+  "$CW_VENV/bin/pip" install -q --disable-pip-version-check --no-deps "${CW_PIP_HEADERS[@]}"
+  echo "${CW_PIP_PACKAGES[*]} ${CW_PIP_HEADERS[*]}" > "$stamp"
 }
 
 cw_build() {

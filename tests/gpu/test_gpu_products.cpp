@@ -1,10 +1,15 @@
 // GPU tests of the elementwise kernels and the matrix products of the inference engine against their CPU
 // references on fresh random inputs (outputs poisoned with NaN first): embedding, RMSNorm, SwiGLU, the one-row
 // products with their fused prologues and epilogues (streamed and register kernels), the skinny tensor-core
-// product, the backend's tuned products. Runs only where a GPU is present (tools/gpu-run); compiled in CI.
+// product, the backend's tuned products, the CUTLASS products. Runs only where a GPU is present (tools/gpu-run);
+// compiled in CI.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
+
+#include <numeric>
+#include <string>
+#include <vector>
 
 #include "kernels/cuda.h"
 #include "kernels/reference.h"
@@ -108,6 +113,68 @@ TEST(GpuKernels, TunedProductsMatchReference) {
         gemm.run(T, out, in, dW.p, dx.p, beta, dy.p);
         EXPECT_LE(rel_err(dy.get(), want), 1e-5) << out << "x" << in << " rows " << T << " beta " << beta;
       }
+  }
+  std::cout << gemm.summary() << "\n";
+  cublasDestroy(blas);
+}
+
+// The CUTLASS products (every configuration the build has) against the reference, on the qkv and down shapes
+// of the TinyLlama benchmark model and a narrow one, rows 1 to 200, beta 0 into a poisoned output and 1. Each
+// runs right after the RMSNorm that writes its input, both launched with programmatic dependent launch as in a
+// step: a product that read x before waiting for that kernel would see the NaN x was poisoned with. Then the
+// tuner with the CUTLASS candidates on gives the reference's products, whichever it chose.
+TEST(GpuKernels, CutlassProductsMatchReference) {
+  if (kc::gemm_cutlass_configs() == 0) GTEST_SKIP() << "built without the CUTLASS headers (pip install nvidia-cutlass)";
+  std::mt19937_64 rng(37);
+  const size_t ws_bytes = size_t(64) << 20;
+  Dev<char> ws(ws_bytes);
+  const int T_max = 200;
+  std::vector<int32_t> map(T_max);
+  std::iota(map.begin(), map.end(), 0);
+  Dev<int32_t> dmap(map);
+  for (auto [out, in] : std::vector<std::pair<int, int>>{{2560, 2048}, {2048, 5632}, {264, 2048}}) {
+    auto W = round_bf16(random_vec(size_t(out) * in, rng));
+    auto nw = round_bf16(random_vec(size_t(in), rng));
+    Dev<uint16_t> dW(to_bf16(W)), dnw(to_bf16(nw));
+    Dev<float> dx(random_vec(size_t(T_max) * in, rng, 3.f));
+    for (int c = 0; c < kc::gemm_cutlass_configs(); ++c)
+      for (int T : {1, 37, 64, 200})
+        for (float beta : {0.f, 1.f}) {
+          const std::string where = std::string(kc::gemm_cutlass_name(c)) + " " + std::to_string(out) + "x" +
+                                    std::to_string(in) + " rows " + std::to_string(T) + " beta " + std::to_string(beta);
+          ASSERT_GE(kc::gemm_cutlass_workspace(c, T, out, in), 0) << where;
+          Dev<uint16_t> dxn(size_t(T) * in);  // poisoned until the RMSNorm writes it
+          auto y0 = random_vec(size_t(T) * out, rng);
+          Dev<float> dy(beta == 0 ? std::vector<float>(y0.size(), NAN) : y0);
+          kc::rmsnorm(dx.p, dmap.p, T, in, dnw.p, 1e-5f, dxn.p, nullptr);
+          ASSERT_TRUE(kc::gemm_cutlass(c, dW.p, out, in, dxn.p, T, beta, dy.p, ws.p, ws_bytes, nullptr)) << where;
+          const auto got = dy.get();
+          const auto xn = from_bf16(dxn.get());
+          auto want = y0;
+          kern::ref::matmul(xn.data(), T, in, W.data(), out, beta, want.data());
+          for (float v : got) ASSERT_FALSE(std::isnan(v)) << where;
+          EXPECT_LE(rel_err(got, want), 1e-5) << where;
+        }
+  }
+  EXPECT_LT(kc::gemm_cutlass_workspace(0, 16, 2560, 2044), 0) << "a row length off the 16-byte alignment is refused";
+
+  cublasHandle_t blas;
+  ASSERT_EQ(cublasCreate(&blas), CUBLAS_STATUS_SUCCESS);
+  Dev<char> blas_ws(size_t(32) << 20);
+  serve::TunedGemm gemm(blas, nullptr, blas_ws.p, size_t(32) << 20, /*cutlass_candidates=*/true);
+  const int out = 2048, in = 5632;
+  auto W = round_bf16(random_vec(size_t(out) * in, rng));
+  auto xin = round_bf16(random_vec(size_t(128) * in, rng));
+  Dev<uint16_t> dW(to_bf16(W)), dx(to_bf16(xin));
+  Dev<float> scratch(size_t(128) * out);
+  for (int T : {64, 128}) gemm.tune(T, out, in, dW.p, dx.p, scratch.p);
+  for (int T : {13, 64, 100, 128}) {
+    auto y0 = random_vec(size_t(T) * out, rng);
+    auto want = y0;
+    kern::ref::matmul(xin.data(), T, in, W.data(), out, 1.f, want.data());
+    Dev<float> dy(y0);
+    gemm.run(T, out, in, dW.p, dx.p, 1.f, dy.p);
+    EXPECT_LE(rel_err(dy.get(), want), 1e-5) << "tuned with CUTLASS candidates, rows " << T;
   }
   std::cout << gemm.summary() << "\n";
   cublasDestroy(blas);
