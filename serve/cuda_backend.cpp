@@ -470,6 +470,7 @@ double CudaBackend::weight_bytes() const { return impl_->weight_bytes; }
 int CudaBackend::graphs_captured() const { return int(impl_->graphs.size()); }
 int64_t CudaBackend::rope_in_attention_steps() const { return impl_->rope_in_attn_steps; }
 std::string CudaBackend::tuning_summary() const { return impl_->gemm->summary(); }
+std::string CudaBackend::tuning_table_jsonl() const { return impl_->gemm->table_jsonl(); }
 
 CudaBackend::Impl::Staged CudaBackend::Impl::stage(const StepPlan& plan, bool allow_graph) {
   Impl& m = *this;

@@ -47,6 +47,7 @@ class CudaBackend : public Backend {
   // or captured, not at each replay).
   int64_t rope_in_attention_steps() const;
   std::string tuning_summary() const;  // what choosing the products' algorithms by timing found
+  std::string tuning_table_jsonl() const;  // each tuned shape's candidates and choice (TunedGemm::table_jsonl)
   std::vector<float> cached(bool key, int layer, int slot) const;  // for tests
   // Where one step's time goes: the whole forward() (host work included), the graph replay alone (plans that
   // replay), and the GPU time of each operation summed over layers (events between launches, no graph).

@@ -99,6 +99,7 @@ void TunedGemm::tune(int T, int out, int in, const uint16_t* W, const uint16_t* 
   for (int i = 0; i < n; ++i) {
     if (found[i].state != CUBLAS_STATUS_SUCCESS || found[i].workspaceSize > ws_bytes_) continue;
     const float us = time([&] { return gemm_lt(found[i].algo, T, out, in, W, x, 0.f, scratch); });
+    if (us > 0 && (ch.best_lt_us < 0 || us < ch.best_lt_us)) ch.best_lt_us = us;
     if (us > 0 && us < 0.97f * ch.us) ch.lt = true, ch.algo = found[i].algo, ch.us = us;  // 3 %: beyond noise
   }
   if (cutlass_candidates_ && !cutlass_ws_) {
@@ -111,6 +112,7 @@ void TunedGemm::tune(int T, int out, int in, const uint16_t* W, const uint16_t* 
     const float us = time([&] {
       return kern::cuda::gemm_cutlass(c, W, out, in, x, T, 0.f, scratch, cutlass_ws_, cutlass_ws_bytes_, stream_);
     });
+    if (us > 0) ch.cutlass_us.emplace_back(c, us);
     if (us > 0 && us < 0.97f * ch.us) ch.lt = false, ch.cutlass = c, ch.us = us;
   }
   cudaGetLastError();  // a candidate that failed to launch leaves nothing behind
@@ -162,6 +164,22 @@ std::string TunedGemm::summary() const {
     if (!configs.empty()) o << ")";
   }
   o << " (" << saved << " us saved over one product of each)";
+  return o.str();
+}
+
+std::string TunedGemm::table_jsonl() const {
+  std::ostringstream o;
+  for (auto& [shape, c] : tuned_) {
+    const auto [out, in, T] = shape;
+    o << "{\"bench\": \"serve-product-tuning\", \"out\": " << out << ", \"in\": " << in << ", \"rows\": " << T
+      << ", \"default_us\": " << c.default_us << ", \"best_cublaslt_us\": " << c.best_lt_us << ", \"cutlass_us\": {";
+    for (size_t i = 0; i < c.cutlass_us.size(); ++i)
+      o << (i ? ", " : "") << "\"" << kern::cuda::gemm_cutlass_name(c.cutlass_us[i].first) << "\": " << c.cutlass_us[i].second;
+    o << "}, \"chosen\": \""
+      << (c.cutlass >= 0 ? kern::cuda::gemm_cutlass_name(c.cutlass) : c.lt ? "cublaslt" : "cublas default")
+      << "\", \"chosen_us\": " << c.us << ", \"weight_gb_per_s\": " << double(out) * in * 2 / (double(c.us) * 1e3)
+      << "}\n";
+  }
   return o.str();
 }
 

@@ -15,6 +15,8 @@
 #include <map>
 #include <string>
 #include <tuple>
+#include <utility>
+#include <vector>
 
 namespace cw::serve {
 
@@ -38,6 +40,10 @@ class TunedGemm {
   // For the benchmark's log: shapes tuned, how many chose a cuBLASLt algorithm or a CUTLASS configuration over
   // the default, their summed time saved per product set (microseconds), and the time tuning took.
   std::string summary() const;
+  // One JSON line per tuned shape ({"bench": "serve-product-tuning", out, in, rows, the default's, the best
+  // cuBLASLt algorithm's and each CUTLASS configuration's microseconds, the choice, and the weight bytes per
+  // second of the choice}), for comparing the candidates on a card.
+  std::string table_jsonl() const;
 
  private:
   using Shape = std::tuple<int, int, int>;  // out, in, T
@@ -46,6 +52,8 @@ class TunedGemm {
     cublasLtMatmulAlgo_t algo{};
     int cutlass = -1;  // a CUTLASS configuration, or -1
     float us = 0, default_us = 0;
+    float best_lt_us = -1;                           // the fastest cuBLASLt candidate, chosen or not
+    std::vector<std::pair<int, float>> cutlass_us;  // every CUTLASS configuration timed
   };
   struct Layouts {
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;

@@ -176,7 +176,8 @@ TEST(GpuKernels, CutlassProductsMatchReference) {
     gemm.run(T, out, in, dW.p, dx.p, 1.f, dy.p);
     EXPECT_LE(rel_err(dy.get(), want), 1e-5) << "tuned with CUTLASS candidates, rows " << T;
   }
-  std::cout << gemm.summary() << "\n";
+  std::cout << gemm.summary() << "\n" << gemm.table_jsonl();
+  EXPECT_NE(gemm.table_jsonl().find("\"rows\": 128"), std::string::npos) << "each tuned shape has its line";
   cublasDestroy(blas);
 }
 

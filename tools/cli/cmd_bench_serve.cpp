@@ -197,6 +197,7 @@ int bench_serve_main(const Args& args) {
     copy_bw = serve::CudaBackend::copy_bandwidth(size_t(1) << 30);
     weight_bytes = cb->weight_bytes();
     std::cerr << "bench serve: " << cb->tuning_summary() << "\n";
+    std::cout << cb->tuning_table_jsonl();
   }
 #endif
   std::cerr << "bench serve: " << config << " on " << card << ", " << backend->num_pages() << " KV pages, built in "
