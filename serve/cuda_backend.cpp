@@ -424,8 +424,10 @@ CudaBackend::CudaBackend(const Bundle& b, CudaBackendOptions opt) : impl_(std::m
     L.k = m.alloc<uint16_t>(size_t(m.opt.num_pages) * page_bytes / 2, "KV pages");
     L.v = m.alloc<uint16_t>(size_t(m.opt.num_pages) * page_bytes / 2, "KV pages");
   }
-  // CHUNKWISE_GEMM_CUTLASS=1: CUTLASS's Hopper kernels among the candidates timed for each product shape.
-  m.gemm = std::make_unique<TunedGemm>(m.blas, m.stream, m.blas_ws, ws, env_int("CHUNKWISE_GEMM_CUTLASS", 0) == 1);
+  // CHUNKWISE_GEMM_CUTLASS=1: CUTLASS's Hopper kernels among the candidates timed for each product shape;
+  // CHUNKWISE_GEMM_CUTLASS_FORCE=N: every product of more than four rows that configuration N takes runs on it.
+  m.gemm = std::make_unique<TunedGemm>(m.blas, m.stream, m.blas_ws, ws, env_int("CHUNKWISE_GEMM_CUTLASS", 0) == 1,
+                                       env_int("CHUNKWISE_GEMM_CUTLASS_FORCE", -1));
   if (!std::getenv("CHUNKWISE_GEMM_UNTUNED")) m.tune_products();
   check_cuda(cudaDeviceSynchronize(), "loading the model");
 }

@@ -19,9 +19,14 @@ static void check_lt(cublasStatus_t s, const char* what) {
 }
 
 TunedGemm::TunedGemm(cublasHandle_t blas, cudaStream_t stream, void* workspace, size_t workspace_bytes,
-                     bool cutlass_candidates)
+                     bool cutlass_candidates, int cutlass_force)
     : blas_(blas), stream_(stream), ws_(workspace), ws_bytes_(workspace_bytes),
-      cutlass_candidates_(cutlass_candidates && kern::cuda::gemm_cutlass_configs() > 0) {
+      cutlass_candidates_(cutlass_candidates && kern::cuda::gemm_cutlass_configs() > 0),
+      cutlass_force_(cutlass_force < kern::cuda::gemm_cutlass_configs() ? cutlass_force : -1) {
+  if (cutlass_candidates_ || cutlass_force_ >= 0) {
+    cutlass_ws_bytes_ = size_t(64) << 20;
+    check_cuda(cudaMalloc(&cutlass_ws_, cutlass_ws_bytes_), "the CUTLASS products' workspace");
+  }
   check_lt(cublasLtCreate(&lt_), "creating the cuBLASLt handle");
   check_lt(cublasLtMatmulDescCreate(&desc_, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cuBLASLt product description");
   const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
@@ -102,10 +107,6 @@ void TunedGemm::tune(int T, int out, int in, const uint16_t* W, const uint16_t* 
     if (us > 0 && (ch.best_lt_us < 0 || us < ch.best_lt_us)) ch.best_lt_us = us;
     if (us > 0 && us < 0.97f * ch.us) ch.lt = true, ch.algo = found[i].algo, ch.us = us;  // 3 %: beyond noise
   }
-  if (cutlass_candidates_ && !cutlass_ws_) {
-    cutlass_ws_bytes_ = size_t(64) << 20;
-    check_cuda(cudaMalloc(&cutlass_ws_, cutlass_ws_bytes_), "the CUTLASS products' workspace");
-  }
   for (int c = 0; cutlass_candidates_ && c < kern::cuda::gemm_cutlass_configs(); ++c) {
     const int64_t need = kern::cuda::gemm_cutlass_workspace(c, T, out, in);
     if (need < 0 || size_t(need) > cutlass_ws_bytes_) continue;
@@ -124,6 +125,9 @@ void TunedGemm::tune(int T, int out, int in, const uint16_t* W, const uint16_t* 
 }
 
 void TunedGemm::run(int T, int out, int in, const uint16_t* W, const uint16_t* x, float beta, float* y) {
+  if (cutlass_force_ >= 0 &&
+      kern::cuda::gemm_cutlass(cutlass_force_, W, out, in, x, T, beta, y, cutlass_ws_, cutlass_ws_bytes_, stream_))
+    return;
   auto it = tuned_.lower_bound(Shape{out, in, T});  // the same product's smallest tuned T' >= T
   if (it != tuned_.end() && std::get<0>(it->first) == out && std::get<1>(it->first) == in && it->second.cutlass >= 0 &&
       kern::cuda::gemm_cutlass(it->second.cutlass, W, out, in, x, T, beta, y, cutlass_ws_, cutlass_ws_bytes_, stream_))
@@ -164,6 +168,8 @@ std::string TunedGemm::summary() const {
     if (!configs.empty()) o << ")";
   }
   o << " (" << saved << " us saved over one product of each)";
+  if (cutlass_force_ >= 0)
+    o << "; forced: every product that " << kern::cuda::gemm_cutlass_name(cutlass_force_) << " takes runs on it";
   return o.str();
 }
 

@@ -23,9 +23,10 @@ namespace cw::serve {
 class TunedGemm {
  public:
   // cutlass_candidates: also time the CUTLASS configurations (where the build has them); they get a workspace
-  // of their own, allocated at the first tune().
+  // of their own, allocated at the first tune(). cutlass_force >= 0: run every product that CUTLASS
+  // configuration can take on it, whatever the timing says (for measuring a configuration in whole steps).
   TunedGemm(cublasHandle_t blas, cudaStream_t stream, void* workspace, size_t workspace_bytes,
-            bool cutlass_candidates = false);
+            bool cutlass_candidates = false, int cutlass_force = -1);
   ~TunedGemm();
   TunedGemm(const TunedGemm&) = delete;
   TunedGemm& operator=(const TunedGemm&) = delete;
@@ -74,6 +75,7 @@ class TunedGemm {
   std::map<Shape, bool> fits_;  // does the tuned algorithm take this T (cublasLtMatmulAlgoCheck)
   double tuning_s_ = 0;
   bool cutlass_candidates_ = false;
+  int cutlass_force_ = -1;
   void* cutlass_ws_ = nullptr;  // stream-K partial sums and locks
   size_t cutlass_ws_bytes_ = 0;
 };

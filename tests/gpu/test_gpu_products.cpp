@@ -122,7 +122,8 @@ TEST(GpuKernels, TunedProductsMatchReference) {
 // of the TinyLlama benchmark model and a narrow one, rows 1 to 200, beta 0 into a poisoned output and 1. Each
 // runs right after the RMSNorm that writes its input, both launched with programmatic dependent launch as in a
 // step: a product that read x before waiting for that kernel would see the NaN x was poisoned with. Then the
-// tuner with the CUTLASS candidates on gives the reference's products, whichever it chose.
+// tuner with the CUTLASS candidates on gives the reference's products, whichever it chose, and so does each
+// configuration forced on every product.
 TEST(GpuKernels, CutlassProductsMatchReference) {
   if (kc::gemm_cutlass_configs() == 0) GTEST_SKIP() << "built without the CUTLASS headers (pip install nvidia-cutlass)";
   std::mt19937_64 rng(37);
@@ -178,6 +179,15 @@ TEST(GpuKernels, CutlassProductsMatchReference) {
   }
   std::cout << gemm.summary() << "\n" << gemm.table_jsonl();
   EXPECT_NE(gemm.table_jsonl().find("\"rows\": 128"), std::string::npos) << "each tuned shape has its line";
+  for (int c = 0; c < kc::gemm_cutlass_configs(); ++c) {  // CHUNKWISE_GEMM_CUTLASS_FORCE: no tuning at all
+    serve::TunedGemm forced(blas, nullptr, blas_ws.p, size_t(32) << 20, false, c);
+    auto y0 = random_vec(size_t(40) * out, rng);
+    auto want = y0;
+    kern::ref::matmul(xin.data(), 40, in, W.data(), out, 1.f, want.data());
+    Dev<float> dy(y0);
+    forced.run(40, out, in, dW.p, dx.p, 1.f, dy.p);
+    EXPECT_LE(rel_err(dy.get(), want), 1e-5) << "forced " << kc::gemm_cutlass_name(c);
+  }
   cublasDestroy(blas);
 }
 
