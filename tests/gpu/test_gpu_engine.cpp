@@ -1,12 +1,15 @@
 // GPU tests of the inference engine end to end: the CUDA backend's logits against the CPU backend's, and
 // greedy generations that agree across token budgets, CUDA graphs and prefix sharing and with the CPU engine
-// (except at near-ties). Runs only where a GPU is present (tools/gpu-run); compiled in CI.
+// (except at near-ties), also with CUTLASS's products forced on every step. Runs only where a GPU is present (tools/gpu-run); compiled in CI.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <iostream>
+#include <cstdlib>
 #include <map>
+#include <string>
 
+#include "kernels/cuda.h"
 #include "serve/cpu_backend.h"
 #include "serve/cpu_model.h"
 #include "serve/cuda_backend.h"
@@ -59,6 +62,37 @@ serve::StepPlan prefill_plan(const std::vector<std::vector<int32_t>>& prompts, i
                                        << gap << " of a range " << (hi - lo);
 }
 
+// Ten requests, eight of them sharing a 48-token prefix, twelve new tokens each.
+std::vector<serve::GenRequest> greedy_requests(std::mt19937_64& rng) {
+  const auto prefix = random_prompt(48, 512, rng);
+  std::vector<serve::GenRequest> reqs;
+  for (int i = 0; i < 10; ++i) {
+    serve::GenRequest r;
+    r.id = i;
+    r.prompt = i < 8 ? prefix : std::vector<int32_t>{};
+    auto tail = random_prompt(2 + 3 * i, 512, rng);
+    r.prompt.insert(r.prompt.end(), tail.begin(), tail.end());
+    r.max_new_tokens = 12;
+    reqs.push_back(r);
+  }
+  return reqs;
+}
+
+std::map<int64_t, std::vector<int32_t>> greedy_tokens(serve::Backend& be, const serve::EngineOptions& eo,
+                                                      const std::vector<serve::GenRequest>& reqs) {
+  serve::Engine e(be, eo);
+  e.submit_batch(reqs);
+  std::map<int64_t, std::vector<int32_t>> out;
+  for (auto& r : e.run()) out[r.id] = r.tokens;
+  return out;
+}
+
+struct ScopedEnv {  // NAME=VALUE for the scope's lifetime
+  std::string name;
+  ScopedEnv(const char* n, const std::string& value) : name(n) { setenv(n, value.c_str(), 1); }
+  ~ScopedEnv() { unsetenv(name.c_str()); }
+};
+
 }  // namespace
 
 TEST(GpuEngine, CudaLogitsMatchTheCpuBackendAtEveryPosition) {
@@ -84,24 +118,8 @@ TEST(GpuEngine, CudaLogitsMatchTheCpuBackendAtEveryPosition) {
 TEST(GpuEngine, GreedyAgreesAcrossBudgetsGraphsSharingAndWithTheCpu) {
   serve::Bundle b = bf16_bundle(small_serve_config(8, 2, 64), 32);
   std::mt19937_64 rng(26);
-  const auto prefix = random_prompt(48, 512, rng);
-  std::vector<serve::GenRequest> reqs;
-  for (int i = 0; i < 10; ++i) {
-    serve::GenRequest r;
-    r.id = i;
-    r.prompt = i < 8 ? prefix : std::vector<int32_t>{};
-    auto tail = random_prompt(2 + 3 * i, 512, rng);
-    r.prompt.insert(r.prompt.end(), tail.begin(), tail.end());
-    r.max_new_tokens = 12;
-    reqs.push_back(r);
-  }
-  auto run = [&](serve::Backend& be, serve::EngineOptions eo) {
-    serve::Engine e(be, eo);
-    e.submit_batch(reqs);
-    std::map<int64_t, std::vector<int32_t>> out;
-    for (auto& r : e.run()) out[r.id] = r.tokens;
-    return out;
-  };
+  const std::vector<serve::GenRequest> reqs = greedy_requests(rng);
+  auto run = [&](serve::Backend& be, serve::EngineOptions eo) { return greedy_tokens(be, eo, reqs); };
   serve::CpuBackendOptions co;
   co.num_pages = 200;
   serve::CpuBackend cpu(b, co);
@@ -127,6 +145,36 @@ TEST(GpuEngine, GreedyAgreesAcrossBudgetsGraphsSharingAndWithTheCpu) {
     }
     if (v.budget >= 64 && !v.sharing) {  // decode steps of up to 10 rows: RoPE and the KV append in the attention
       EXPECT_GT(gpu.rope_in_attention_steps(), 0) << v.name;
+    }
+  }
+}
+
+// Each CUTLASS configuration forced on every product of more than four rows (CHUNKWISE_GEMM_CUTLASS_FORCE), in
+// eager steps and in steps replayed from CUDA graphs (padded mixed steps too, so the products' set-up is
+// captured): the CPU engine's greedy tokens (except at near-ties).
+TEST(GpuEngine, GreedyAgreesWithTheCpuOnCutlassProducts) {
+  if (kern::cuda::gemm_cutlass_configs() == 0) GTEST_SKIP() << "built without the CUTLASS headers";
+  serve::Bundle b = bf16_bundle(small_serve_config(8, 2, 64), 32);
+  std::mt19937_64 rng(26);
+  const std::vector<serve::GenRequest> reqs = greedy_requests(rng);
+  serve::CpuBackendOptions co;
+  co.num_pages = 200;
+  serve::CpuBackend cpu(b, co);
+  const auto want = greedy_tokens(cpu, {}, reqs);
+  for (int c = 0; c < kern::cuda::gemm_cutlass_configs(); ++c) {
+    const ScopedEnv force("CHUNKWISE_GEMM_CUTLASS_FORCE", std::to_string(c));
+    for (bool graphs : {false, true}) {
+      serve::CudaBackendOptions go;
+      go.num_pages = 200, go.max_tokens = 512, go.cuda_graphs = graphs, go.graph_mixed_steps = graphs;
+      serve::CudaBackend gpu(b, go);
+      serve::EngineOptions eo;
+      eo.token_budget = 24;
+      auto got = greedy_tokens(gpu, eo, reqs);
+      ASSERT_EQ(got.size(), want.size());
+      EXPECT_NE(gpu.tuning_summary().find("forced"), std::string::npos) << gpu.tuning_summary();
+      for (auto& [id, toks] : want)
+        EXPECT_TRUE(same_or_near_tie(b, reqs[size_t(id)].prompt, toks, got[id]))
+            << kern::cuda::gemm_cutlass_name(c) << (graphs ? ", graphs" : ", eager") << ", request " << id;
     }
   }
 }
