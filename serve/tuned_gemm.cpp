@@ -129,10 +129,11 @@ void TunedGemm::run(int T, int out, int in, const uint16_t* W, const uint16_t* x
       kern::cuda::gemm_cutlass(cutlass_force_, W, out, in, x, T, beta, y, cutlass_ws_, cutlass_ws_bytes_, stream_))
     return;
   auto it = tuned_.lower_bound(Shape{out, in, T});  // the same product's smallest tuned T' >= T
-  if (it != tuned_.end() && std::get<0>(it->first) == out && std::get<1>(it->first) == in && it->second.cutlass >= 0 &&
+  const bool tuned = it != tuned_.end() && std::get<0>(it->first) == out && std::get<1>(it->first) == in;
+  if (tuned && it->second.cutlass >= 0 &&
       kern::cuda::gemm_cutlass(it->second.cutlass, W, out, in, x, T, beta, y, cutlass_ws_, cutlass_ws_bytes_, stream_))
     return;
-  if (it != tuned_.end() && std::get<0>(it->first) == out && std::get<1>(it->first) == in && it->second.lt) {
+  if (tuned && it->second.lt) {
     const Shape key{out, in, T};
     auto f = fits_.find(key);
     if (f == fits_.end()) {

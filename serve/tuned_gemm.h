@@ -1,8 +1,8 @@
 // The CUDA backend's matrix products of more than four rows, with the algorithm for each shape chosen by
 // timing: for every (rows, out, in) the backend will run, cuBLASLt's heuristic candidates and cuBLAS's default
 // (cublasGemmEx) are each run on the real weights at start-up and the fastest is kept; with cutlass_candidates,
-// CUTLASS's Hopper kernels too (kernels/gemv/gemm_cutlass.cu, CHUNKWISE_GEMM_CUTLASS=1 in the backend). Skinny products
-// (a decode batch of 8 to 256 rows) are where the default leaves bandwidth unused. The contract is the plain
+// CUTLASS's Hopper kernels too (kernels/gemv/gemm_cutlass.cu, CHUNKWISE_GEMM_CUTLASS=1 in the backend). Skinny
+// products (a decode batch of 8 to 256 rows) are where the default leaves bandwidth unused. The contract is the plain
 // product's: y[T][out] = beta * y + x[T][in] W[out][in]^T, bf16 inputs, fp32 accumulation and output.
 // Must not: tune while a stream is being captured (tune() synchronises), or change anything but the summation
 // order of the product.
@@ -22,8 +22,8 @@ namespace cw::serve {
 
 class TunedGemm {
  public:
-  // cutlass_candidates: also time the CUTLASS configurations (where the build has them); they get a workspace
-  // of their own, allocated at the first tune(). cutlass_force >= 0: run every product that CUTLASS
+  // cutlass_candidates: also time the CUTLASS configurations (where the build has them); they and cutlass_force
+  // get a workspace of their own, allocated here. cutlass_force >= 0: run every product that CUTLASS
   // configuration can take on it, whatever the timing says (for measuring a configuration in whole steps).
   TunedGemm(cublasHandle_t blas, cudaStream_t stream, void* workspace, size_t workspace_bytes,
             bool cutlass_candidates = false, int cutlass_force = -1);

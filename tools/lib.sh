@@ -29,8 +29,8 @@ cw_install_system() {
 }
 
 cw_install_python() {
-  local stamp="$CW_VENV/.chunkwise-packages"
-  if [ -x "$CW_VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "${CW_PIP_PACKAGES[*]} ${CW_PIP_HEADERS[*]}" ]; then
+  local stamp="$CW_VENV/.chunkwise-packages" wanted="${CW_PIP_PACKAGES[*]} ${CW_PIP_HEADERS[*]}"
+  if [ -x "$CW_VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$wanted" ]; then
     return 0
   fi
   cw_log "creating the Python environment in $CW_VENV (LibTorch comes from the torch wheel; first time: minutes)"
@@ -38,7 +38,7 @@ cw_install_python() {
   [ -x "$CW_VENV/bin/python" ] || python3 -m venv "$CW_VENV"
   "$CW_VENV/bin/pip" install -q --disable-pip-version-check "${CW_PIP_PACKAGES[@]}"
   "$CW_VENV/bin/pip" install -q --disable-pip-version-check --no-deps "${CW_PIP_HEADERS[@]}"
-  echo "${CW_PIP_PACKAGES[*]} ${CW_PIP_HEADERS[*]}" > "$stamp"
+  echo "$wanted" > "$stamp"
 }
 
 cw_build() {

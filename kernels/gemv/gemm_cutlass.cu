@@ -131,14 +131,19 @@ const char* gemm_cutlass_name(int config) {
   return config >= 0 && config < gemm_cutlass_configs() ? kNames[config] : "none";
 }
 
+// The preconditions of every configuration (rows of 16 bytes for TMA); CUTLASS's can_implement checks the rest.
+static bool shape_taken(int config, int T, int out, int in) {
+  return config >= 0 && config < gemm_cutlass_configs() && T >= 1 && out % 4 == 0 && in % 8 == 0;
+}
+
 int64_t gemm_cutlass_workspace(int config, int T, int out, int in) {
-  if (config < 0 || config >= gemm_cutlass_configs() || T < 1 || out % 4 || in % 8) return -1;
+  if (!shape_taken(config, T, out, in)) return -1;
   return with_config(config, [&](auto p) { return decltype(p)::workspace(T, out, in); });
 }
 
 bool gemm_cutlass(int config, const uint16_t* W, int out, int in, const uint16_t* x, int T, float beta, float* y,
                   void* workspace, size_t workspace_bytes, cudaStream_t s) {
-  if (gemm_cutlass_workspace(config, T, out, in) < 0) return false;
+  if (!shape_taken(config, T, out, in)) return false;  // run() checks the rest once, building its arguments
   return with_config(config, [&](auto p) {
     return decltype(p)::run(W, out, in, x, T, beta, y, workspace, workspace_bytes, s);
   });

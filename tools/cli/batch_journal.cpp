@@ -5,7 +5,7 @@
 
 #include <cerrno>
 #include <cstring>
-#include <set>
+#include <utility>
 
 #include "common/error.h"
 
@@ -17,6 +17,10 @@ constexpr const char* kFormat = "chunkwise_batch_journal";
 
 std::string start_over(const fs::path& path) {
   return "; remove " + path.string() + " to start the job over";
+}
+
+std::string result_line(int64_t index, const json& result) {
+  return json{{"index", index}, {"result", result}}.dump() + "\n";
 }
 
 }  // namespace
@@ -52,11 +56,14 @@ std::map<int64_t, json> BatchJournal::read(const fs::path& path, const json& key
   }
   check(head.is_object() && head.value(kFormat, 0) == 1 && head.contains("job"), path.string(),
         ":1 is not a batch journal's header", start_over(path));
-  for (const char* part : {"input", "bundle", "sampling_defaults"})
-    check(head["job"].value(part, json()) == key[part], path.string(), " was written for another job: the ",
-          std::string(part) == "input" ? "input file" : std::string(part) == "bundle" ? "bundle" : "sampling options",
-          " changed (", head["job"].value(part, json()).dump(), " then, ", key[part].dump(),
-          " now); resume with the input, bundle and options of that run", start_over(path));
+  const std::pair<const char*, const char*> parts[] = {
+      {"input", "input file"}, {"bundle", "bundle"}, {"sampling_defaults", "sampling options"}};
+  for (const auto& [part, what] : parts) {
+    const json then = head["job"].value(part, json());
+    check(then == key[part], path.string(), " was written for another job: the ", what, " changed (", then.dump(),
+          " then, ", key[part].dump(), " now); resume with the input, bundle and options of that run",
+          start_over(path));
+  }
   std::map<int64_t, json> done;
   for (size_t i = 1; i < lines.size(); ++i) {
     const std::string where = path.string() + ":" + std::to_string(i + 1);
@@ -78,7 +85,7 @@ BatchJournal::~BatchJournal() {
 
 void BatchJournal::open(const fs::path& path, const json& key, const std::map<int64_t, json>& kept) {
   std::string bytes = json{{kFormat, 1}, {"job", key}}.dump() + "\n";
-  for (const auto& [index, result] : kept) bytes += json{{"index", index}, {"result", result}}.dump() + "\n";
+  for (const auto& [index, result] : kept) bytes += result_line(index, result);
   write_file_atomic(path, bytes);
   path_ = path;
   f_ = std::fopen(path.c_str(), "ab");
@@ -87,7 +94,7 @@ void BatchJournal::open(const fs::path& path, const json& key, const std::map<in
 }
 
 void BatchJournal::append(int64_t index, const json& result) {
-  const std::string line = json{{"index", index}, {"result", result}}.dump() + "\n";
+  const std::string line = result_line(index, result);
   check(std::fwrite(line.data(), 1, line.size(), f_) == line.size() && std::fflush(f_) == 0, "error while writing ",
         path_.string(), " (disk full?)");
   const auto now = std::chrono::steady_clock::now();
