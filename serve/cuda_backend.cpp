@@ -127,7 +127,8 @@ struct CudaBackend::Impl {
   const int waves_decode = std::max(1, env_int("CHUNKWISE_ATTN_WAVES_DECODE", 1));
   const int waves_other = std::max(1, env_int("CHUNKWISE_ATTN_WAVES_OTHER", 8));
   // Products of 5 to 64 rows: cuBLAS, or our tensor-core kernel (gemm_skinny.cu) when CHUNKWISE_GEMM_SKINNY is
-  // set; on an H200 it is still slower than cuBLAS (docs/BENCHMARKS.md).
+  // set. On an H200 it is faster at 8-16 rows and slower at 32-64 (docs/BENCHMARKS.md), and its split-K atomics
+  // add in no fixed order, so it stays opt-in: greedy tokens must not change between runs.
   bool skinny = std::getenv("CHUNKWISE_GEMM_SKINNY") != nullptr;
   bool unfused_decode = std::getenv("CHUNKWISE_DECODE_UNFUSED") != nullptr;
   // Decode steps of more rows than the one-row products take (T > 4) on tensor cores: RoPE and the KV append

@@ -25,10 +25,19 @@ cw_gpu_unpack_deps() {
 # cw_gpu_prebuilt_env BINARY...: LibTorch's libraries (the machine's torch wheel, the version the binaries were
 # compiled against) and CUDA's on the loader's path; returns 2, naming what is missing, unless every BINARY
 # exists and finds all its libraries.
+# Debian libraries whose C++ ABI differs from the GPU machine's copies under the same soname (.deps/prebuilt:
+# SentencePiece) come first for them.
 cw_gpu_prebuilt_env() {
-  local torch_lib b missing=0
+  local torch_lib b f missing=0
   torch_lib="$("$CW_PY" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
   export LD_LIBRARY_PATH="$torch_lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  if ls .deps/prebuilt/*.deb > /dev/null 2>&1; then
+    mkdir -p "$CW_DEPS-prebuilt"
+    for f in .deps/prebuilt/*.deb; do dpkg -x "$f" "$CW_DEPS-prebuilt"; done
+    export LD_LIBRARY_PATH="$CW_DEPS-prebuilt/usr/lib/x86_64-linux-gnu:$LD_LIBRARY_PATH"
+  else
+    echo "no .deps/prebuilt (tools/gpu-prepare): the prebuilt binaries load this machine's SentencePiece, whose C++ ABI differs"
+  fi
   for b in "$@"; do
     if [ ! -x "$b" ]; then echo "$b: missing (compile it on the CPU machine and carry its folder)"; missing=1; continue; fi
     if ldd "$b" | grep -q "not found"; then ldd "$b" | grep "not found" | sed "s|^|$b: |"; missing=1; fi
