@@ -9,6 +9,8 @@
 
 #if CHUNKWISE_CUTLASS
 #define CUTLASS_ENABLE_GDC_FOR_SM90 1  // the kernels' griddepcontrol.wait before their first global read (PDL)
+#include <iterator>
+
 #include <cute/tensor.hpp>
 #include <cutlass/cutlass.h>
 #include <cutlass/epilogue/collective/collective_builder.hpp>
@@ -125,7 +127,7 @@ constexpr const char* kNames[] = {"cutlass 64x128x64 pingpong persistent", "cutl
 
 }  // namespace
 
-int gemm_cutlass_configs() { return 4; }
+int gemm_cutlass_configs() { return int(std::size(kNames)); }
 
 const char* gemm_cutlass_name(int config) {
   return config >= 0 && config < gemm_cutlass_configs() ? kNames[config] : "none";

@@ -40,11 +40,8 @@ TEST(GpuKernels, PagedAttentionAndCascadeMergeMatchReference) {
       for (int page : {1, 16})
         for (int len : {1, page > 1 ? page - 1 : 2, page, page + 1, 300}) {
           const int n_pages = (len + page - 1) / page + 2;
-          auto k = round_bf16(random_vec(size_t(n_pages) * page * Hkv * hd, rng));
-          auto v = round_bf16(random_vec(size_t(n_pages) * page * Hkv * hd, rng));
-          std::vector<int32_t> all(static_cast<size_t>(n_pages));
-          std::iota(all.begin(), all.end(), 0);
-          std::shuffle(all.begin(), all.end(), rng);
+          const auto [k, v] = random_paged_kv(n_pages, page, Hkv, hd, rng);
+          const std::vector<int32_t> all = shuffled_pages(n_pages - 1, rng);
           std::vector<int32_t> pages(all.begin(), all.begin() + (len + page - 1) / page);
           // Two levels: item "prefix" = the first half of the pages for all rows; suffix per item.
           const int chunk = std::min(5, len), rows = 1 + chunk;
@@ -126,8 +123,7 @@ TEST(GpuKernels, DecodeAttentionWithFusedMergeMatchesReference) {
     q_ind.push_back(q_ind.back() + 1), kv_ind.push_back(int32_t(pages.size())), kv_len.push_back(L), kv_pos0.push_back(0);
     pos.push_back(L - 1);
   }
-  auto k = round_bf16(random_vec(size_t(n_pages + 1) * page * Hkv * hd, rng));
-  auto v = round_bf16(random_vec(size_t(n_pages + 1) * page * Hkv * hd, rng));
+  const auto [k, v] = random_paged_kv(n_pages + 1, page, Hkv, hd, rng);
   auto q = random_vec(size_t(rows) * H * hd, rng);
   kern::AttnShape S;
   S.rows = rows, S.heads = H, S.kv_heads = Hkv, S.head_dim = hd, S.page_size = page, S.q_stride = H * hd;
@@ -170,11 +166,8 @@ TEST(GpuKernels, TensorCorePrefillAttentionMatchesReference) {
     for (int page : {1, 16})
       for (auto [rows, len, pos0] : std::vector<std::tuple<int, int, int>>{{16, 16, 0}, {33, 77, 0}, {100, 300, 0}, {40, 64, 64}}) {
         const int hd = 64, n_pages = (len + page - 1) / page + 2;
-        auto k = round_bf16(random_vec(size_t(n_pages) * page * Hkv * hd, rng));
-        auto v = round_bf16(random_vec(size_t(n_pages) * page * Hkv * hd, rng));
-        std::vector<int32_t> all(static_cast<size_t>(n_pages));
-        std::iota(all.begin(), all.end(), 0);
-        std::shuffle(all.begin(), all.end(), rng);
+        const auto [k, v] = random_paged_kv(n_pages, page, Hkv, hd, rng);
+        const std::vector<int32_t> all = shuffled_pages(n_pages - 1, rng);
         std::vector<int32_t> pages(all.begin(), all.begin() + (len + page - 1) / page);
         // A decode row first (so the item starts at row 1), then the chunk: bottom-right causal, or (pos0 > 0)
         // a suffix-less prefix level where every key precedes every query.
@@ -236,8 +229,7 @@ TEST(GpuKernels, TensorCoreAttentionMatchesReference) {
         for (int i = 0; i < it.rows; ++i) pos.push_back(it.pos0 > 0 ? it.pos0 + it.len + i : it.len - it.rows + i);
       }
       const int rows = q_ind.back();
-      auto k = round_bf16(random_vec(size_t(n_pages + 1) * page * Hkv * hd, rng));
-      auto v = round_bf16(random_vec(size_t(n_pages + 1) * page * Hkv * hd, rng));
+      const auto [k, v] = random_paged_kv(n_pages + 1, page, Hkv, hd, rng);
       auto q = random_vec(size_t(rows) * H * hd, rng);
       kern::AttnShape S;
       S.rows = rows, S.heads = H, S.kv_heads = Hkv, S.head_dim = hd, S.page_size = page, S.q_stride = H * hd;

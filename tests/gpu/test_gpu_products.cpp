@@ -59,13 +59,10 @@ TEST(GpuKernels, ElementwiseKernelsAndGemvMatchTheirReferences) {
     for (float beta : {0.f, 1.f}) {
       auto W = round_bf16(random_vec(size_t(V) * d, rng));
       auto xin = round_bf16(random_vec(size_t(rows) * d, rng));
-      auto y0 = random_vec(size_t(rows) * V, rng);
-      auto ref_y = y0;
-      kern::ref::matmul(xin.data(), rows, d, W.data(), V, beta, ref_y.data());
+      auto check = product_check(xin, rows, d, W, V, beta, rng);
       Dev<uint16_t> dW(to_bf16(W)), dxin(to_bf16(xin));
-      Dev<float> dyv(beta == 0 ? std::vector<float>(y0.size(), NAN) : y0);
-      kc::gemv(dW.p, V, d, dxin.p, rows, beta, dyv.p, nullptr);
-      EXPECT_LE(rel_err(dyv.get(), ref_y), 1e-5) << "rows " << rows << " beta " << beta;
+      kc::gemv(dW.p, V, d, dxin.p, rows, beta, check.y.p, nullptr);
+      EXPECT_LE(rel_err(check.y.get(), check.want), 1e-5) << "rows " << rows << " beta " << beta;
     }
 }
 
@@ -76,15 +73,12 @@ TEST(GpuKernels, SkinnyTensorCoreProductMatchesReference) {
       for (float beta : {0.f, 1.f}) {
         auto W = round_bf16(random_vec(size_t(out) * in, rng));
         auto xin = round_bf16(random_vec(size_t(T) * in, rng));
-        auto y0 = random_vec(size_t(T) * out, rng);
-        auto want = y0;
-        kern::ref::matmul(xin.data(), T, in, W.data(), out, beta, want.data());
+        auto check = product_check(xin, T, in, W, out, beta, rng);
         Dev<uint16_t> dW(to_bf16(W)), dx(to_bf16(xin));
-        Dev<float> dy(beta == 0 ? std::vector<float>(y0.size(), NAN) : y0);
-        kc::gemm_skinny(dW.p, out, in, dx.p, T, beta, dy.p, nullptr);
-        auto got = dy.get();
+        kc::gemm_skinny(dW.p, out, in, dx.p, T, beta, check.y.p, nullptr);
+        auto got = check.y.get();
         for (float v : got) ASSERT_FALSE(std::isnan(v)) << out << "x" << in << " rows " << T << " beta " << beta;
-        EXPECT_LE(rel_err(got, want), 1e-5) << out << "x" << in << " rows " << T << " beta " << beta;
+        EXPECT_LE(rel_err(got, check.want), 1e-5) << out << "x" << in << " rows " << T << " beta " << beta;
       }
 }
 
@@ -106,12 +100,9 @@ TEST(GpuKernels, TunedProductsMatchReference) {
     for (int T : {16, 64}) gemm.tune(T, out, in, dW.p, dx.p, scratch.p);
     for (int T : {5, 13, 16, 40, 64})
       for (float beta : {0.f, 1.f}) {
-        auto y0 = random_vec(size_t(T) * out, rng);
-        auto want = y0;
-        kern::ref::matmul(xin.data(), T, in, W.data(), out, beta, want.data());
-        Dev<float> dy(beta == 0 ? std::vector<float>(y0.size(), NAN) : y0);
-        gemm.run(T, out, in, dW.p, dx.p, beta, dy.p);
-        EXPECT_LE(rel_err(dy.get(), want), 1e-5) << out << "x" << in << " rows " << T << " beta " << beta;
+        auto check = product_check(xin, T, in, W, out, beta, rng);
+        gemm.run(T, out, in, dW.p, dx.p, beta, check.y.p);
+        EXPECT_LE(rel_err(check.y.get(), check.want), 1e-5) << out << "x" << in << " rows " << T << " beta " << beta;
       }
   }
   std::cout << gemm.summary() << "\n";
@@ -170,23 +161,17 @@ TEST(GpuKernels, CutlassProductsMatchReference) {
   Dev<float> scratch(size_t(128) * out);
   for (int T : {64, 128}) gemm.tune(T, out, in, dW.p, dx.p, scratch.p);
   for (int T : {13, 64, 100, 128}) {
-    auto y0 = random_vec(size_t(T) * out, rng);
-    auto want = y0;
-    kern::ref::matmul(xin.data(), T, in, W.data(), out, 1.f, want.data());
-    Dev<float> dy(y0);
-    gemm.run(T, out, in, dW.p, dx.p, 1.f, dy.p);
-    EXPECT_LE(rel_err(dy.get(), want), 1e-5) << "tuned with CUTLASS candidates, rows " << T;
+    auto check = product_check(xin, T, in, W, out, 1.f, rng);
+    gemm.run(T, out, in, dW.p, dx.p, 1.f, check.y.p);
+    EXPECT_LE(rel_err(check.y.get(), check.want), 1e-5) << "tuned with CUTLASS candidates, rows " << T;
   }
   std::cout << gemm.summary() << "\n" << gemm.table_jsonl();
   EXPECT_NE(gemm.table_jsonl().find("\"rows\": 128"), std::string::npos) << "each tuned shape has its line";
   for (int c = 0; c < kc::gemm_cutlass_configs(); ++c) {  // CHUNKWISE_GEMM_CUTLASS_FORCE: no tuning at all
     serve::TunedGemm forced(blas, nullptr, blas_ws.p, size_t(32) << 20, false, c);
-    auto y0 = random_vec(size_t(40) * out, rng);
-    auto want = y0;
-    kern::ref::matmul(xin.data(), 40, in, W.data(), out, 1.f, want.data());
-    Dev<float> dy(y0);
-    forced.run(40, out, in, dW.p, dx.p, 1.f, dy.p);
-    EXPECT_LE(rel_err(dy.get(), want), 1e-5) << "forced " << kc::gemm_cutlass_name(c);
+    auto check = product_check(xin, 40, in, W, out, 1.f, rng);
+    forced.run(40, out, in, dW.p, dx.p, 1.f, check.y.p);
+    EXPECT_LE(rel_err(check.y.get(), check.want), 1e-5) << "forced " << kc::gemm_cutlass_name(c);
   }
   cublasDestroy(blas);
 }

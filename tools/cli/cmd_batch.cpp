@@ -13,6 +13,7 @@
 
 #include <unistd.h>
 
+#include "common/env.h"
 #include "common/files.h"
 #include "common/json.h"
 #include "data/tokenizer.h"
@@ -129,8 +130,7 @@ int batch_main(const Args& args) {
   }
   prompt_tokens -= resumed_prompt_tokens;
   // Test hook: end the process (as a crash would) once this many results are in the journal.
-  const char* exit_after = std::getenv("CHUNKWISE_BATCH_EXIT_AFTER");
-  const size_t exit_after_n = exit_after ? size_t(std::strtoull(exit_after, nullptr, 10)) : 0;
+  const size_t exit_after_n = size_t(env_int("CHUNKWISE_BATCH_EXIT_AFTER", 0));
 
   auto backend = make_backend(b, flags);
   serve::Engine engine(*backend, flags.engine);
