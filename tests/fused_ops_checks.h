@@ -34,11 +34,16 @@ inline torch::TensorOptions fused_opts(torch::Device device, torch::ScalarType d
 
 // q, k, v of fused_rope_qkv vs split + apply_rope in fp32 (on the same, possibly bf16-rounded, inputs), and the
 // gradient of a random weighted sum of all three outputs with respect to qkv.
-inline void check_fused_rope_qkv(torch::Device device, torch::ScalarType dtype, double tol, int64_t hd) {
-  const int64_t B = 2, T = 7, H = 4, Hkv = 2, W = (H + 2 * Hkv) * hd;
+// `repeats` copies of the two sequences make the batch (repeats 2,000 gives the GPU more units than threads).
+inline void check_fused_rope_qkv(torch::Device device, torch::ScalarType dtype, double tol, int64_t hd,
+                                 int64_t repeats = 1) {
+  const int64_t B = 2 * repeats, T = 7, H = 4, Hkv = 2, W = (H + 2 * Hkv) * hd;
   auto qkv = torch::randn({B, T, W}, fused_opts(device, dtype)).requires_grad_(true);
   // Positions restart inside the second row (document-masked packing) and reach far positions.
-  auto pos = torch::tensor({0, 1, 2, 3, 4, 5, 6, 900, 901, 0, 1, 2, 3, 4}, torch::kInt64).view({B, T}).to(device);
+  auto pos = torch::tensor({0, 1, 2, 3, 4, 5, 6, 900, 901, 0, 1, 2, 3, 4}, torch::kInt64)
+                 .view({2, T})
+                 .repeat({repeats, 1})
+                 .to(device);
   auto [cos, sin] = rope_tables(pos, hd, 10000.0);
   auto wq = torch::randn({B, T, H, hd}, fused_opts(device, torch::kFloat32));
   auto wk = torch::randn({B, T, Hkv, hd}, wq.options()), wv = torch::randn({B, T, Hkv, hd}, wq.options());
@@ -64,12 +69,13 @@ inline void check_fused_rope_qkv(torch::Device device, torch::ScalarType dtype, 
   EXPECT_LE(max_relative_error(grad, ref_in.grad()), tol) << "d qkv";
 }
 
-// F a multiple of 8: the GPU moves 16-byte packs; otherwise one element at a time.
-inline void check_fused_swiglu(torch::Device device, torch::ScalarType dtype, double tol, int64_t F = 24) {
-  auto gu = (torch::randn({3, 5, 2 * F}, fused_opts(device, dtype)) * 3).requires_grad_(true);
-  auto w = torch::randn({3, 5, F}, fused_opts(device, torch::kFloat32));
+// F a multiple of 8: the GPU moves 16-byte packs; otherwise one element at a time. `batch` x 5 rows.
+inline void check_fused_swiglu(torch::Device device, torch::ScalarType dtype, double tol, int64_t F = 24,
+                               int64_t batch = 3) {
+  auto gu = (torch::randn({batch, 5, 2 * F}, fused_opts(device, dtype)) * 3).requires_grad_(true);
+  auto w = torch::randn({batch, 5, F}, fused_opts(device, torch::kFloat32));
   auto h = fused_swiglu(gu);
-  ASSERT_EQ(h.sizes(), (std::vector<int64_t>{3, 5, F}));
+  ASSERT_EQ(h.sizes(), (std::vector<int64_t>{batch, 5, F}));
   (h.to(torch::kFloat32) * w).sum().backward();
 
   auto ref_in = gu.detach().to(torch::kFloat32).requires_grad_(true);
@@ -100,12 +106,12 @@ inline void check_fused_swiglu_down(torch::Device device, torch::ScalarType dtyp
 // h and y of fused_add_rmsnorm vs x + delta and the RMSNorm formula in fp32, and the gradients of x, delta and
 // w, with h read afterwards (the residual stream) or not.
 inline void check_fused_add_rmsnorm(torch::Device device, torch::ScalarType delta_dtype, torch::ScalarType out_dtype,
-                                    double tol, int64_t d, bool h_used) {
+                                    double tol, int64_t d, bool h_used, int64_t batch = 3) {
   auto f32 = fused_opts(device, torch::kFloat32);
-  auto x = torch::randn({3, 5, d}, f32).requires_grad_(true);
-  auto delta = torch::randn({3, 5, d}, f32).to(delta_dtype).requires_grad_(true);
+  auto x = torch::randn({batch, 5, d}, f32).requires_grad_(true);
+  auto delta = torch::randn({batch, 5, d}, f32).to(delta_dtype).requires_grad_(true);
   auto w = (torch::rand({d}, f32) + 0.5).requires_grad_(true);
-  auto wh = torch::randn({3, 5, d}, f32), wy = torch::randn({3, 5, d}, f32);
+  auto wh = torch::randn({batch, 5, d}, f32), wy = torch::randn({batch, 5, d}, f32);
   const double eps = 1e-5;
   auto out = fused_add_rmsnorm(x, delta, w, eps, out_dtype);
   EXPECT_EQ(out[0].scalar_type(), torch::kFloat32);

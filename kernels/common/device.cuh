@@ -107,6 +107,40 @@ struct PackIo {
     store_pack<T, N>(p, in);
   }
 };
+// Grid-stride loop over rows x per_row items, calling f(row, item) for this thread's items. The (row, item)
+// pair is carried from step to step instead of divided out of a flat index each time (a 64-bit division per
+// item costs as much as a 16-byte item's memory traffic).
+template <typename F>
+__device__ __forceinline__ void for_each_row_item(int64_t rows, int64_t per_row, F&& f) {
+  const int64_t start = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, stride = int64_t(gridDim.x) * blockDim.x;
+  const int64_t stride_rows = stride / per_row, stride_items = stride - stride_rows * per_row;
+  int64_t r = start / per_row, j = start - r * per_row;
+  while (r < rows) {
+    f(r, j);
+    r += stride_rows;
+    j += stride_items;
+    if (j >= per_row) j -= per_row, ++r;
+  }
+}
+
+// Four consecutive elements in one access: 16 bytes of fp32 or 8 bytes of bf16 (p aligned to that size).
+__device__ __forceinline__ void load4(const float* p, float (&out)[4]) {
+  const float4 v = *reinterpret_cast<const float4*>(p);
+  out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
+}
+__device__ __forceinline__ void load4(const uint16_t* p, float (&out)[4]) {
+  const uint2 v = *reinterpret_cast<const uint2*>(p);
+  const float2 a = bf2_to_float2(v.x), b = bf2_to_float2(v.y);
+  out[0] = a.x, out[1] = a.y, out[2] = b.x, out[3] = b.y;
+}
+__device__ __forceinline__ void store4(float* p, const float (&in)[4]) {
+  *reinterpret_cast<float4*>(p) = make_float4(in[0], in[1], in[2], in[3]);
+}
+__device__ __forceinline__ void store4(uint16_t* p, const float (&in)[4]) {
+  const uint32_t lo = uint32_t(float_to_bf16(in[0])) | uint32_t(float_to_bf16(in[1])) << 16;
+  const uint32_t hi = uint32_t(float_to_bf16(in[2])) | uint32_t(float_to_bf16(in[3])) << 16;
+  *reinterpret_cast<uint2*>(p) = make_uint2(lo, hi);
+}
 __host__ __device__ __forceinline__ bool aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 __host__ __device__ __forceinline__ bool aligned16(const void* p) { return aligned(p, 16); }
 

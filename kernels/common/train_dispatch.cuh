@@ -39,4 +39,10 @@ inline bool all_aligned16(std::initializer_list<const void*> ptrs) {
 // Blocks for a kernel whose blocks stride over rows.
 inline int row_blocks(int64_t rows, int64_t cap = 132 * 16) { return int(std::min<int64_t>(rows, cap)); }
 
+// Blocks of 256 threads for a kernel whose threads stride over `items` flattened across rows: one item per
+// thread up to eight blocks per SM of a 132-SM card, then each thread takes several.
+inline int pack_blocks(int64_t items, int64_t cap = 132 * 8) {
+  return int(std::max<int64_t>(1, std::min<int64_t>((items + 255) / 256, cap)));
+}
+
 }  // namespace cw::kern::cuda

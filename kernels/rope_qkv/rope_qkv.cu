@@ -1,7 +1,7 @@
 // Fused RoPE on the q/k/v product for training, forward and backward (unit functions: rope_qkv_math.h; CPU
-// path: models/fused_ops.cpp; reference: apply_rope in models/llama.cpp). Blocks stride over rows, threads over
-// a row's output units (a warp stores one contiguous run), moved as 16-byte packs (the fp32 tables as 2 x 16
-// bytes under bf16); N = 1 when head_dim/2, the row stride or a pointer does not allow it.
+// path: models/fused_ops.cpp; reference: apply_rope in models/llama.cpp). Threads stride over the output units
+// of all rows (a warp stores one contiguous run; no thread idles at a row's end), moved as 16-byte packs (the
+// fp32 tables as 2 x 16 bytes under bf16); N = 1 when head_dim/2, the row stride or a pointer does not allow it.
 #include "kernels/common/train_dispatch.cuh"
 #include "kernels/cuda.h"
 
@@ -12,19 +12,17 @@ namespace {
 template <typename T, int N>
 __global__ void rope_qkv_forward_kernel(const T* qkv, const float* cos, const float* sin, RopeQkvShape s, T* q, T* k,
                                         T* v) {
-  const int per_row = rope_qkv_units_per_row<N>(s);
-  for (int64_t r = blockIdx.x; r < s.rows; r += gridDim.x)
-    for (int j = threadIdx.x; j < per_row; j += blockDim.x)
-      rope_qkv_forward_unit<T, N, dev::PackIo>(r, j, s, qkv, cos, sin, q, k, v);
+  dev::for_each_row_item(s.rows, rope_qkv_units_per_row<N>(s), [&](int64_t r, int64_t j) {
+    rope_qkv_forward_unit<T, N, dev::PackIo>(r, int(j), s, qkv, cos, sin, q, k, v);
+  });
 }
 
 template <typename T, int N>
 __global__ void rope_qkv_backward_kernel(const T* dq, const T* dk, const T* dv, const float* cos, const float* sin,
                                          RopeQkvShape s, T* dqkv) {
-  const int per_row = rope_qkv_units_per_row<N>(s);
-  for (int64_t r = blockIdx.x; r < s.rows; r += gridDim.x)
-    for (int j = threadIdx.x; j < per_row; j += blockDim.x)
-      rope_qkv_backward_unit<T, N, dev::PackIo>(r, j, s, dq, dk, dv, cos, sin, dqkv);
+  dev::for_each_row_item(s.rows, rope_qkv_units_per_row<N>(s), [&](int64_t r, int64_t j) {
+    rope_qkv_backward_unit<T, N, dev::PackIo>(r, int(j), s, dq, dk, dv, cos, sin, dqkv);
+  });
 }
 
 }  // namespace
@@ -37,7 +35,8 @@ void rope_qkv_forward(Storage st, const void* qkv, const float* cos, const float
   };
   with_storage_pack(st, fits, [&](auto tag, auto n) {
     using T = decltype(tag);
-    rope_qkv_forward_kernel<T, decltype(n)::value><<<row_blocks(shape.rows), 256, 0, s>>>(
+    const int64_t units = shape.rows * rope_qkv_units_per_row<decltype(n)::value>(shape);
+    rope_qkv_forward_kernel<T, decltype(n)::value><<<pack_blocks(units), 256, 0, s>>>(
         static_cast<const T*>(qkv), cos, sin, shape, static_cast<T*>(q), static_cast<T*>(k), static_cast<T*>(v));
   });
   check_cuda(cudaGetLastError(), "rope_qkv forward kernel");
@@ -52,7 +51,8 @@ void rope_qkv_backward(Storage st, const void* dq, const void* dk, const void* d
   };
   with_storage_pack(st, fits, [&](auto tag, auto n) {
     using T = decltype(tag);
-    rope_qkv_backward_kernel<T, decltype(n)::value><<<row_blocks(shape.rows), 256, 0, s>>>(
+    const int64_t units = shape.rows * rope_qkv_units_per_row<decltype(n)::value>(shape);
+    rope_qkv_backward_kernel<T, decltype(n)::value><<<pack_blocks(units), 256, 0, s>>>(
         static_cast<const T*>(dq), static_cast<const T*>(dk), static_cast<const T*>(dv), cos, sin, shape,
         static_cast<T*>(dqkv));
   });

@@ -1,6 +1,7 @@
 // SwiGLU for training on the GPU, forward and backward (value math: swiglu_grad_math.h; CPU path:
-// models/fused_ops.cpp; reference: torch::silu(g) * u under autograd). Blocks stride over rows, threads over
-// a row's elements in 16-byte packs when the row width and pointers allow it, else one element at a time.
+// models/fused_ops.cpp; reference: torch::silu(g) * u under autograd). Threads stride over all packs of all rows
+// (16-byte packs when the row width and pointers allow it, else one element at a time), so no thread idles at
+// a row's end when the width is not a multiple of the block's span (2,816 = 1.375 x 256 packs of 8).
 #include "kernels/common/train_dispatch.cuh"
 #include "kernels/cuda.h"
 #include "kernels/swiglu_grad/swiglu_grad_math.h"
@@ -11,35 +12,33 @@ namespace {
 
 template <typename T, int N>
 __global__ void swiglu_forward_kernel(const T* gate_up, int64_t rows, int64_t ff, T* h) {
-  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+  dev::for_each_row_item(rows, ff / N, [&](int64_t r, int64_t j) {
+    const int64_t c = j * N;
     const T* g_row = gate_up + r * 2 * ff;
-    for (int64_t c = int64_t(threadIdx.x) * N; c < ff; c += int64_t(blockDim.x) * N) {
-      float g[N], u[N], out[N];
-      dev::load_pack<T, N>(g_row + c, g);
-      dev::load_pack<T, N>(g_row + ff + c, u);
+    float g[N], u[N], out[N];
+    dev::load_pack<T, N>(g_row + c, g);
+    dev::load_pack<T, N>(g_row + ff + c, u);
 #pragma unroll
-      for (int k = 0; k < N; ++k) out[k] = swiglu_value(g[k], u[k]);
-      dev::store_pack<T, N>(h + r * ff + c, out);
-    }
-  }
+    for (int k = 0; k < N; ++k) out[k] = swiglu_value(g[k], u[k]);
+    dev::store_pack<T, N>(h + r * ff + c, out);
+  });
 }
 
 template <typename T, int N>
 __global__ void swiglu_backward_kernel(const T* gate_up, const T* dh, int64_t rows, int64_t ff, T* dgate_up) {
-  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+  dev::for_each_row_item(rows, ff / N, [&](int64_t r, int64_t j) {
+    const int64_t c = j * N;
     const T* g_row = gate_up + r * 2 * ff;
     T* d_row = dgate_up + r * 2 * ff;
-    for (int64_t c = int64_t(threadIdx.x) * N; c < ff; c += int64_t(blockDim.x) * N) {
-      float g[N], u[N], d[N], dg[N], du[N];
-      dev::load_pack<T, N>(g_row + c, g);
-      dev::load_pack<T, N>(g_row + ff + c, u);
-      dev::load_pack<T, N>(dh + r * ff + c, d);
+    float g[N], u[N], d[N], dg[N], du[N];
+    dev::load_pack<T, N>(g_row + c, g);
+    dev::load_pack<T, N>(g_row + ff + c, u);
+    dev::load_pack<T, N>(dh + r * ff + c, d);
 #pragma unroll
-      for (int k = 0; k < N; ++k) swiglu_grads(g[k], u[k], d[k], dg[k], du[k]);
-      dev::store_pack<T, N>(d_row + c, dg);
-      dev::store_pack<T, N>(d_row + ff + c, du);
-    }
-  }
+    for (int k = 0; k < N; ++k) swiglu_grads(g[k], u[k], d[k], dg[k], du[k]);
+    dev::store_pack<T, N>(d_row + c, dg);
+    dev::store_pack<T, N>(d_row + ff + c, du);
+  });
 }
 
 }  // namespace
@@ -50,7 +49,8 @@ void swiglu_forward(Storage st, const void* gate_up, int64_t rows, int64_t ff, v
   with_storage_pack(st, fits, [&](auto tag, auto n) {
     using T = decltype(tag);
     swiglu_forward_kernel<T, decltype(n)::value>
-        <<<row_blocks(rows), 256, 0, s>>>(static_cast<const T*>(gate_up), rows, ff, static_cast<T*>(h));
+        <<<pack_blocks(rows * (ff / decltype(n)::value)), 256, 0, s>>>(static_cast<const T*>(gate_up), rows, ff,
+                                                                        static_cast<T*>(h));
   });
   check_cuda(cudaGetLastError(), "swiglu forward kernel");
 }
@@ -61,7 +61,7 @@ void swiglu_backward(Storage st, const void* gate_up, const void* dh, int64_t ro
   const auto fits = [&](int n) { return all_aligned16({gate_up, dh, dgate_up}) && ff % n == 0; };
   with_storage_pack(st, fits, [&](auto tag, auto n) {
     using T = decltype(tag);
-    swiglu_backward_kernel<T, decltype(n)::value><<<row_blocks(rows), 256, 0, s>>>(
+    swiglu_backward_kernel<T, decltype(n)::value><<<pack_blocks(rows * (ff / decltype(n)::value)), 256, 0, s>>>(
         static_cast<const T*>(gate_up), static_cast<const T*>(dh), rows, ff, static_cast<T*>(dgate_up));
   });
   check_cuda(cudaGetLastError(), "swiglu backward kernel");

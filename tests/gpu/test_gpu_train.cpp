@@ -28,6 +28,8 @@ TEST(GpuFusedOps, RopeQkvMatchesApplyRope) {
   check_fused_rope_qkv(torch::kCUDA, torch::kBFloat16, 1e-2, 64);
   check_fused_rope_qkv(torch::kCUDA, torch::kBFloat16, 1e-2, 128);
   check_fused_rope_qkv(torch::kCUDA, torch::kBFloat16, 1e-2, 8);  // one pair per unit
+  // 56,000 rows of 512 elements: 3.6M units of 8, more than the grid's threads, which stride over them.
+  check_fused_rope_qkv(torch::kCUDA, torch::kBFloat16, 1e-2, 64, /*repeats=*/4000);
 }
 
 TEST(GpuFusedOps, SwiGluMatchesSiluTimesUp) {
@@ -37,6 +39,9 @@ TEST(GpuFusedOps, SwiGluMatchesSiluTimesUp) {
     check_fused_swiglu(torch::kCUDA, torch::kFloat32, 1e-5, F);
     check_fused_swiglu(torch::kCUDA, torch::kBFloat16, 1e-2, F);
   }
+  // 40,000 rows of 88: 440,000 packs of 8 (bf16) and 880,000 of 4 (fp32), more than the grid's threads.
+  check_fused_swiglu(torch::kCUDA, torch::kFloat32, 1e-5, 88, /*batch=*/8000);
+  check_fused_swiglu(torch::kCUDA, torch::kBFloat16, 1e-2, 88, /*batch=*/8000);
 }
 
 TEST(GpuFusedOps, SwiGluDownRecomputesTheProductInput) {
@@ -49,13 +54,20 @@ TEST(GpuFusedOps, SwiGluDownRecomputesTheProductInput) {
 TEST(GpuFusedOps, AddRmsNormMatchesTheFormula) {
   SKIP_WITHOUT_GPU();
   torch::manual_seed(4);
-  for (int64_t d : {40, 768, 1100, 4096})  // one, three, five and sixteen columns per thread
+  // Forward: a warp per row at 128, 768, 1024 (one, six and eight packs of four per lane), else a block per
+  // row. Backward: packs of four at every width but 1102 (one, two and four packs per thread at 1024, 1100,
+  // 4096), which takes one element per access. 128 also over 9,000 rows, so warps and blocks stride over rows
+  // and the backward pass sums the weight gradient of many blocks.
+  for (int64_t d : {40, 128, 768, 1024, 1100, 1102, 4096})
     for (bool h_used : {true, false}) {
       SCOPED_TRACE("d " + std::to_string(d) + (h_used ? ", h read afterwards" : ""));
       check_fused_add_rmsnorm(torch::kCUDA, torch::kFloat32, torch::kFloat32, 1e-5, d, h_used);
       check_fused_add_rmsnorm(torch::kCUDA, torch::kBFloat16, torch::kBFloat16, 1e-2, d, h_used);
       check_fused_add_rmsnorm(torch::kCUDA, torch::kFloat32, torch::kBFloat16, 1e-2, d, h_used);
     }
+  SCOPED_TRACE("d 128, 9,000 rows");
+  check_fused_add_rmsnorm(torch::kCUDA, torch::kFloat32, torch::kFloat32, 1e-5, 128, true, /*batch=*/1800);
+  check_fused_add_rmsnorm(torch::kCUDA, torch::kBFloat16, torch::kBFloat16, 1e-2, 128, false, /*batch=*/1800);
 }
 
 TEST(GpuFusedOps, CrossEntropyMatchesTorchWithIgnoredTargets) {
