@@ -1,6 +1,6 @@
 // Fused rotate-half RoPE for training, on the output of the fused q/k/v product. The work of a row is cut
-// into units, each writing N consecutive output elements (so a warp's stores are one contiguous run): an
-// element y[i] of a q or k head needs x[i] and its partner x[i +- hd/2]; a v unit is a copy.
+// into units: in a q or k head, N pairs (x[i], x[i + hd/2]) that rotate together with one read of the cos and
+// sin tables (so a warp's stores cover whole heads); in v, a copy of 2N elements.
 // The unit functions run in the CUDA kernels (rope_qkv.cu, with 16-byte packs) and in the CPU loop of
 // models/fused_ops.cpp (element by element) with the same N, so the CPU suite tests the GPU's indexing; the
 // independent reference is apply_rope() in models/llama.cpp. Compiles as plain C++ and as CUDA.
@@ -31,61 +31,80 @@ struct ElementIo {
   }
 };
 
-// Units per row for N (head_dim/2 a multiple of N): one per N output elements, q heads, k heads, then v.
+// Units per row for N (head_dim/2 a multiple of N): one per N rotated pairs of a q or k head, then one per 2N
+// elements of v.
 template <int N>
 CW_HD int rope_qkv_units_per_row(const RopeQkvShape& s) {
-  return (s.heads + 2 * s.kv_heads) * s.head_dim / N;
+  return (s.heads + 2 * s.kv_heads) * s.head_dim / (2 * N);
 }
 
-// Output unit j of row r: y = x * cos + rotate_half(x) * sin, rotate_half(x) = [-x2 | x1]. The tables
-// repeat after hd/2, so the first half's N entries serve both halves.
+// Unit j of row r. In a q or k head it rotates N pairs (x1 at i < hd/2, x2 at i + hd/2) with one read of
+// the tables: y1 = x1 c - x2 s, y2 = x2 c + x1 s (y = x * cos + rotate_half(x) * sin, rotate_half(x) =
+// [-x2 | x1]; the tables repeat after hd/2). In v it copies 2N consecutive elements.
 template <typename T, int N, typename Io>
 CW_HD void rope_qkv_forward_unit(int64_t r, int j, const RopeQkvShape& s, const T* qkv, const float* cos,
                                  const float* sin, T* q, T* k, T* v) {
-  const int hd = s.head_dim, half = hd / 2, col = j * N, h = col / hd, i = col % hd;
+  const int hd = s.head_dim, half = hd / 2, per_head = half / N, rotated = (s.heads + s.kv_heads) * per_head;
   const T* x = qkv + r * s.qkv_stride;
-  float out[N];
-  Io::template load<N>(x + col, out);
-  if (h < s.heads + s.kv_heads) {
-    const bool first = i < half;
-    const int base = first ? i : i - half;
-    float partner[N], c[N], sn[N];
-    Io::template load<N>(x + h * hd + (first ? i + half : base), partner);
-    Io::template load<N>(cos + r * hd + base, c);
-    Io::template load<N>(sin + r * hd + base, sn);
-    for (int e = 0; e < N; ++e) {  // first half: x1 c - x2 s; second half: x2 c + x1 s
-      out[e] = first ? out[e] * c[e] - partner[e] * sn[e] : out[e] * c[e] + partner[e] * sn[e];
+  if (j < rotated) {
+    const int h = j / per_head, i = (j % per_head) * N;
+    float x1[N], x2[N], c[N], sn[N];
+    Io::template load<N>(x + h * hd + i, x1);
+    Io::template load<N>(x + h * hd + i + half, x2);
+    Io::template load<N>(cos + r * hd + i, c);
+    Io::template load<N>(sin + r * hd + i, sn);
+    float y1[N], y2[N];
+    for (int e = 0; e < N; ++e) {
+      y1[e] = x1[e] * c[e] - x2[e] * sn[e];
+      y2[e] = x2[e] * c[e] + x1[e] * sn[e];
     }
     T* dst = h < s.heads ? q + (r * s.heads + h) * hd : k + (r * s.kv_heads + (h - s.heads)) * hd;
-    Io::template store<N>(dst + i, out);
+    Io::template store<N>(dst + i, y1);
+    Io::template store<N>(dst + i + half, y2);
   } else {
-    Io::template store<N>(v + r * s.kv_heads * hd + (col - (s.heads + s.kv_heads) * hd), out);
+    const int col = (j - rotated) * 2 * N;
+    const T* src = x + (s.heads + s.kv_heads) * hd + col;
+    T* dst = v + r * s.kv_heads * hd + col;
+    float a[N], b[N];
+    Io::template load<N>(src, a);
+    Io::template load<N>(src + N, b);
+    Io::template store<N>(dst, a);
+    Io::template store<N>(dst + N, b);
   }
 }
 
-// Unit j of d qkv's row r, the transposed rotation: dx1 = dy1 c + dy2 s, dx2 = dy2 c - dy1 s.
+// Unit j of d qkv's row r, the transposed rotation of the same pairs: dx1 = dy1 c + dy2 s, dx2 = dy2 c - dy1 s;
+// v's units copy dv.
 template <typename T, int N, typename Io>
 CW_HD void rope_qkv_backward_unit(int64_t r, int j, const RopeQkvShape& s, const T* dq, const T* dk, const T* dv,
                                   const float* cos, const float* sin, T* dqkv) {
-  const int hd = s.head_dim, half = hd / 2, col = j * N, h = col / hd, i = col % hd;
+  const int hd = s.head_dim, half = hd / 2, per_head = half / N, rotated = (s.heads + s.kv_heads) * per_head;
   T* dx = dqkv + r * int64_t(s.heads + 2 * s.kv_heads) * hd;
-  float out[N];
-  if (h < s.heads + s.kv_heads) {
+  if (j < rotated) {
+    const int h = j / per_head, i = (j % per_head) * N;
     const T* dy = h < s.heads ? dq + (r * s.heads + h) * hd : dk + (r * s.kv_heads + (h - s.heads)) * hd;
-    const bool first = i < half;
-    const int base = first ? i : i - half;
-    float partner[N], c[N], sn[N];
-    Io::template load<N>(dy + i, out);
-    Io::template load<N>(dy + (first ? i + half : base), partner);
-    Io::template load<N>(cos + r * hd + base, c);
-    Io::template load<N>(sin + r * hd + base, sn);
+    float g1[N], g2[N], c[N], sn[N];
+    Io::template load<N>(dy + i, g1);
+    Io::template load<N>(dy + i + half, g2);
+    Io::template load<N>(cos + r * hd + i, c);
+    Io::template load<N>(sin + r * hd + i, sn);
+    float d1[N], d2[N];
     for (int e = 0; e < N; ++e) {
-      out[e] = first ? out[e] * c[e] + partner[e] * sn[e] : out[e] * c[e] - partner[e] * sn[e];
+      d1[e] = g1[e] * c[e] + g2[e] * sn[e];
+      d2[e] = g2[e] * c[e] - g1[e] * sn[e];
     }
+    Io::template store<N>(dx + h * hd + i, d1);
+    Io::template store<N>(dx + h * hd + i + half, d2);
   } else {
-    Io::template load<N>(dv + r * s.kv_heads * hd + (col - (s.heads + s.kv_heads) * hd), out);
+    const int col = (j - rotated) * 2 * N;
+    const T* src = dv + r * s.kv_heads * hd + col;
+    T* dst = dx + (s.heads + s.kv_heads) * hd + col;
+    float a[N], b[N];
+    Io::template load<N>(src, a);
+    Io::template load<N>(src + N, b);
+    Io::template store<N>(dst, a);
+    Io::template store<N>(dst + N, b);
   }
-  Io::template store<N>(dx + col, out);
 }
 
 // The unit width both paths use for bf16 (8) or fp32 (4) storage, 1 when head_dim/2 or the q/k/v row
