@@ -32,6 +32,21 @@ void with_storage_pack(Storage st, Fits&& fits, F&& f) {
   }
 }
 
+// As with_storage_pack, trying N = 32 / sizeof(T) first (two 16-byte accesses per item: more bytes in flight
+// per thread, for kernels that do little else), then 16 / sizeof(T), then 1.
+template <typename Fits, typename F>
+void with_storage_wide_pack(Storage st, Fits&& fits, F&& f) {
+  if (st == Storage::BF16) {
+    if (fits(16)) f(uint16_t{}, std::integral_constant<int, 16>{});
+    else if (fits(8)) f(uint16_t{}, std::integral_constant<int, 8>{});
+    else f(uint16_t{}, std::integral_constant<int, 1>{});
+  } else {
+    if (fits(8)) f(float{}, std::integral_constant<int, 8>{});
+    else if (fits(4)) f(float{}, std::integral_constant<int, 4>{});
+    else f(float{}, std::integral_constant<int, 1>{});
+  }
+}
+
 inline bool all_aligned16(std::initializer_list<const void*> ptrs) {
   return std::all_of(ptrs.begin(), ptrs.end(), [](const void* p) { return dev::aligned16(p); });
 }

@@ -35,13 +35,14 @@ TEST(GpuFusedOps, RopeQkvMatchesApplyRope) {
 TEST(GpuFusedOps, SwiGluMatchesSiluTimesUp) {
   SKIP_WITHOUT_GPU();
   torch::manual_seed(2);
-  for (int64_t F : {24, 21}) {
+  // Items of 8 elements (fp32 at 24, bf16 at 24), 4 (fp32 at 20) and 1 (21; bf16 at 20).
+  for (int64_t F : {24, 20, 21}) {
     check_fused_swiglu(torch::kCUDA, torch::kFloat32, 1e-5, F);
     check_fused_swiglu(torch::kCUDA, torch::kBFloat16, 1e-2, F);
   }
-  // 40,000 rows of 88: 440,000 packs of 8 (bf16) and 880,000 of 4 (fp32), more than the grid's threads.
-  check_fused_swiglu(torch::kCUDA, torch::kFloat32, 1e-5, 88, /*batch=*/8000);
-  check_fused_swiglu(torch::kCUDA, torch::kBFloat16, 1e-2, 88, /*batch=*/8000);
+  // 80,000 rows of 96: forward items of 16 (bf16) and 8 (fp32), 480,000 and 960,000 of them; the grid strides.
+  check_fused_swiglu(torch::kCUDA, torch::kFloat32, 1e-5, 96, /*batch=*/16000);
+  check_fused_swiglu(torch::kCUDA, torch::kBFloat16, 1e-2, 96, /*batch=*/16000);
 }
 
 TEST(GpuFusedOps, SwiGluDownRecomputesTheProductInput) {
