@@ -125,7 +125,6 @@ __global__ void __launch_bounds__(kThreads) add_rmsnorm_backward_pack_kernel(con
                                                                              const float* dh_next, int64_t rows,
                                                                              int d, float* dx, TD* ddelta,
                                                                              float* dw_partial) {
-  const int packs = d / 4;
   float acc[P][4];
 #pragma unroll
   for (int p = 0; p < P; ++p)
@@ -167,7 +166,7 @@ __global__ void __launch_bounds__(kThreads) add_rmsnorm_backward_pack_kernel(con
 #pragma unroll
   for (int p = 0; p < P; ++p) {
     const int c = (threadIdx.x + p * kThreads) * 4;
-    if (c < packs * 4) dev::store4(dw_partial + int64_t(blockIdx.x) * d + c, acc[p]);
+    if (c < d) dev::store4(dw_partial + int64_t(blockIdx.x) * d + c, acc[p]);
   }
 }
 

@@ -108,8 +108,8 @@ struct PackIo {
   }
 };
 // Grid-stride loop over rows x per_row items, calling f(row, item) for this thread's items. The (row, item)
-// pair is carried from step to step instead of divided out of a flat index each time (a 64-bit division per
-// item costs as much as a 16-byte item's memory traffic).
+// pair is carried from step to step instead of divided out of a flat index each time (no 64-bit division per
+// item in kernels that move only a few 16-byte packs per item).
 template <typename F>
 __device__ __forceinline__ void for_each_row_item(int64_t rows, int64_t per_row, F&& f) {
   const int64_t start = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, stride = int64_t(gridDim.x) * blockDim.x;
