@@ -372,6 +372,26 @@ struct AttnResult {  // what a launch left: the output and both caches
   std::vector<uint16_t> out, k, v;
 };
 
+// What one launch of a rope test reads and writes, fresh from the step: q/k/v, both caches, the splits' partial
+// outputs and log-sum-exps, the merged output, and COUNTER_SLOTS merge counters at zero.
+struct RopeRunBuffers {
+  Dev<float> qkv, o_part, lse_part;
+  Dev<uint16_t> k, v, out;
+  Dev<int32_t> counters;
+  kc::AttnMerge merge;
+  RopeRunBuffers(const RopeStep& st, int splits, size_t counter_slots)
+      : qkv(st.qkv), o_part(size_t(splits) * st.out_size()), lse_part(size_t(splits) * st.rows * st.S.heads),
+        k(st.kc0), v(st.vc0), out(st.out_size()), counters(std::vector<int32_t>(counter_slots, 0)) {
+    merge.slots = splits, merge.out = out.p, merge.counters = counters.p;
+  }
+  // The output and caches the launch left; its merge counters must be back at zero.
+  AttnResult result(const std::string& where) const {
+    AttnResult r{out.get(), k.get(), v.get()};
+    for (int32_t cnt : counters.get()) EXPECT_EQ(cnt, 0) << where << ": merge counters are left at zero";
+    return r;
+  }
+};
+
 // RoPE inside the attention launch must give bit for bit what rope_append then the attention gave.
 void expect_same_bits(const AttnResult& got, const AttnResult& want, const std::vector<uint16_t>& kc0,
                       const std::string& where) {
@@ -402,22 +422,16 @@ TEST(GpuKernels, DecodeAttentionWithRopeInsideEqualsRopeAppendThenAttention) {
         kc::attention_tiles(st.q_ind, 1, ti, tr);
         Dev<int32_t> dti(ti), dtr(tr);
         auto run = [&](bool inside) {
-          Dev<float> dqkv(st.qkv), dop(size_t(splits) * st.out_size()), dlp(size_t(splits) * st.rows * H);
-          Dev<uint16_t> dk(st.kc0), dv(st.vc0), dout(st.out_size());
-          Dev<int32_t> counters(std::vector<int32_t>(ti.size() * size_t(Hkv), 0));
-          kc::AttnMerge merge;
-          merge.slots = splits, merge.out = dout.p, merge.counters = counters.p;
+          RopeRunBuffers b(st, splits, ti.size() * size_t(Hkv));
           if (inside) {
-            kc::paged_attention_mma_decode_rope(dqkv.p, d.pos.p, d.level, dti.p, dtr.p, int(ti.size()), st.S, dk.p,
-                                                dv.p, splits, dop.p, dlp.p, merge, 10000.f, nullptr);
+            kc::paged_attention_mma_decode_rope(b.qkv.p, d.pos.p, d.level, dti.p, dtr.p, int(ti.size()), st.S, b.k.p,
+                                                b.v.p, splits, b.o_part.p, b.lse_part.p, b.merge, 10000.f, nullptr);
           } else {
-            kc::rope_append(dqkv.p, d.pos.p, d.slot.p, st.rows, H, Hkv, hd, 10000.f, dk.p, dv.p, nullptr);
-            kc::paged_attention_mma(dqkv.p, d.pos.p, d.level, dti.p, dtr.p, int(ti.size()), 1, 1, st.S, dk.p, dv.p,
-                                    splits, 0, dop.p, dlp.p, merge, nullptr);
+            kc::rope_append(b.qkv.p, d.pos.p, d.slot.p, st.rows, H, Hkv, hd, 10000.f, b.k.p, b.v.p, nullptr);
+            kc::paged_attention_mma(b.qkv.p, d.pos.p, d.level, dti.p, dtr.p, int(ti.size()), 1, 1, st.S, b.k.p, b.v.p,
+                                    splits, 0, b.o_part.p, b.lse_part.p, b.merge, nullptr);
           }
-          const AttnResult r{dout.get(), dk.get(), dv.get()};
-          for (int32_t cnt : counters.get()) EXPECT_EQ(cnt, 0) << "counters are left at zero";
-          return r;
+          return b.result(st.name);
         };
         const AttnResult want = run(false);
         expect_same_bits(run(true), want, st.kc0, st.name + " splits " + std::to_string(splits));
@@ -459,26 +473,20 @@ TEST(GpuKernels, AttentionWithTheRopePhaseEqualsRopeAppendThenAttention) {
           const std::string where = std::string(mixed ? "mixed launch " : "narrow launch ") + st.name + " splits " +
                                     std::to_string(splits) + " rows per tile " + std::to_string(rpt);
           auto run = [&](bool inside) {
-            Dev<float> dqkv(st.qkv), dop(size_t(splits) * st.out_size()), dlp(size_t(splits) * st.rows * H);
-            Dev<uint16_t> dk(st.kc0), dv(st.vc0), dout(st.out_size());
-            Dev<int32_t> counters(std::vector<int32_t>(mixed_ti.size() * size_t(Hkv), 0));
-            kc::AttnMerge merge;
-            merge.slots = splits, merge.out = dout.p, merge.counters = counters.p;
+            RopeRunBuffers b(st, splits, mixed_ti.size() * size_t(Hkv));
             if (!inside)
-              kc::rope_append(dqkv.p, d.pos.p, d.slot.p, st.rows, H, Hkv, hd, 10000.f, dk.p, dv.p, nullptr);
+              kc::rope_append(b.qkv.p, d.pos.p, d.slot.p, st.rows, H, Hkv, hd, 10000.f, b.k.p, b.v.p, nullptr);
             if (mixed)
-              kc::paged_attention_mma_mixed(dqkv.p, d.pos.p, d.level, dmti.p, dmtr.p, narrow_tiles, rpt, wide_tiles, 2,
-                                            st.S, dk.p, dv.p, splits, splits, dop.p, dlp.p, merge, nullptr,
-                                            inside ? &phase : nullptr);
+              kc::paged_attention_mma_mixed(b.qkv.p, d.pos.p, d.level, dmti.p, dmtr.p, narrow_tiles, rpt, wide_tiles, 2,
+                                            st.S, b.k.p, b.v.p, splits, splits, b.o_part.p, b.lse_part.p, b.merge,
+                                            nullptr, inside ? &phase : nullptr);
             else if (inside)
-              kc::paged_attention_mma_rope_phase(dqkv.p, d.pos.p, d.level, dti.p, dtr.p, int(ti.size()), rpt, st.S,
-                                                 dk.p, dv.p, splits, dop.p, dlp.p, merge, phase, nullptr);
+              kc::paged_attention_mma_rope_phase(b.qkv.p, d.pos.p, d.level, dti.p, dtr.p, int(ti.size()), rpt, st.S,
+                                                 b.k.p, b.v.p, splits, b.o_part.p, b.lse_part.p, b.merge, phase, nullptr);
             else
-              kc::paged_attention_mma(dqkv.p, d.pos.p, d.level, dti.p, dtr.p, int(ti.size()), rpt, 1, st.S, dk.p, dv.p,
-                                      splits, 0, dop.p, dlp.p, merge, nullptr);
-            const AttnResult r{dout.get(), dk.get(), dv.get()};
-            for (int32_t cnt : counters.get()) EXPECT_EQ(cnt, 0) << where << ": merge counters are left at zero";
-            return r;
+              kc::paged_attention_mma(b.qkv.p, d.pos.p, d.level, dti.p, dtr.p, int(ti.size()), rpt, 1, st.S, b.k.p,
+                                      b.v.p, splits, 0, b.o_part.p, b.lse_part.p, b.merge, nullptr);
+            return b.result(where);
           };
           const AttnResult want = run(false);
           for (int rep = 0; rep < 2; ++rep) {  // the second launch relies on the counters the first left at zero
