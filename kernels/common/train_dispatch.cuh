@@ -33,18 +33,12 @@ void with_storage_pack(Storage st, Fits&& fits, F&& f) {
 }
 
 // As with_storage_pack, trying N = 32 / sizeof(T) first (two 16-byte accesses per item: more bytes in flight
-// per thread, for kernels that do little else), then 16 / sizeof(T), then 1.
+// per thread, for kernels that do little else).
 template <typename Fits, typename F>
 void with_storage_wide_pack(Storage st, Fits&& fits, F&& f) {
-  if (st == Storage::BF16) {
-    if (fits(16)) f(uint16_t{}, std::integral_constant<int, 16>{});
-    else if (fits(8)) f(uint16_t{}, std::integral_constant<int, 8>{});
-    else f(uint16_t{}, std::integral_constant<int, 1>{});
-  } else {
-    if (fits(8)) f(float{}, std::integral_constant<int, 8>{});
-    else if (fits(4)) f(float{}, std::integral_constant<int, 4>{});
-    else f(float{}, std::integral_constant<int, 1>{});
-  }
+  if (st == Storage::BF16 && fits(16)) return f(uint16_t{}, std::integral_constant<int, 16>{});
+  if (st == Storage::F32 && fits(8)) return f(float{}, std::integral_constant<int, 8>{});
+  with_storage_pack(st, fits, f);
 }
 
 inline bool all_aligned16(std::initializer_list<const void*> ptrs) {
