@@ -3,8 +3,8 @@
 // (16-byte packs when the row width and pointers allow it, else one element at a time), so no thread idles at
 // a row's end when the width is not a multiple of the block's span (2,816 = 1.375 x 256 packs of 8). In the
 // forward pass an item is two 16-byte packs per tensor when the width allows it, so each thread has more loads
-// in flight (156 against 167 us per 350M layer); the backward pass keeps one (its registers would cost more
-// occupancy than the wider loads gain: 263 against 258 us).
+// in flight (156 against 167 us per 350M layer); the backward pass keeps one (with two it used 72 registers
+// against 50 and was no faster: branch experiment/swiglu-backward-wide, docs/BENCHMARKS.md).
 #include "kernels/common/train_dispatch.cuh"
 #include "kernels/cuda.h"
 #include "kernels/swiglu_grad/swiglu_grad_math.h"
