@@ -8,6 +8,7 @@
 #include "common/error.h"
 #include "models/fused_ops.h"
 #include "models/linear_cross_entropy.h"
+#include "models/mixed_linear.h"
 
 namespace cw {
 
@@ -85,7 +86,8 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
                                           const torch::Tensor& sin, const AttnMask& mask, bool fused) {
   const int64_t B = x.size(0), T = x.size(1);
   // One matrix product for q, k and v (the weights stay separate parameters under their export names).
-  auto qkv = torch::linear(x, torch::cat({q_proj->weight, k_proj->weight, v_proj->weight}));
+  auto qkv = fused ? mixed_linear(x, {q_proj->weight, k_proj->weight, v_proj->weight})
+                   : torch::linear(x, torch::cat({q_proj->weight, k_proj->weight, v_proj->weight}));
   torch::Tensor q, k, v;
   if (fused && fused_ops_support(qkv)) {  // one kernel: q and k rotated, v copied, [B, T, heads, hd] each
     auto qkv4 = fused_rope_qkv(qkv, cos, sin, n_heads, n_kv_heads);
@@ -96,8 +98,8 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
     k = apply_rope(parts[1].view({B, T, n_kv_heads, head_dim}).transpose(1, 2), cos, sin);
     v = parts[2].view({B, T, n_kv_heads, head_dim}).transpose(1, 2);
   }
-  auto y = attend(q, k, v, mask);
-  return o_proj(y.transpose(1, 2).reshape({B, T, n_heads * head_dim}));
+  auto y = attend(q, k, v, mask).transpose(1, 2).reshape({B, T, n_heads * head_dim});
+  return fused ? mixed_linear(y, {o_proj->weight}) : o_proj(y);
 }
 
 LlamaMLPImpl::LlamaMLPImpl(const ModelConfig& c) {
@@ -106,9 +108,11 @@ LlamaMLPImpl::LlamaMLPImpl(const ModelConfig& c) {
   down_proj = register_module("down_proj", linear(c.d_ff, c.d_model));
 }
 torch::Tensor LlamaMLPImpl::forward(const torch::Tensor& x, bool fused, bool recompute) {
-  auto gate_up = torch::linear(x, torch::cat({gate_proj->weight, up_proj->weight}));  // one product
+  auto gate_up = fused ? mixed_linear(x, {gate_proj->weight, up_proj->weight})  // one product
+                       : torch::linear(x, torch::cat({gate_proj->weight, up_proj->weight}));
   if (fused && fused_ops_support(gate_up))
-    return recompute ? fused_swiglu_down(gate_up, down_proj->weight) : down_proj(fused_swiglu(gate_up));
+    return recompute ? fused_swiglu_down(gate_up, down_proj->weight)
+                     : mixed_linear(fused_swiglu(gate_up), {down_proj->weight});
   auto parts = gate_up.chunk(2, -1);
   return down_proj(torch::silu(parts[0]) * parts[1]);
 }
@@ -152,7 +156,8 @@ void Llama::reset_parameters() {
 }
 
 torch::Tensor Llama::logits(const torch::Tensor& tokens, const torch::Tensor& positions, const torch::Tensor& segments) {
-  return torch::matmul(hidden(tokens, positions, segments), head_weight().t());
+  auto h = hidden(tokens, positions, segments);
+  return fused_kernels ? mixed_linear(h, {head_weight()}) : torch::matmul(h, head_weight().t());
 }
 
 const torch::Tensor& Llama::head_weight() const {

@@ -25,7 +25,8 @@ torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const
 
 struct LlamaAttentionImpl : torch::nn::Module {
   explicit LlamaAttentionImpl(const ModelConfig& c);
-  // fused: RoPE through fused_rope_qkv where the dtype allows it.
+  // fused: RoPE through fused_rope_qkv where the dtype allows it, and the products through mixed_linear
+  // (weights cast straight into one buffer, fp32 weight gradients from the products).
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                         const AttnMask& mask, bool fused = false);
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
@@ -35,8 +36,8 @@ TORCH_MODULE(LlamaAttention);
 
 struct LlamaMLPImpl : torch::nn::Module {
   explicit LlamaMLPImpl(const ModelConfig& c);
-  // fused: fused_swiglu (its product kept for the down projection's backward), or with recompute
-  // fused_swiglu_down (only gate_up kept; the product recomputed in the backward pass).
+  // fused: the products through mixed_linear and fused_swiglu (its product kept for the down projection's
+  // backward), or with recompute fused_swiglu_down (only gate_up kept; the product recomputed in the backward pass).
   torch::Tensor forward(const torch::Tensor& x, bool fused = false, bool recompute = false);
   torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 };

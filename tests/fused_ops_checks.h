@@ -9,6 +9,7 @@
 #include "data/batch.h"
 #include "models/fused_ops.h"
 #include "models/linear_cross_entropy.h"
+#include "models/mixed_linear.h"
 #include "models/llama.h"
 #include "train/precision.h"
 
@@ -101,6 +102,60 @@ inline void check_fused_swiglu_down(torch::Device device, torch::ScalarType dtyp
   EXPECT_LE(max_relative_error(y, ry), tol) << "y";
   EXPECT_LE(max_relative_error(gu.grad(), rgu.grad()), tol) << "d gate_up";
   EXPECT_LE(max_relative_error(w.grad(), rw.grad()), tol) << "d w";
+}
+
+// mixed_linear over three weights (q/k/v-like rows) vs torch::linear(x, cat(weights)) under the same autocast:
+// output, input gradient and each weight's gradient (fp32, the weights' dtype), and frozen weights getting no
+// gradient. exact_dw: the weight gradient must also equal the fp64 product of the same bf16 operands to 1e-5
+// (what writing it in fp32 from the product's accumulators gives; a bf16 result rounds at about 4e-3).
+inline void check_mixed_linear(torch::Device device, bool bf16, double tol, int64_t in, int64_t rows,
+                               bool exact_dw = false) {
+  auto f32 = fused_opts(device, torch::kFloat32);
+  auto x = torch::randn({3, 5, in}, f32).requires_grad_(true);
+  std::vector<torch::Tensor> ws{torch::randn({rows, in}, f32).requires_grad_(true),
+                                torch::randn({rows / 4, in}, f32).requires_grad_(true),
+                                torch::randn({rows / 4, in}, f32).requires_grad_(true)};
+  auto wy = torch::randn({3, 5, rows + rows / 2}, f32);
+  torch::Tensor y, ry;
+  std::vector<torch::Tensor> rws;
+  for (const auto& w : ws) rws.push_back(w.detach().clone().requires_grad_(true));
+  auto rx = x.detach().clone().requires_grad_(true);
+  {
+    AutocastScope autocast(device, bf16 ? "bf16" : "fp32");
+    y = mixed_linear(x, ws);
+    ry = torch::linear(rx, torch::cat(rws));
+  }
+  ASSERT_EQ(y.scalar_type(), ry.scalar_type());
+  ASSERT_EQ(y.sizes(), ry.sizes());
+  (y.to(torch::kFloat32) * wy).sum().backward();
+  (ry.to(torch::kFloat32) * wy).sum().backward();
+  EXPECT_LE(max_relative_error(y, ry), tol) << "y";
+  EXPECT_LE(max_relative_error(x.grad(), rx.grad()), tol) << "dx";
+  ASSERT_EQ(x.grad().scalar_type(), torch::kFloat32);
+  for (size_t i = 0; i < ws.size(); ++i) {
+    ASSERT_TRUE(ws[i].grad().defined()) << "weight " << i;
+    EXPECT_EQ(ws[i].grad().scalar_type(), torch::kFloat32) << "weight " << i;
+    EXPECT_EQ(ws[i].grad().sizes(), ws[i].sizes()) << "weight " << i;
+    EXPECT_LE(max_relative_error(ws[i].grad(), rws[i].grad()), tol) << "d weight " << i;
+  }
+  if (exact_dw) {  // dW = dy^T x with dy = wy and x as the product saw them (bf16)
+    auto xd = x.detach().to(torch::kBFloat16).to(torch::kFloat64).reshape({-1, in});
+    auto dyd = wy.to(torch::kBFloat16).to(torch::kFloat64).reshape({-1, rows + rows / 2});
+    auto exact = torch::mm(dyd.t(), xd);
+    EXPECT_LE(max_relative_error(torch::cat({ws[0].grad(), ws[1].grad(), ws[2].grad()}), exact), 1e-5)
+        << "the weight gradient is not the fp32 product";
+  }
+
+  // Frozen weights: only the input gets a gradient.
+  auto x2 = x.detach().clone().requires_grad_(true);
+  std::vector<torch::Tensor> frozen{ws[0].detach()};
+  {
+    AutocastScope autocast(device, bf16 ? "bf16" : "fp32");
+    y = mixed_linear(x2, frozen);
+  }
+  y.to(torch::kFloat32).sum().backward();
+  EXPECT_TRUE(x2.grad().defined());
+  EXPECT_FALSE(frozen[0].grad().defined());
 }
 
 // h and y of fused_add_rmsnorm vs x + delta and the RMSNorm formula in fp32, and the gradients of x, delta and

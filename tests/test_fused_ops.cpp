@@ -51,6 +51,16 @@ TEST(FusedOps, ChunkedLinearCrossEntropyMatchesTheFullLogits) {
   check_fused_linear_cross_entropy(torch::kCPU, torch::kBFloat16, 1e-2);
 }
 
+TEST(FusedOps, MixedLinearMatchesLinearOverConcatenatedWeights) {
+  torch::manual_seed(7);
+  check_mixed_linear(torch::kCPU, /*bf16=*/false, 1e-5, 16, 8);
+  check_mixed_linear(torch::kCPU, /*bf16=*/true, 1e-2, 16, 8);  // autocast on the CPU: bf16 products
+  auto x = torch::randn({2, 16});
+  EXPECT_NE(user_error_of([&] { mixed_linear(x, {torch::randn({8, 16}), torch::randn({8, 15})}); })
+                .find("does not take input"),
+            std::string::npos);
+}
+
 TEST(FusedOps, LlamaLossAndGradientsEqualTheUnfusedModel) {
   check_fused_llama(torch::kCPU, /*bf16=*/false, 1e-5, 1e-5);
   check_fused_llama(torch::kCPU, /*bf16=*/false, 1e-5, 1e-5, /*loss_chunk=*/7);

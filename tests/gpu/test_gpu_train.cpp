@@ -89,6 +89,17 @@ TEST(GpuFusedOps, ChunkedLinearCrossEntropyMatchesTheFullLogits) {
   check_fused_linear_cross_entropy(torch::kCUDA, torch::kBFloat16, 1e-2);
 }
 
+TEST(GpuFusedOps, MixedLinearMatchesLinearOverConcatenatedWeights) {
+  SKIP_WITHOUT_GPU();
+  torch::manual_seed(15);
+  const bool tf32 = at::globalContext().allowTF32CuBLAS();
+  at::globalContext().setAllowTF32CuBLAS(false);  // fp32 products in fp32 (a trainer test may have turned TF32 on)
+  check_mixed_linear(torch::kCUDA, /*bf16=*/false, 1e-5, 64, 128);
+  at::globalContext().setAllowTF32CuBLAS(tf32);
+  check_mixed_linear(torch::kCUDA, /*bf16=*/true, 1e-2, 64, 128, /*exact_dw=*/true);
+  check_mixed_linear(torch::kCUDA, /*bf16=*/true, 1e-2, 1024, 1024, /*exact_dw=*/true);
+}
+
 TEST(GpuFusedOps, LlamaLossAndGradientsEqualTheUnfusedModel) {
   SKIP_WITHOUT_GPU();
   check_fused_llama(torch::kCUDA, /*bf16=*/false, 1e-5, 1e-4);  // TF32 is off in this binary: fp32 products
