@@ -15,8 +15,10 @@ namespace cw::kern::cuda {
 
 enum class Storage { F32, BF16 };
 
+// q and k of the q/k/v rows rotated into OUT (rows of the same stride; may be qkv itself, in place); v is
+// neither read nor written.
 void rope_qkv_forward(Storage st, const void* qkv, const float* cos, const float* sin, const RopeQkvShape& shape,
-                      void* q, void* k, void* v, cudaStream_t s);
+                      void* out, cudaStream_t s);
 void rope_qkv_backward(Storage st, const void* dq, const void* dk, const void* dv, const float* cos, const float* sin,
                        const RopeQkvShape& shape, void* dqkv, cudaStream_t s);
 

@@ -91,29 +91,29 @@ struct RopeQkv : torch::autograd::Function<RopeQkv> {
       v.push_back(hd);
       return v;
     };
-    auto q = torch::empty(shape_of(heads), x.options()), k = torch::empty(shape_of(kv_heads), x.options()),
-         v = torch::empty(shape_of(kv_heads), x.options());
+    // In place: q and k are rotated where they are, and q, k and v come back as views of the q/k/v rows (row
+    // stride `width`), which attention reads directly; no copy of v, no second buffer for q and k.
+    auto view_of = [&](int64_t head0, int64_t h) { return x.narrow(1, head0 * hd, h * hd).view(shape_of(h)); };
+    auto q = view_of(0, heads), k = view_of(heads, kv_heads), v = view_of(heads + kv_heads, kv_heads);
     kern::RopeQkvShape sh{rows, int(heads), int(kv_heads), int(hd), x.stride(0)};
     with_storage(x, [&](auto tag) {
       using T = decltype(tag);
 #ifdef CHUNKWISE_CUDA
       if (x.is_cuda()) {
         c10::cuda::CUDAGuard guard(x.device());
-        kern::cuda::rope_qkv_forward(storage(x), x.data_ptr(), ptr<float>(c), ptr<float>(s), sh, q.data_ptr(),
-                                     k.data_ptr(), v.data_ptr(), stream_of(x));
+        kern::cuda::rope_qkv_forward(storage(x), x.data_ptr(), ptr<float>(c), ptr<float>(s), sh, x.data_ptr(),
+                                     stream_of(x));
         return;
       }
 #endif
-      const T* xp = ptr<T>(x);
-      T *qp = ptr<T>(q), *kp = ptr<T>(k), *vp = ptr<T>(v);
+      T* xp = ptr<T>(x);
       const float *cp = ptr<float>(c), *sp = ptr<float>(s);
       // The GPU's unit width (without its alignment condition), so these loops test its indexing.
       with_rope_pack(x, sh, sh.qkv_stride, [&](auto n) {
         constexpr int N = decltype(n)::value;
-        const int per_row = kern::rope_qkv_units_per_row<N>(sh);
+        const int per_row = kern::rope_qkv_forward_units_per_row<N>(sh);
         cpu_rows(rows, [&](int64_t r) {
-          for (int j = 0; j < per_row; ++j)
-            kern::rope_qkv_forward_unit<T, N, kern::ElementIo>(r, j, sh, xp, cp, sp, qp, kp, vp);
+          for (int j = 0; j < per_row; ++j) kern::rope_qkv_forward_unit<T, N, kern::ElementIo>(r, j, sh, xp, cp, sp, xp);
         });
       });
     });
@@ -151,7 +151,7 @@ struct RopeQkv : torch::autograd::Function<RopeQkv> {
       T* out = ptr<T>(dqkv);
       with_rope_pack(dqkv, sh, dqkv.stride(0), [&](auto n) {
         constexpr int N = decltype(n)::value;
-        const int per_row = kern::rope_qkv_units_per_row<N>(sh);
+        const int per_row = kern::rope_qkv_backward_units_per_row<N>(sh);
         cpu_rows(rows, [&](int64_t r) {
           for (int j = 0; j < per_row; ++j)
             kern::rope_qkv_backward_unit<T, N, kern::ElementIo>(r, j, sh, dqp, dkp, dvp, cp, sp, out);

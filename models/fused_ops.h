@@ -33,6 +33,8 @@ bool fused_ops_support(const torch::Tensor& x);
 
 // qkv [B, T, (heads + 2 kv_heads) * hd] (q heads, then k, then v; the last dimension contiguous), cos and sin
 // [B, T, hd] from rope_tables. Returns q [B, T, heads, hd] and k, v [B, T, kv_heads, hd], q and k rotated.
+// Consumes QKV: q and k are rotated in its storage and the three results are views of it (row stride qkv's
+// width), so nothing may read qkv itself afterwards (the q/k/v product's output, read by nothing else).
 std::array<torch::Tensor, 3> fused_rope_qkv(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
                                             int64_t heads, int64_t kv_heads);
 

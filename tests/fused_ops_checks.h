@@ -33,8 +33,9 @@ inline torch::TensorOptions fused_opts(torch::Device device, torch::ScalarType d
   return torch::TensorOptions().device(device).dtype(dtype);
 }
 
-// q, k, v of fused_rope_qkv vs split + apply_rope in fp32 (on the same, possibly bf16-rounded, inputs), and the
-// gradient of a random weighted sum of all three outputs with respect to qkv.
+// q, k, v of fused_rope_qkv vs split + apply_rope in fp32 (on the same, possibly bf16-rounded, inputs), the
+// three as views of qkv (rotated in place), and the gradient of a random weighted sum of all three outputs with
+// respect to qkv.
 // `repeats` copies of the two sequences make the batch (repeats 2,000 gives the GPU more units than threads).
 inline void check_fused_rope_qkv(torch::Device device, torch::ScalarType dtype, double tol, int64_t hd,
                                  int64_t repeats = 1) {
@@ -49,15 +50,17 @@ inline void check_fused_rope_qkv(torch::Device device, torch::ScalarType dtype, 
   auto wq = torch::randn({B, T, H, hd}, fused_opts(device, torch::kFloat32));
   auto wk = torch::randn({B, T, Hkv, hd}, wq.options()), wv = torch::randn({B, T, Hkv, hd}, wq.options());
 
+  const auto original = qkv.detach().clone();  // fused_rope_qkv rotates in qkv's storage
   auto out = fused_rope_qkv(qkv, cos, sin, H, Hkv);
   ASSERT_EQ(out[0].sizes(), (std::vector<int64_t>{B, T, H, hd}));
   ASSERT_EQ(out[1].sizes(), (std::vector<int64_t>{B, T, Hkv, hd}));
+  for (const auto& o : out) EXPECT_TRUE(o.is_alias_of(qkv)) << "q, k and v are views of qkv, not copies";
   auto loss = (out[0].to(torch::kFloat32) * wq).sum() + (out[1].to(torch::kFloat32) * wk).sum() +
               (out[2].to(torch::kFloat32) * wv).sum();
   loss.backward();
   auto grad = qkv.grad().clone();
 
-  auto ref_in = qkv.detach().to(torch::kFloat32).requires_grad_(true);
+  auto ref_in = original.to(torch::kFloat32).requires_grad_(true);
   auto parts = ref_in.split({H * hd, Hkv * hd, Hkv * hd}, -1);
   auto rq = apply_rope(parts[0].view({B, T, H, hd}).transpose(1, 2), cos, sin).transpose(1, 2);
   auto rk = apply_rope(parts[1].view({B, T, Hkv, hd}).transpose(1, 2), cos, sin).transpose(1, 2);

@@ -102,6 +102,33 @@ TEST(AdamW, DefaultDecayPolicy) {
   EXPECT_TRUE(default_weight_decay("model.norm.weight", v, false, true));
 }
 
+// Clipping folded into the optimizer (gradients divided by clip_divisor as AdamW reads them) against clipping
+// first and stepping after, on both paths, with gradients that get clipped in some steps and not in others.
+TEST(AdamW, GradDivisorEqualsClippingFirst) {
+  for (bool fused : {false, true}) {
+    SCOPED_TRACE(fused ? "fused" : "loop");
+    torch::manual_seed(11);
+    auto a = torch::randn({6, 5}, torch::requires_grad()), b = a.detach().clone().requires_grad_();
+    AdamW first({{"w", a}}, {true}, {0.9, 0.95, 1e-8, 0.1, fused});
+    AdamW folded({{"w", b}}, {true}, {0.9, 0.95, 1e-8, 0.1, fused});
+    const double max_norm = 4.0;
+    for (int step = 0; step < 8; ++step) {
+      auto g = torch::randn({6, 5}) * (step % 2 ? 0.1 : 5.0);  // norm about 0.5 or 27
+      a.mutable_grad() = g.clone(), b.mutable_grad() = g.clone();
+      const double na = clip_grad_norm({a}, max_norm).item<double>();
+      first.step(1e-2, torch::zeros({1}));
+      auto nb = grad_norm({b});
+      const auto divisor = clip_divisor(nb, max_norm);
+      EXPECT_NEAR(divisor.item<double>(), std::max(1.0, (na + 1e-6) / max_norm), 1e-6);
+      folded.step(1e-2, torch::zeros({1}), divisor);
+      EXPECT_NEAR(nb.item<double>(), na, 1e-6 * na);
+      EXPECT_TRUE(torch::allclose(a.grad(), b.grad(), 1e-6, 1e-7)) << "gradients left clipped, step " << step;
+    }
+    EXPECT_TRUE(torch::allclose(a, b, 1e-6, 1e-7)) << (a - b).abs().max();
+    EXPECT_TRUE(torch::allclose(first.slots()[0].exp_avg_sq, folded.slots()[0].exp_avg_sq, 1e-6, 1e-9));
+  }
+}
+
 TEST(GradClip, MatchesLibTorchClipGradNorm) {
   torch::manual_seed(8);
   auto make = [] {

@@ -23,7 +23,8 @@ AdamW::AdamW(const std::vector<std::pair<std::string, torch::Tensor>>& params, c
   }
 }
 
-void AdamW::fused_step(double lr, const torch::Tensor& lr_tensor, const torch::Tensor& skip) {
+void AdamW::fused_step(double lr, const torch::Tensor& lr_tensor, const torch::Tensor& skip,
+                       const torch::Tensor& grad_divisor) {
   if (slots_.empty()) return;
   if (!device_counts_) {
     step_tensor_ = torch::full({}, double(steps_), slots_.front().param.options().dtype(torch::kFloat32));
@@ -39,15 +40,16 @@ void AdamW::fused_step(double lr, const torch::Tensor& lr_tensor, const torch::T
             steps.push_back(step_tensor_);
     }
     if (p.empty()) continue;
-    std::optional<torch::Tensor> found_inf;
+    std::optional<torch::Tensor> found_inf, grad_scale;
     if (skip.defined()) found_inf = skip.reshape({1});
+    if (grad_divisor.defined()) grad_scale = grad_divisor.reshape({1});
     const double wd = decay ? opt_.weight_decay : 0.0;
     if (lr_tensor.defined())
       at::_fused_adamw_(p, g, m, v, {}, steps, lr_tensor, opt_.beta1, opt_.beta2, wd, opt_.eps, /*amsgrad=*/false,
-                        /*maximize=*/false, /*grad_scale=*/std::nullopt, found_inf);
+                        /*maximize=*/false, grad_scale, found_inf);
     else
       at::_fused_adamw_(p, g, m, v, {}, steps, lr, opt_.beta1, opt_.beta2, wd, opt_.eps, /*amsgrad=*/false,
-                        /*maximize=*/false, /*grad_scale=*/std::nullopt, found_inf);
+                        /*maximize=*/false, grad_scale, found_inf);
   }
   if (skip.defined()) step_tensor_.sub_(skip.reshape({}));  // a skipped step does not count
 }
@@ -58,16 +60,21 @@ int64_t AdamW::steps() const {
 
 void AdamW::step(double lr) { step(lr, torch::Tensor()); }
 
-void AdamW::step(const torch::Tensor& lr, const torch::Tensor& skip) {
-  if (!opt_.fused) return step(lr.item<double>(), skip);  // the reference loop reads it back
+void AdamW::step(const torch::Tensor& lr, const torch::Tensor& skip, const torch::Tensor& grad_divisor) {
+  if (!opt_.fused) return step(lr.item<double>(), skip, grad_divisor);  // the reference loop reads it back
   torch::NoGradGuard ng;
-  fused_step(0.0, lr.reshape({1}).to(torch::kFloat32), skip);
+  fused_step(0.0, lr.reshape({1}).to(torch::kFloat32), skip, grad_divisor);
 }
 
-void AdamW::step(double lr, const torch::Tensor& skip) {
+void AdamW::step(double lr, const torch::Tensor& skip, const torch::Tensor& grad_divisor) {
   torch::NoGradGuard ng;
-  if (opt_.fused) return fused_step(lr, torch::Tensor(), skip);
+  if (opt_.fused) return fused_step(lr, torch::Tensor(), skip, grad_divisor);
   if (skip.defined() && skip.item<double>() != 0) return;  // the reference path reads the flag back
+  if (grad_divisor.defined()) {
+    const double divisor = grad_divisor.item<double>();
+    for (size_t i = 0; i < slots_.size(); ++i)
+      if (slots_[i].param.grad().defined() && updates(i)) slots_[i].param.mutable_grad().div_(divisor);
+  }
   ++steps_;
   const double bc1 = 1.0 - std::pow(opt_.beta1, double(steps_));
   const double bc2 = 1.0 - std::pow(opt_.beta2, double(steps_));

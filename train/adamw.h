@@ -29,10 +29,13 @@ class AdamW {
   void step(double lr);  // skips parameters without a gradient
   // The same, unless SKIP (a one-element fp32 tensor on the parameters' device) holds a non-zero value: then
   // nothing changes, step count included. On the fused path the test runs on the device (no read-back).
-  void step(double lr, const torch::Tensor& skip);
+  // GRAD_DIVISOR (optional, a one-element fp32 tensor on the device, clip_divisor): the gradients are divided
+  // by it before the update and left divided; the fused kernel does it as it reads them (grad_scale).
+  void step(double lr, const torch::Tensor& skip, const torch::Tensor& grad_divisor = {});
   // The learning rate as a one-element fp32 tensor on the parameters' device: the fused path reads it there
   // (so a captured CUDA graph replays each step's rate); the reference loop reads it back.
-  void step(const torch::Tensor& lr, const torch::Tensor& skip);
+  void step(const torch::Tensor& lr, const torch::Tensor& skip, const torch::Tensor& grad_divisor = {});
+  bool fused() const { return opt_.fused; }
   void zero_grad();
   int64_t steps() const;  // completed steps (reads the device's count back on the fused path)
   const std::vector<Slot>& slots() const { return slots_; }
@@ -46,7 +49,7 @@ class AdamW {
   void release_unowned();    // free them again
 
  private:
-  void fused_step(double lr, const torch::Tensor& lr_tensor, const torch::Tensor& skip);
+  void fused_step(double lr, const torch::Tensor& lr_tensor, const torch::Tensor& skip, const torch::Tensor& grad_divisor);
   std::vector<Slot> slots_;
   bool updates(size_t i) const { return owned_.empty() || owned_[i]; }
   AdamWOptions opt_;

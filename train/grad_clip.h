@@ -13,6 +13,14 @@ namespace cw {
 // before scaling as a 0-dim fp32 tensor on the gradients' device (0 when no gradient is defined).
 torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm);
 
+// The same norm without scaling anything.
+torch::Tensor grad_norm(const std::vector<torch::Tensor>& params);
+
+// What clipping divides the gradients by: max(1, (NORM + 1e-6) / MAX_NORM), a one-element fp32 tensor on
+// NORM's device (MAX_NORM finite). For optimizers that divide while they read the gradients (AdamW's fused
+// kernel, grad_scale), so that clipping costs no pass of its own over the gradients.
+torch::Tensor clip_divisor(const torch::Tensor& norm, double max_norm);
+
 // 1.0 (fp32, one element, on the device) when LOSS or GRAD_NORM is not finite, else 0.0: AdamW's skip flag.
 torch::Tensor nonfinite_flag(const torch::Tensor& loss, const torch::Tensor& grad_norm);
 

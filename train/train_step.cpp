@@ -1,6 +1,8 @@
 // Implementation of train/train_step.h.
 #include "train/train_step.h"
 
+#include <cmath>
+
 #include "train/grad_clip.h"
 #include "train/precision.h"
 
@@ -14,10 +16,13 @@ StepResult run_under_autocast(StepStrategy& strategy, CausalLM& model, const std
 
 StepTensors clip_and_step(const std::vector<torch::Tensor>& params, double max_norm, AdamW& opt,
                           const torch::Tensor& loss, double lr, const torch::Tensor& lr_tensor) {
-  auto norm = clip_grad_norm(params, max_norm);
+  // The fused optimizer divides the gradients by the clipping factor as it reads them: no pass of its own.
+  const bool fold = opt.fused() && std::isfinite(max_norm);
+  auto norm = fold ? grad_norm(params) : clip_grad_norm(params, max_norm);
+  const auto divisor = fold ? clip_divisor(norm, max_norm) : torch::Tensor();
   const auto skip = nonfinite_flag(loss, norm);
-  if (lr_tensor.defined()) opt.step(lr_tensor, skip);
-  else opt.step(lr, skip);
+  if (lr_tensor.defined()) opt.step(lr_tensor, skip, divisor);
+  else opt.step(lr, skip, divisor);
   return StepTensors{loss, norm};
 }
 

@@ -25,7 +25,8 @@ StepResult run_under_autocast(StepStrategy& strategy, CausalLM& model, const std
 
 // Clips the gradients of PARAMS (those without one are left out) to MAX_NORM, then steps OPT with LR, or with
 // LR_TENSOR (a one-element fp32 device tensor, what a CUDA graph replays) when defined, unless LOSS or the
-// norm is not finite. Returns {LOSS, the norm before clipping}.
+// norm is not finite. Returns {LOSS, the norm before clipping}. With the fused optimizer the clipping factor is
+// applied inside its kernel (clip_divisor): the same step, one pass over the gradients less.
 StepTensors clip_and_step(const std::vector<torch::Tensor>& params, double max_norm, AdamW& opt,
                           const torch::Tensor& loss, double lr, const torch::Tensor& lr_tensor = {});
 
