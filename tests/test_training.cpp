@@ -13,6 +13,7 @@
 #include "data/tokenizer.h"
 #include "models/causal_lm.h"
 #include "tests/test_util.h"
+#include "train/step_profile.h"
 #include "train/recipe.h"
 #include "train/trainer.h"
 
@@ -153,6 +154,27 @@ TEST(Cli, RecipeErrorsExitNonZeroWithTheKeyAndFile) {
 }
 
 // `bench train --profile`: the step's time by operation and category (CPU here; GPU kernel time on CUDA).
+// The GPU profile's idle time: stretches no operation covers, named by the operation that ended last before
+// them and the one that ends them; overlapping (concurrent) and touching operations leave no gap.
+TEST(Training, DeviceGapsAreTheStretchesNoOperationCovers) {
+  std::vector<DeviceInterval> iv = {{12, 20, "b"}, {0, 10, "a"}, {15, 30, "c"}, {16, 18, "inner"},
+                                    {35, 40, "d"}, {40, 50, "e"}, {42, 45, "f"}, {53, 60, "d"}};
+  double idle = 0;
+  auto gaps = device_gaps(iv, /*runs=*/1, idle);
+  EXPECT_DOUBLE_EQ(idle, 10e-6);  // 2 + 5 + 3 ns
+  ASSERT_EQ(gaps.size(), 3u);
+  EXPECT_EQ(gaps[0].before, "c");  // c ends last (30), not the inner operation (18)
+  EXPECT_EQ(gaps[0].after, "d");
+  EXPECT_DOUBLE_EQ(gaps[0].ms, 5e-6);
+  EXPECT_EQ(gaps[1].before, "e");  // e (to 50) covers f
+  EXPECT_DOUBLE_EQ(gaps[1].ms, 3e-6);
+  EXPECT_EQ(gaps[2].before, "a");
+  EXPECT_EQ(gaps[2].after, "b");
+  auto twice = device_gaps(iv, /*runs=*/2, idle);
+  EXPECT_DOUBLE_EQ(idle, 5e-6);  // per run
+  EXPECT_EQ(twice[0].count, 1);
+}
+
 TEST(Training, BenchTrainProfileBreaksTheStepDown) {
   std::string out;
   ASSERT_EQ(run_command(chunkwise_bin() + " bench train --config tiny --device cpu --steps 1 --warmup 1 --profile 1 2>/dev/null", &out), 0)

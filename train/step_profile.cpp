@@ -28,6 +28,35 @@ std::string op_category(const std::string& name) {
   return "other";
 }
 
+std::vector<DeviceGap> device_gaps(std::vector<DeviceInterval> intervals, int runs, double& idle_ms) {
+  std::sort(intervals.begin(), intervals.end(),
+            [](const DeviceInterval& a, const DeviceInterval& b) { return a.start < b.start; });
+  std::map<std::pair<std::string, std::string>, DeviceGap> by_pair;
+  double idle_ns = 0;
+  uint64_t covered = 0;       // the latest end so far
+  const std::string* last = nullptr;  // the operation that ends at `covered`
+  for (const auto& iv : intervals) {
+    if (last && iv.start > covered) {
+      auto& g = by_pair[{*last, iv.name}];
+      g.before = *last, g.after = iv.name;
+      g.ms += double(iv.start - covered) / 1e6;
+      ++g.count;
+      idle_ns += double(iv.start - covered);
+    }
+    if (!last || iv.end > covered) covered = iv.end, last = &iv.name;
+  }
+  const double n = std::max(1, runs);
+  idle_ms = idle_ns / 1e6 / n;
+  std::vector<DeviceGap> out;
+  for (auto& [k, g] : by_pair) {
+    g.ms /= n;
+    g.count = int64_t((double(g.count) + n - 1) / n);
+    out.push_back(g);
+  }
+  std::sort(out.begin(), out.end(), [](const DeviceGap& a, const DeviceGap& b) { return a.ms > b.ms; });
+  return out;
+}
+
 StepProfile profile_step(const std::function<void()>& step, int runs, bool cuda) {
   namespace prof = torch::autograd::profiler;
   namespace impl = torch::profiler::impl;
@@ -39,9 +68,11 @@ StepProfile profile_step(const std::function<void()>& step, int runs, bool cuda)
   if (cuda) torch::cuda::synchronize();
   auto result = prof::disableProfiler();
   std::map<std::string, OpTime> by_name;
+  std::vector<DeviceInterval> intervals;
   for (const auto& e : result->events()) {
     const bool on_device = e.deviceType() == c10::DeviceType::CUDA;
     if (cuda != on_device) continue;
+    if (cuda) intervals.push_back({e.startNs(), e.endNs(), e.name().substr(0, 80)});
     OpTime& o = by_name[e.name()];
     o.name = e.name();
     o.ms += double(e.durationNs()) / 1e6 / runs;
@@ -49,6 +80,10 @@ StepProfile profile_step(const std::function<void()>& step, int runs, bool cuda)
   }
   StepProfile p;
   p.device_time = cuda;
+  if (cuda) {
+    p.gaps = device_gaps(std::move(intervals), runs, p.idle_ms);
+    if (p.gaps.size() > 12) p.gaps.resize(12);
+  }
   std::map<std::string, double> cats;
   for (auto& [n, o] : by_name) {
     o.calls = (o.calls + runs - 1) / runs;
