@@ -82,6 +82,11 @@ TEST(DataParallel, TwoRanksMatchOneProcessWithAndWithoutZero1) {
   expect_close(losses(dir / "two"), want, 0, "2 ranks");
   ASSERT_EQ(train_ranks(2, write_recipe(dir, "zero", 8), "--dist.zero=1 --dist.bucket_mb=0", &log), 0) << log;
   expect_close(losses(dir / "zero"), want, 0, "2 ranks, ZeRO-1, one bucket per parameter");
+  // The fused path as well: mixed_linear hands the ranks weight gradients that are views of one product's output.
+  ASSERT_EQ(train_ranks(1, write_recipe(dir, "one-fused", 8), "--train.fused_kernels=true", &log), 0) << log;
+  ASSERT_EQ(train_ranks(2, write_recipe(dir, "two-fused", 8), "--train.fused_kernels=true --dist.zero=1", &log), 0)
+      << log;
+  expect_close(losses(dir / "two-fused"), losses(dir / "one-fused"), 0, "2 ranks, fused kernels, ZeRO-1");
   // Rank 1 printed nothing and wrote no files of its own.
   EXPECT_EQ(read_file(dir / "two.ini.rank1.log").find("step 1"), std::string::npos);
   // A batch that does not divide over the ranks is refused.
