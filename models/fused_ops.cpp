@@ -113,7 +113,8 @@ struct RopeQkv : torch::autograd::Function<RopeQkv> {
         constexpr int N = decltype(n)::value;
         const int per_row = kern::rope_qkv_forward_units_per_row<N>(sh);
         cpu_rows(rows, [&](int64_t r) {
-          for (int j = 0; j < per_row; ++j) kern::rope_qkv_forward_unit<T, N, kern::ElementIo>(r, j, sh, xp, cp, sp, xp);
+          for (int j = 0; j < per_row; ++j)
+            kern::rope_qkv_forward_unit<T, N, kern::ElementIo>(r, j, sh, xp, cp, sp, xp);
         });
       });
     });

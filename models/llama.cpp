@@ -89,7 +89,7 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
   auto qkv = fused ? mixed_linear(x, {q_proj->weight, k_proj->weight, v_proj->weight})
                    : torch::linear(x, torch::cat({q_proj->weight, k_proj->weight, v_proj->weight}));
   torch::Tensor q, k, v;
-  if (fused && fused_ops_support(qkv)) {  // one kernel: q and k rotated, v copied, [B, T, heads, hd] each
+  if (fused && fused_ops_support(qkv)) {  // one kernel: q and k rotated in place, views [B, T, heads, hd]
     auto qkv4 = fused_rope_qkv(qkv, cos, sin, n_heads, n_kv_heads);
     q = qkv4[0].transpose(1, 2), k = qkv4[1].transpose(1, 2), v = qkv4[2].transpose(1, 2);
   } else {

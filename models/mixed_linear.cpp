@@ -85,10 +85,9 @@ torch::Tensor mixed_linear(const torch::Tensor& x, const std::vector<torch::Tens
           "mixed_linear: weight ", w.sizes(), " ", w.scalar_type(), " on ", w.device(), " does not take input ",
           x.sizes(), " on ", x.device(), " beside weights of ", weights[0].scalar_type());
   const auto type = x.device().type();
-  const bool autocast = at::autocast::is_autocast_enabled(type);
-  const auto dtype = autocast ? at::autocast::get_autocast_dtype(type) : weights[0].scalar_type();
-  check(autocast || x.scalar_type() == dtype, "mixed_linear: input ", x.scalar_type(), " and weights ", dtype,
-        " differ outside autocast");
+  const auto dtype = compute_dtype(weights[0]);  // autocast's dtype, else the weights'
+  check(at::autocast::is_autocast_enabled(type) || x.scalar_type() == dtype, "mixed_linear: input ",
+        x.scalar_type(), " and weights ", dtype, " differ outside autocast");
   AutocastOff off(type);
   return MixedLinear::apply(x, at::TensorList(weights), int64_t(dtype));  // a TensorList: one edge per weight
 }

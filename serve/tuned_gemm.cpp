@@ -181,7 +181,8 @@ std::string TunedGemm::table_jsonl() const {
     o << "{\"bench\": \"serve-product-tuning\", \"out\": " << out << ", \"in\": " << in << ", \"rows\": " << T
       << ", \"default_us\": " << c.default_us << ", \"best_cublaslt_us\": " << c.best_lt_us << ", \"cutlass_us\": {";
     for (size_t i = 0; i < c.cutlass_us.size(); ++i)
-      o << (i ? ", " : "") << "\"" << kern::cuda::gemm_cutlass_name(c.cutlass_us[i].first) << "\": " << c.cutlass_us[i].second;
+      o << (i ? ", " : "") << "\"" << kern::cuda::gemm_cutlass_name(c.cutlass_us[i].first)
+        << "\": " << c.cutlass_us[i].second;
     o << "}, \"chosen\": \""
       << (c.cutlass >= 0 ? kern::cuda::gemm_cutlass_name(c.cutlass) : c.lt ? "cublaslt" : "cublas default")
       << "\", \"chosen_us\": " << c.us << ", \"weight_gb_per_s\": " << double(out) * in * 2 / (double(c.us) * 1e3)

@@ -9,8 +9,8 @@
 #include "data/batch.h"
 #include "models/fused_ops.h"
 #include "models/linear_cross_entropy.h"
-#include "models/mixed_linear.h"
 #include "models/llama.h"
+#include "models/mixed_linear.h"
 #include "train/precision.h"
 
 namespace cw::test {
@@ -149,16 +149,19 @@ inline void check_mixed_linear(torch::Device device, bool bf16, double tol, int6
         << "the weight gradient is not the fp32 product";
   }
 
-  // Frozen weights: only the input gets a gradient.
-  auto x2 = x.detach().clone().requires_grad_(true);
+  // Frozen weights (no weight gradient asked for): the input's gradient is still that of linear.
+  auto x2 = x.detach().clone().requires_grad_(true), rx2 = x.detach().clone().requires_grad_(true);
   std::vector<torch::Tensor> frozen{ws[0].detach()};
   {
     AutocastScope autocast(device, bf16 ? "bf16" : "fp32");
     y = mixed_linear(x2, frozen);
+    ry = torch::linear(rx2, frozen[0]);
   }
   y.to(torch::kFloat32).sum().backward();
+  ry.to(torch::kFloat32).sum().backward();
   EXPECT_TRUE(x2.grad().defined());
   EXPECT_FALSE(frozen[0].grad().defined());
+  EXPECT_LE(max_relative_error(x2.grad(), rx2.grad()), tol) << "dx, frozen weights";
 }
 
 // h and y of fused_add_rmsnorm vs x + delta and the RMSNorm formula in fp32, and the gradients of x, delta and

@@ -13,8 +13,8 @@
 #include "data/tokenizer.h"
 #include "models/causal_lm.h"
 #include "tests/test_util.h"
-#include "train/step_profile.h"
 #include "train/recipe.h"
+#include "train/step_profile.h"
 #include "train/trainer.h"
 
 using namespace cw;
@@ -153,7 +153,6 @@ TEST(Cli, RecipeErrorsExitNonZeroWithTheKeyAndFile) {
   EXPECT_EQ(run_command(chunkwise_bin() + " frobnicate", &out), 2);
 }
 
-// `bench train --profile`: the step's time by operation and category (CPU here; GPU kernel time on CUDA).
 // The GPU profile's idle time: stretches no operation covers, named by the operation that ended last before
 // them and the one that ends them; overlapping (concurrent) and touching operations leave no gap.
 TEST(Training, DeviceGapsAreTheStretchesNoOperationCovers) {
@@ -175,6 +174,7 @@ TEST(Training, DeviceGapsAreTheStretchesNoOperationCovers) {
   EXPECT_EQ(twice[0].count, 1);
 }
 
+// `bench train --profile`: the step's time by operation and category (CPU here; GPU kernel time on CUDA).
 TEST(Training, BenchTrainProfileBreaksTheStepDown) {
   std::string out;
   ASSERT_EQ(run_command(chunkwise_bin() + " bench train --config tiny --device cpu --steps 1 --warmup 1 --profile 1 2>/dev/null", &out), 0)

@@ -49,7 +49,8 @@ class AdamW {
   void release_unowned();    // free them again
 
  private:
-  void fused_step(double lr, const torch::Tensor& lr_tensor, const torch::Tensor& skip, const torch::Tensor& grad_divisor);
+  void fused_step(double lr, const torch::Tensor& lr_tensor, const torch::Tensor& skip,
+                  const torch::Tensor& grad_divisor);
   std::vector<Slot> slots_;
   bool updates(size_t i) const { return owned_.empty() || owned_[i]; }
   AdamWOptions opt_;

@@ -1,7 +1,8 @@
 // Fused RoPE on the q/k/v product for training, forward and backward (unit functions: rope_qkv_math.h; CPU
 // path: models/fused_ops.cpp; reference: apply_rope in models/llama.cpp). Threads stride over the units of all
-// rows (rotated pairs, and in the backward dv copies: rope_qkv_math.h; no thread idles at a row's end), moved as 16-byte packs (the
-// fp32 tables as 2 x 16 bytes under bf16); N = 1 when head_dim/2, the row stride or a pointer does not allow it.
+// rows (rotated pairs, and in the backward dv copies: rope_qkv_math.h; no thread idles at a row's end), moved
+// as 16-byte packs (the fp32 tables as 2 x 16 bytes under bf16); N = 1 when head_dim/2, the row stride or a
+// pointer does not allow it.
 #include "kernels/common/train_dispatch.cuh"
 #include "kernels/cuda.h"
 

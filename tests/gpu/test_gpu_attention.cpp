@@ -482,7 +482,8 @@ TEST(GpuKernels, AttentionWithTheRopePhaseEqualsRopeAppendThenAttention) {
                                             nullptr, inside ? &phase : nullptr);
             else if (inside)
               kc::paged_attention_mma_rope_phase(b.qkv.p, d.pos.p, d.level, dti.p, dtr.p, int(ti.size()), rpt, st.S,
-                                                 b.k.p, b.v.p, splits, b.o_part.p, b.lse_part.p, b.merge, phase, nullptr);
+                                                 b.k.p, b.v.p, splits, b.o_part.p, b.lse_part.p, b.merge, phase,
+                                                 nullptr);
             else
               kc::paged_attention_mma(b.qkv.p, d.pos.p, d.level, dti.p, dtr.p, int(ti.size()), rpt, 1, st.S, b.k.p,
                                       b.v.p, splits, 0, b.o_part.p, b.lse_part.p, b.merge, nullptr);

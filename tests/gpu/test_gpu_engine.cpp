@@ -1,11 +1,12 @@
 // GPU tests of the inference engine end to end: the CUDA backend's logits against the CPU backend's, and
 // greedy generations that agree across token budgets, CUDA graphs and prefix sharing and with the CPU engine
-// (except at near-ties), also with CUTLASS's products forced on every step. Runs only where a GPU is present (tools/gpu-run); compiled in CI.
+// (except at near-ties), also with CUTLASS's products forced on every step. Runs only where a GPU is present
+// (tools/gpu-run); compiled in CI.
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <iostream>
 #include <cstdlib>
+#include <iostream>
 #include <map>
 #include <string>
 

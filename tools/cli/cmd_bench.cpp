@@ -180,7 +180,8 @@ static int bench_train(const Args& args) {
     for (size_t i = 0; i < p.ops.size() && i < 25; ++i)
       top.push_back({{"name", p.ops[i].name.substr(0, 120)}, {"ms", p.ops[i].ms}, {"calls", p.ops[i].calls}});
     json gaps = json::array();
-    for (const auto& g : p.gaps) gaps.push_back({{"before", g.before}, {"after", g.after}, {"ms", g.ms}, {"count", g.count}});
+    for (const auto& g : p.gaps)
+      gaps.push_back({{"before", g.before}, {"after", g.after}, {"ms", g.ms}, {"count", g.count}});
     json line = {{"bench", "train-profile"}, {"config", config}, {"device", device.str()}, {"step_ms", dt * 1e3},
                  {"time", p.device_time ? "GPU kernels" : "CPU ops (inclusive)"}, {"profiled_ms", p.total_ms},
                  {"categories_ms", cats}, {"top", top}};
