@@ -75,10 +75,27 @@ fs::path resolve_checkpoint(const fs::path& p) {
   return *latest;
 }
 
+namespace {
+// What to do about the unreadable checkpoint DIR: move it aside (kept for inspection, and no longer a step-N
+// folder that --resume, sample or export would pick) so the newest earlier complete one is used.
+std::string way_past(const fs::path& dir) {
+  const std::string aside = "mv " + dir.string() + " " + dir.string() + ".bad";
+  std::optional<std::pair<int64_t, fs::path>> earlier;
+  for (auto& step : list_steps(dir.parent_path(), true))
+    if (step.second.filename() != dir.filename()) earlier = step;  // sorted: the last one kept is the newest
+  if (!earlier)
+    return "; no other complete checkpoint is in " + dir.parent_path().string() +
+           ", so the run must start again (another --run.name, or " + aside + " and no --resume)";
+  return "; to continue from " + earlier->second.filename().string() + " instead, move this one aside (" + aside +
+         ") and run the same command again (--resume, sample and export take the newest complete checkpoint)";
+}
+}  // namespace
+
 LoadedCheckpoint load_checkpoint(const fs::path& dir) {
   const std::string what = dir.string();
-  check(fs::exists(dir / "manifest.json"), what, ": no manifest.json, so the checkpoint is incomplete "
-        "(the run stopped while writing it); resume from an earlier one or delete this folder");
+  if (!fs::exists(dir / "manifest.json"))
+    fail(what, ": no manifest.json, so the checkpoint is incomplete (the run stopped while writing it)",
+         way_past(dir));
   json m = parse_json_checked(read_file(dir / "manifest.json"), what + "/manifest.json");
   check(m.is_object() && m.value("format", "") == "chunkwise-checkpoint", what, ": not a chunkwise checkpoint");
   check(m.value("version", -1) == kCheckpointVersion, what, ": checkpoint format version ", m.value("version", -1),
@@ -90,10 +107,11 @@ LoadedCheckpoint load_checkpoint(const fs::path& dir) {
     fs::path p = dir / f;
     check(fs::exists(p), what, ": ", f, " is missing");
     uint64_t bytes = m["files"][f].value("bytes", uint64_t(0));
-    check(fs::file_size(p) == bytes, what, ": ", f, " has ", fs::file_size(p), " bytes but the manifest says ",
-          bytes, " (truncated or corrupt checkpoint; resume from an earlier one)");
-    check(crc32_file(p) == m["files"][f].value("crc32", uint32_t(0)), what, ": ", f,
-          " fails its CRC-32 check (corrupt checkpoint; resume from an earlier one)");
+    if (fs::file_size(p) != bytes)
+      fail(what, ": ", f, " has ", fs::file_size(p), " bytes but the manifest says ", bytes,
+           " (truncated or corrupt checkpoint)", way_past(dir));
+    if (crc32_file(p) != m["files"][f].value("crc32", uint32_t(0)))
+      fail(what, ": ", f, " fails its CRC-32 check (corrupt checkpoint)", way_past(dir));
   }
   LoadedCheckpoint c;
   c.dir = dir;

@@ -58,6 +58,23 @@ TEST(Checkpoint, TruncatedOrCorruptedFilesAreRejected) {
   e = user_error_of([&] { load_checkpoint(dir); });
   EXPECT_NE(e.find("truncated"), std::string::npos) << e;
   EXPECT_NE(e.find("optimizer.safetensors"), std::string::npos) << e;
+  EXPECT_NE(e.find("no other complete checkpoint"), std::string::npos) << e;
+
+  // With an earlier complete checkpoint beside it, the message names it and the folder to move aside; moved
+  // aside as told, the run's newest checkpoint is the earlier one and the bad one is still there.
+  auto run2 = scratch_dir("ckpt-corrupt-earlier");
+  save_checkpoint(run2, 10, contents(10), 0);
+  fs::path bad = save_checkpoint(run2, 20, contents(20), 0);
+  flip_byte(bad / "rng.safetensors", 10);
+  e = user_error_of([&] { load_checkpoint(*latest_checkpoint(run2)); });
+  EXPECT_NE(e.find("to continue from step-10"), std::string::npos) << e;
+  const std::string mv = "mv " + bad.string() + " " + bad.string() + ".bad";
+  ASSERT_NE(e.find(mv), std::string::npos) << e;
+  fs::rename(bad, bad.string() + ".bad");
+  EXPECT_EQ(latest_checkpoint(run2), checkpoints_dir(run2) / "step-10");
+  EXPECT_EQ(load_checkpoint(*latest_checkpoint(run2)).step, 10);
+  save_checkpoint(run2, 30, contents(30), 1);  // retention keeps the moved folder
+  EXPECT_TRUE(fs::exists(bad.string() + ".bad"));
 
   write_text(dir / "manifest.json", "{\"format\": \"something else\"}");
   EXPECT_NE(user_error_of([&] { load_checkpoint(dir); }).find("not a chunkwise checkpoint"), std::string::npos);
