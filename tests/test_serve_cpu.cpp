@@ -165,6 +165,44 @@ TEST(ServeCpu, BatchCommandWritesResultsInInputOrder) {
             2);
   EXPECT_NE(out.find("bad.jsonl:2"), std::string::npos) << out;
   EXPECT_FALSE(fs::exists(dir / "bad-out.jsonl"));
+  // Lines the engine could not run, found before anything runs and named by line: an empty prompt, a prompt
+  // as long as the context, sampling settings out of range.
+  std::string spaced;  // 1,1,1,...: max_seq_len tokens
+  for (int64_t i = 0; i < b.config.max_seq_len; ++i) spaced += i ? ",1" : "1";
+  const std::vector<std::pair<std::string, std::string>> bad_lines = {
+      {"{\"prompt\": \"\"}", "the prompt is empty"},
+      {"{\"prompt_tokens\": [" + spaced + "]}", "the model's context is"},
+      {"{\"prompt_tokens\": [1], \"top_p\": 0, \"temperature\": 0.8}", "\"top_p\" is 0"},
+      {"{\"prompt_tokens\": [1], \"temperature\": -1}", "\"temperature\" is -1"}};
+  for (const auto& [line, why] : bad_lines) {
+    write_text(dir / "bad.jsonl", "{\"prompt_tokens\": [1, 2]}\n" + line + "\n");
+    EXPECT_EQ(run_command(chunkwise_bin() + " batch " + (dir / "bundle").string() + " " + (dir / "bad.jsonl").string() +
+                              " " + (dir / "bad-out.jsonl").string() + " --device cpu",
+                          &out),
+              2)
+        << line;
+    EXPECT_NE(out.find("bad.jsonl:2: "), std::string::npos) << out;
+    EXPECT_NE(out.find(why), std::string::npos) << out;
+    EXPECT_FALSE(fs::exists(dir / "bad-out.jsonl"));
+  }
+}
+
+// Engine and sampling flags out of range are refused with the flag's name before a model is built (a page size
+// of 0 used to divide by zero; a NaN temperature sampled garbage).
+TEST(ServeCpu, FlagsOutOfRangeAreRefusedByName) {
+  auto dir = scratch_dir("serve-flags");
+  random_model(dir / "bundle", false);
+  for (const std::string flag : {"--page-size 0", "--kv-pages -1", "--kv-fraction 2", "--max-tokens 0",
+                                 "--token-budget 0", "--max-new-tokens 0", "--temperature nan", "--temperature -1",
+                                 "--top-k -1", "--top-p 0", "--top-p 1.5"}) {
+    std::string out;
+    EXPECT_EQ(run_command(chunkwise_bin() + " generate " + (dir / "bundle").string() + " --prompt 'a b' --device cpu " +
+                              flag,
+                          &out),
+              2)
+        << flag << ": " << out;
+    EXPECT_NE(out.find("error: " + flag.substr(0, flag.find(' '))), std::string::npos) << flag << ": " << out;
+  }
 }
 
 // An interrupted `chunkwise batch` job resumes: a run that dies after two results (CHUNKWISE_BATCH_EXIT_AFTER, as

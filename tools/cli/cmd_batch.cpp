@@ -90,12 +90,17 @@ int batch_main(const Args& args) {
       auto t = tok.encode(j["prompt"].get<std::string>());
       r.prompt.assign(t.begin(), t.end());
     }
-    r.max_new_tokens = int32_t(int_field("max_new_tokens", max_new, 1, 1 << 20));
+    check(!r.prompt.empty(), where, ": the prompt is empty (no tokens)");
+    check(int64_t(r.prompt.size()) < b.config.max_seq_len, where, ": the prompt has ", r.prompt.size(),
+          " tokens; the model's context is ", b.config.max_seq_len, " (shorten it)");
+    r.max_new_tokens = int32_t(int_field("max_new_tokens", max_new, 1, kMaxNewTokens));
     r.sampling = defaults;
     r.sampling.temperature = float(float_field("temperature", defaults.temperature));
     r.sampling.top_k = int32_t(int_field("top_k", defaults.top_k, 0, 1 << 30));
     r.sampling.top_p = float(float_field("top_p", defaults.top_p));
     r.sampling.seed = uint64_t(int_field("seed", int64_t(defaults.seed), 0, INT64_MAX));
+    const std::string bad = sampling_problem(r.sampling, [](const char* field) { return '"' + std::string(field) + '"'; });
+    check(bad.empty(), where, ": ", bad);
     r.eos_id = tok.identity().eos_id;
     prompt_tokens += int64_t(r.prompt.size());
     ids.push_back(j.contains("id") ? j["id"] : json(line_no));

@@ -1,4 +1,5 @@
 // `chunkwise sample RUN|CHECKPOINT --prompt TEXT` and `chunkwise plot RUN`.
+#include <algorithm>
 #include <cstdlib>
 #include <iostream>
 
@@ -11,6 +12,7 @@
 #include "train/recipe.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/options.h"
+#include "tools/cli/serve_setup.h"
 
 namespace cw::cli {
 
@@ -30,6 +32,13 @@ int sample_main(const Args& args) {
   pos.add("run", 1);
   po::variables_map vm;
   if (!parse_args(args, desc, pos, vm, "chunkwise sample RUN|CHECKPOINT [--prompt TEXT]")) return 0;
+  check(g.max_new_tokens >= 1 && g.max_new_tokens <= kMaxNewTokens, "--max-new-tokens ", g.max_new_tokens, ": use 1 to ",
+        kMaxNewTokens);
+  kern::SampleParams ranges;
+  ranges.temperature = float(g.temperature), ranges.top_p = float(g.top_p);
+  ranges.top_k = int32_t(std::clamp<int64_t>(g.top_k, -1, INT32_MAX));
+  const std::string bad = sampling_flags_problem(ranges);
+  check(bad.empty(), bad);
   LoadedCheckpoint ck = load_checkpoint(resolve_checkpoint(expand_user(target)));
   Recipe r = Recipe::from_text(ck.recipe_ini, ck.dir.string() + "/recipe.ini");
   Tokenizer tok = Tokenizer::load(expand_user(r.s("data.tokenizer")));

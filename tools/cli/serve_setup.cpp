@@ -1,6 +1,10 @@
 // Implementation of tools/cli/serve_setup.h.
 #include "tools/cli/serve_setup.h"
 
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+
 #include "serve/cpu_backend.h"
 #ifdef CHUNKWISE_SERVE_CUDA
 #include <cuda_runtime_api.h>
@@ -41,7 +45,41 @@ void SamplingFlags::add_to(po::options_description& desc) {
       "seed", po::value(&seed)->default_value(1), "sampling seed");
 }
 
+std::string sampling_problem(const kern::SampleParams& p, const std::function<std::string(const char*)>& name) {
+  std::ostringstream why;
+  if (!std::isfinite(p.temperature) || p.temperature < 0)
+    why << name("temperature") << " is " << p.temperature << ": use a finite number >= 0 (0 = greedy)";
+  else if (p.top_k < 0)
+    why << name("top_k") << " is " << p.top_k << ": use 0 (off) or a positive count";
+  else if (!(p.top_p > 0 && p.top_p <= 1))  // also NaN
+    why << name("top_p") << " is " << p.top_p << ": use a number above 0 and at most 1 (1 = off)";
+  return why.str();
+}
+
+std::string sampling_flags_problem(const kern::SampleParams& p) {
+  return sampling_problem(p, [](const char* field) {
+    std::string flag = std::string("--") + field;
+    std::replace(flag.begin(), flag.end(), '_', '-');
+    return flag;
+  });
+}
+
+void SamplingFlags::finish() {
+  check(max_new >= 1 && max_new <= kMaxNewTokens, "--max-new-tokens ", max_new, ": use 1 to ", kMaxNewTokens);
+  const std::string bad = sampling_flags_problem(params);
+  check(bad.empty(), bad);
+  params.seed = seed;
+}
+
 void EngineFlags::finish() {
+  // Bounds that keep the backends' arithmetic (pages per context, buffers) meaningful; each backend checks its own
+  // limits again.
+  check(page_size >= 1 && page_size <= 4096, "--page-size ", page_size, ": use 1 to 4096 tokens per KV page");
+  check(kv_pages >= 0, "--kv-pages ", kv_pages, ": use 0 (sized from --kv-fraction) or a positive count");
+  check(kv_fraction > 0 && kv_fraction <= 1, "--kv-fraction ", kv_fraction, ": use a share above 0 and at most 1");
+  check(max_tokens >= 1, "--max-tokens ", max_tokens, ": use at least 1");
+  check(max_running >= 1, "--max-running ", max_running, ": use at least 1");
+  check(engine.token_budget >= 1, "--token-budget ", engine.token_budget, ": use at least 1");
   check(chunked == "on" || chunked == "off", "--chunked-prefill ", chunked, ": use on or off");
   check(sharing == "on" || sharing == "off" || sharing == "flat", "--prefix-sharing ", sharing, ": use off, on or flat");
   check(device == "auto" || device == "cpu" || device == "cuda", "--device ", device, ": use auto, cpu or cuda");

@@ -2,6 +2,7 @@
 // (device, paging, budget) and building the backend they name.
 // Must not: schedule or print (the commands do).
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -29,8 +30,15 @@ struct SamplingFlags {
   uint64_t seed = 1;
   kern::SampleParams params;
   void add_to(po::options_description& desc);
-  void finish() { params.seed = seed; }
+  void finish();  // UserError on values out of range
 };
+
+// The ranges of the sampling settings, shared by the flags and by batch's per-request fields: empty when P is
+// valid, else what is wrong with the first bad setting, named by NAME("temperature" | "top_k" | "top_p").
+// temperature: finite, >= 0 (0 = greedy); top_k: >= 0 (0 = off); top_p: in (0, 1] (1 = off).
+std::string sampling_problem(const kern::SampleParams& p, const std::function<std::string(const char*)>& name);
+std::string sampling_flags_problem(const kern::SampleParams& p);  // the same, naming the flags (--top-p)
+constexpr int32_t kMaxNewTokens = 1 << 20;  // the most tokens one request may ask for
 
 std::unique_ptr<serve::Backend> make_backend(const serve::Bundle& bundle, const EngineFlags& f);
 bool cuda_engine_built();
