@@ -48,6 +48,7 @@ KnnGraph knn_exact(const torch::Tensor& embeddings, int64_t k, int64_t block, co
   torch::NoGradGuard ng;
   const int64_t n = embeddings.size(0);
   check(n > k, "in-context ordering needs more documents (", n, ") than neighbours k = ", k);
+  check(k >= 1 && block >= 1, "knn_exact: k = ", k, " and block = ", block, " must be at least 1");
   auto all = embeddings.to(device);
   auto index = torch::empty({n, k}, torch::kInt64), sim = torch::empty({n, k}, torch::kFloat32);
   for (int64_t i = 0; i < n; i += block) {
@@ -115,6 +116,9 @@ double mean_adjacent_similarity(const torch::Tensor& e, const std::vector<uint64
 }
 
 IcpResult icp_order(const TokenStoreContents& s, const IcpOptions& opt) {
+  check(opt.k >= 1 && opt.dim >= 1 && opt.block >= 1, "in-context ordering needs at least one neighbour (--k), ",
+        "feature dimension (--dim) and query row per product (--block); got k = ", opt.k, ", dim = ", opt.dim,
+        ", block = ", opt.block);
   IcpResult r;
   auto t0 = std::chrono::steady_clock::now();
   torch::Tensor emb = hashed_tfidf(s, opt.dim);

@@ -74,6 +74,8 @@ void train_tokenizer(const std::vector<Document>& docs, const std::filesystem::p
                      const TokenizerTrainOptions& opt) {
   check(!docs.empty(), "no documents to train the tokenizer on");
   check(opt.vocab_size >= 300, "vocabulary size ", opt.vocab_size, " is too small (byte fallback needs 259+)");
+  check(opt.threads >= 1 && opt.threads <= 128, "--threads ", opt.threads, ": SentencePiece trains with 1 to 128");
+  check(opt.max_sentences >= 1, "--max-sentences ", opt.max_sentences, ": sample at least one line");
   // Lines are SentencePiece's sentences; very long lines are cut so training never rejects them.
   const size_t kMaxLine = 8192;
   std::vector<std::string> lines;

@@ -282,6 +282,12 @@ TEST(IcpOrder, RealStoreOrderIsCoherentDedupedAndReadBack) {
   EXPECT_EQ(read_token_store(dir / "train.h5").tokens, store.tokens);  // the store's tokens are untouched
   reorder_documents(store, plain.order);
   EXPECT_EQ(store.n_docs(), int64_t(plain.order.size()));
+  // Settings of zero are refused by name (a zero dimension divided by zero, a zero block never advanced).
+  for (auto bad : {&IcpOptions::k, &IcpOptions::dim, &IcpOptions::block}) {
+    IcpOptions zero = o;
+    zero.*bad = 0;
+    EXPECT_NE(user_error_of([&] { icp_order(store, zero); }).find("got k = "), std::string::npos);
+  }
 }
 
 TEST(Decomposition, WrittenIntoTheStoreAndReadBack) {

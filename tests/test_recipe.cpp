@@ -62,6 +62,31 @@ TEST(Recipe, WrongTypesAndChoicesAreRejected) {
   EXPECT_FALSE(user_error_of([&] { Recipe::load(dir / "dup.ini"); }).empty());
 }
 
+// Numbers outside their key's range are refused where they are read, naming key, source and range (a zero
+// log_every used to divide by zero mid-run, a zero eval_batches to report a NaN validation loss, a beta1 above 1
+// or a negative rope_theta to train into NaNs); the ends of each range are accepted.
+TEST(Recipe, NumbersOutsideTheirRangeAreRejected) {
+  auto dir = scratch_dir("recipe-ranges");
+  write_text(dir / "r.ini", "[optim]\nbeta1 = 1.5\n");
+  std::string e = user_error_of([&] { Recipe::load(dir / "r.ini"); });
+  EXPECT_NE(e.find("r.ini: optim.beta1 = '1.5' is not a number in [0, 1)"), std::string::npos) << e;
+  write_text(dir / "ok.ini", "[model]\nd_model = 64\n");
+  const std::vector<std::pair<std::string, std::string>> refused = {
+      {"--train.log_every=0", "an integer >= 1"},       {"--train.eval_batches=0", "an integer >= 1"},
+      {"--model.rope_theta=-1", "a number > 0"},        {"--optim.grad_clip=-1", "a number >= 0"},
+      {"--data.replay_fraction=1.01", "in [0, 1]"},     {"--train.keep=-1", "an integer >= 0"},
+      {"--optim.weight_decay=-0.1", "a number >= 0"},   {"--sparsity.level=1", "in [0, 1)"}};
+  for (const auto& [flag, range] : refused) {
+    e = user_error_of([&] { Recipe::load(dir / "ok.ini", {flag}); });
+    EXPECT_NE(e.find("command line: " + flag.substr(2, flag.find('=') - 2)), std::string::npos) << e;
+    EXPECT_NE(e.find(range), std::string::npos) << flag << ": " << e;
+  }
+  for (const std::string flag : {"--train.log_every=1", "--optim.beta1=0", "--optim.grad_clip=0",
+                                 "--data.replay_fraction=1", "--train.keep=0", "--sparsity.level=0.99"})
+    EXPECT_EQ(user_error_of([&] { Recipe::load(dir / "ok.ini", {flag}); }), "") << flag;
+  EXPECT_NE(recipe_keys_help().find("--optim.beta1=number in [0, 1)"), std::string::npos);
+}
+
 TEST(Recipe, MissingFilesAndCyclesAreRejected) {
   auto dir = scratch_dir("recipe-missing");
   std::string e = user_error_of([&] { Recipe::load(dir / "none.ini"); });

@@ -56,6 +56,7 @@ std::string validate(const KeySpec& k, std::string value, const std::string& whe
       char* end = nullptr;
       long long v = std::strtoll(value.c_str(), &end, 10);
       if (value.empty() || *end || errno) bad("an integer");
+      if (!k.range.holds(double(v))) bad("an integer " + k.range.text());
       return std::to_string(v);
     }
     case KeyType::Float: {
@@ -63,6 +64,7 @@ std::string validate(const KeySpec& k, std::string value, const std::string& whe
       char* end = nullptr;
       double v = std::strtod(value.c_str(), &end);
       if (value.empty() || *end || errno || !std::isfinite(v)) bad("a finite number");
+      if (!k.range.holds(v)) bad("a number " + k.range.text());
       return value;
     }
     case KeyType::Bool: {

@@ -13,12 +13,21 @@ namespace cw {
 
 enum class KeyType { Int, Float, String, Bool };
 
+// The values a numeric key allows: lo..hi, each end included unless marked open.
+struct KeyRange {
+  double lo = -1e300, hi = 1e300;
+  bool lo_open = false, hi_open = false;
+  bool holds(double v) const { return (lo_open ? v > lo : v >= lo) && (hi_open ? v < hi : v <= hi); }
+  std::string text() const;  // ">= 0", "> 0", "in [0, 1)"
+};
+
 struct KeySpec {
   std::string name;           // "section.key"
   KeyType type;
   std::string default_value;  // as written in an INI file
   std::string help;
   std::vector<std::string> choices;  // for strings: allowed values (empty = any)
+  KeyRange range = {};               // for numbers (set from the table's ranges in recipe_keys.cpp)
 };
 
 const std::vector<KeySpec>& recipe_keys();

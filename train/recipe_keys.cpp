@@ -1,14 +1,63 @@
-// The table of every recipe key: type, default, help, allowed values. Adding a feature's keys = adding rows.
+// The table of every recipe key: type, default, help, allowed values (choices, numeric ranges). Adding a feature's keys = adding rows.
 // Must not: hold logic beyond the table and its renderings.
+#include <map>
 #include <sstream>
+#include <stdexcept>
 
 #include "train/recipe.h"
 
 namespace cw {
 
+namespace {
+KeyRange at_least(double lo) { return {lo, 1e300, false, false}; }
+KeyRange above(double lo) { return {lo, 1e300, true, false}; }
+KeyRange closed(double lo, double hi) { return {lo, hi, false, false}; }
+KeyRange half_open(double lo, double hi) { return {lo, hi, false, true}; }  // [lo, hi)
+
+// The numeric keys' allowed values: checked where a recipe or override is read, shown in --help and docs.
+const std::map<std::string, KeyRange>& key_ranges() {
+  static const std::map<std::string, KeyRange> ranges = {
+      {"run.threads", at_least(0)}, {"run.peak_tflops", above(0)},
+      {"data.replay_fraction", closed(0, 1)}, {"data.dd_cycles", at_least(1)},
+      {"data.seq_len", at_least(1)}, {"data.batch_size", at_least(1)},
+      {"model.vocab_size", at_least(0)}, {"model.d_model", at_least(1)}, {"model.n_layers", at_least(1)},
+      {"model.n_heads", at_least(1)}, {"model.n_kv_heads", at_least(0)}, {"model.d_ff", at_least(0)},
+      {"model.max_seq_len", at_least(0)}, {"model.rope_theta", above(0)}, {"model.norm_eps", above(0)},
+      {"model.init_std", above(0)},
+      {"optim.lr", above(0)}, {"optim.min_lr", at_least(0)}, {"optim.beta1", half_open(0, 1)},
+      {"optim.beta2", half_open(0, 1)}, {"optim.eps", above(0)}, {"optim.weight_decay", at_least(0)},
+      {"optim.grad_clip", at_least(0)},
+      {"schedule.warmup_steps", at_least(0)}, {"schedule.decay_steps", at_least(0)},
+      {"schedule.cooldown_steps", at_least(0)}, {"schedule.constant_lr", at_least(0)},
+      {"schedule.anneal_steps", at_least(0)},
+      {"train.steps", at_least(1)}, {"train.grad_accum", at_least(1)}, {"train.eval_every", at_least(0)},
+      {"train.eval_batches", at_least(1)}, {"train.eval_batch_size", at_least(0)}, {"train.log_every", at_least(1)},
+      {"train.ckpt_every", at_least(0)}, {"train.keep", at_least(0)}, {"train.loss_chunk", at_least(0)},
+      {"train.max_bad_steps", at_least(1)},
+      {"dist.bucket_mb", at_least(0)},
+      {"sparsity.level", half_open(0, 1)}, {"sparsity.seed", at_least(0)},
+  };
+  return ranges;
+}
+}  // namespace
+
+std::string KeyRange::text() const {
+  auto num = [](double v) {
+    std::ostringstream os;
+    os << v;
+    return os.str();
+  };
+  const bool no_lo = lo <= -1e299, no_hi = hi >= 1e299;
+  if (no_lo && no_hi) return "";
+  if (no_hi) return (lo_open ? "> " : ">= ") + num(lo);
+  if (no_lo) return (hi_open ? "< " : "<= ") + num(hi);
+  return "in " + std::string(lo_open ? "(" : "[") + num(lo) + ", " + num(hi) + (hi_open ? ")" : "]");
+}
+
 const std::vector<KeySpec>& recipe_keys() {
   using K = KeyType;
-  static const std::vector<KeySpec> keys = {
+  static const std::vector<KeySpec> table = [] {
+  std::vector<KeySpec> keys = {
       {"run.name", K::String, "run", "run name; outputs go to <out_dir>/<name>"},
       {"run.out_dir", K::String, "runs", "folder that holds runs"},
       {"run.seed", K::Int, "1", "seed of model init, data order and sampling"},
@@ -70,7 +119,7 @@ const std::vector<KeySpec>& recipe_keys() {
       {"train.eval_batch_size", K::Int, "0", "sequences per validation batch (0 = data.batch_size)"},
       {"train.log_every", K::Int, "10", "print a progress line every N steps"},
       {"train.ckpt_every", K::Int, "100", "write a checkpoint every N steps (0 = only at the end)"},
-      {"train.keep", K::Int, "3", "checkpoints to keep (older ones are deleted)"},
+      {"train.keep", K::Int, "3", "checkpoints to keep (older ones are deleted; 0 = keep all)"},
       {"train.loss_chunk", K::Int, "0", "compute the loss in chunks of this many tokens without holding all logits "
        "(0 = all at once)"},
       {"train.fused_kernels", K::String, "auto", "fused RoPE, SwiGLU, add+RMSNorm and cross-entropy kernels "
@@ -86,7 +135,7 @@ const std::vector<KeySpec>& recipe_keys() {
       {"train.max_bad_steps", K::Int, "5", "stop after this many non-finite steps in a row"},
       {"dist.zero", K::Int, "0", "data-parallel runs (torchrun): 1 = shard AdamW moments over ranks (ZeRO-1)",
        {"0", "1"}},
-      {"dist.bucket_mb", K::Int, "25", "data-parallel runs: gradient all-reduce bucket size (MiB)"},
+      {"dist.bucket_mb", K::Int, "25", "data-parallel runs: gradient all-reduce bucket size (MiB; 0 = one bucket per parameter)"},
       {"dist.reduce_dtype", K::String, "fp32", "data-parallel runs: dtype of the gradient all-reduce (bf16: half "
        "the traffic, sums rounded to bf16)", {"fp32", "bf16"}},
       {"init.from", K::String, "", "start from these weights: a run, a checkpoint, or a folder with model.safetensors"},
@@ -96,7 +145,13 @@ const std::vector<KeySpec>& recipe_keys() {
       {"sparsity.seed", K::Int, "0", "seed of the masks (0 = run.seed)"},
       {"debug.inject_nan_steps", K::String, "", "comma-separated steps whose loss is made NaN (tests the guard)"},
   };
+  size_t ranged = 0;
+  for (auto& k : keys)
+    if (auto r = key_ranges().find(k.name); r != key_ranges().end()) k.range = r->second, ++ranged;
+  if (ranged != key_ranges().size()) throw std::logic_error("recipe_keys.cpp: a range names a key the table lacks");
   return keys;
+  }();
+  return table;
 }
 
 const KeySpec* find_key(const std::string& name) {
@@ -114,17 +169,24 @@ std::string key_type_name(KeyType t) {
   return "?";
 }
 
-static std::string choices_text(const KeySpec& k) {
+static std::string choices_text(const KeySpec& k, const std::string& bar = " | ") {
   std::string out;
-  for (auto& c : k.choices) out += (out.empty() ? "" : " | ") + c;
+  for (auto& c : k.choices) out += (out.empty() ? "" : bar) + c;
   return out;
+}
+
+// "integer >= 1", "auto | cpu | cuda" (BAR separates choices: Markdown tables need it escaped).
+static std::string type_text(const KeySpec& k, const std::string& bar = " | ") {
+  if (!k.choices.empty()) return choices_text(k, bar);
+  const std::string range = k.range.text();
+  return key_type_name(k.type) + (range.empty() ? "" : " " + range);
 }
 
 std::string recipe_keys_markdown() {
   std::ostringstream os;
   os << "| key | type | default | meaning |\n|---|---|---|---|\n";
   for (auto& k : recipe_keys()) {
-    os << "| `" << k.name << "` | " << (k.choices.empty() ? key_type_name(k.type) : choices_text(k)) << " | "
+    os << "| `" << k.name << "` | " << type_text(k, " \\| ") << " | "
        << (k.default_value.empty() ? std::string("(none)") : "`" + k.default_value + "`") << " | " << k.help << " |\n";
   }
   return os.str();
@@ -136,7 +198,7 @@ std::string recipe_keys_help() {
   for (auto& k : recipe_keys()) {
     std::string sec = k.name.substr(0, k.name.find('.'));
     if (sec != section) os << "\n[" << (section = sec) << "]\n";
-    std::string lhs = "  --" + k.name + "=" + (k.choices.empty() ? key_type_name(k.type) : choices_text(k));
+    std::string lhs = "  --" + k.name + "=" + type_text(k);
     os << lhs << std::string(lhs.size() < 44 ? 44 - lhs.size() : 1, ' ') << k.help << " (default: "
        << (k.default_value.empty() ? "none" : k.default_value) << ")\n";
   }
