@@ -2,6 +2,8 @@
 // truncated and corrupted stores rejected.
 #include <gtest/gtest.h>
 
+#include <tuple>
+
 #include "common/error.h"
 #include "common/files.h"
 #include "common/json.h"
@@ -83,6 +85,15 @@ TEST(TokenStore, RefusesToMixTokenizers) {
   for (auto& d : synthetic_corpus(30, 3)) write_text(corpus / d.source, d.text);
   TokenizerTrainOptions o;
   o.vocab_size = 300;
+  // Settings SentencePiece would reject with an internal message are refused by their flag's name first.
+  for (auto [threads, sentences, flag] : {std::tuple{0, int64_t(100), "--threads 0"},
+                                          std::tuple{2, int64_t(0), "--max-sentences 0"}}) {
+    TokenizerTrainOptions bad = o;
+    bad.threads = threads, bad.max_sentences = sentences;
+    EXPECT_NE(user_error_of([&] { train_tokenizer(synthetic_corpus(30, 3), dir / "bad.model", bad); }).find(flag),
+              std::string::npos);
+    EXPECT_FALSE(fs::exists(dir / "bad.model"));
+  }
   train_tokenizer(synthetic_corpus(30, 3), dir / "other.model", o);
   PrepareOptions p;
   p.inputs = {corpus.string()};
