@@ -39,6 +39,8 @@ static int bench_order(const Args& args) {
   po::positional_options_description pos;
   po::variables_map vm;
   if (!parse_args(args, desc, pos, vm, "chunkwise bench order [--docs 100000] [--device auto]")) return 0;
+  check(docs >= 1 && dim >= 1 && k >= 1 && block >= 1 && clusters >= 1, "bench order: --docs, --dim, --k, --block ",
+        "and --clusters must be at least 1");
   torch::Device dev = resolve_device(device);
   torch::manual_seed(1);
   auto centers = torch::randn({clusters, dim});
@@ -87,6 +89,8 @@ static int bench_train(const Args& args) {
   po::positional_options_description pos;
   po::variables_map vm;
   if (!parse_args(args, desc, pos, vm, "chunkwise bench train [--config 124m|350m]")) return 0;
+  check(steps >= 1 && warmup >= 0 && loss_chunk >= 0 && profile_runs >= 0, "bench train: --steps must be at least 1; ",
+        "--warmup, --loss-chunk and --profile at least 0");
   ModelConfig c;
   int64_t B, T;
   c.vocab_size = 32000, c.tie_embeddings = false;
