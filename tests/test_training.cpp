@@ -4,7 +4,9 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <chrono>
 #include <fstream>
+#include <thread>
 
 #include "checkpoints/checkpoint.h"
 #include "common/error.h"
@@ -14,6 +16,7 @@
 #include "models/causal_lm.h"
 #include "tests/test_util.h"
 #include "train/recipe.h"
+#include "train/step_log.h"
 #include "train/step_profile.h"
 #include "train/trainer.h"
 
@@ -186,4 +189,33 @@ TEST(Training, BenchTrainProfileBreaksTheStepDown) {
   EXPECT_GT(p["profiled_ms"].get<double>(), 0.0);
   ASSERT_FALSE(p["top"].empty());
   EXPECT_GE(p["top"][0]["calls"].get<int64_t>(), 1);
+}
+
+// The progress rate of a synchronous device (the CPU: a step's work is done when it is launched): steps of 30 ms
+// recorded in one burst at the end (as before an evaluation, a checkpoint or the last step) still report about
+// tokens / 30 ms, not the microseconds between the records.
+TEST(Training, StepLogRatesCountTheStepsNotTheRecords) {
+  auto dir = scratch_dir("step-log");
+  {
+    MetricsLog metrics(dir / "metrics.jsonl", -1);
+    std::ostringstream out;
+    StepLogSettings s;
+    s.first_step = 1, s.total_steps = 4, s.log_every = 1;
+    StepLog log(s, metrics, out, 0, 0);
+    for (int64_t step = 1; step <= 4; ++step) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(30));  // the step's work
+      log.launched(step, 1e-3, 3000, torch::full({1}, 2.0), torch::full({1}, 1.0));
+    }
+    log.settle();
+  }
+  std::ifstream in(dir / "metrics.jsonl");
+  std::string line;
+  int n = 0;
+  while (std::getline(in, line)) {
+    const json j = json::parse(line);
+    ++n;
+    EXPECT_GT(j["tok_s"].get<double>(), 3000 / 0.300) << line;  // at most 300 ms per step (a loaded machine)
+    EXPECT_LT(j["tok_s"].get<double>(), 3000 / 0.025) << line;  // at least the 30 ms slept
+  }
+  EXPECT_EQ(n, 4);
 }

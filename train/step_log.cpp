@@ -18,7 +18,9 @@ StepLog::StepLog(const StepLogSettings& s, MetricsLog& metrics, std::ostream& ou
 void StepLog::launched(int64_t step, double lr, int64_t tokens, const torch::Tensor& loss,
                        const torch::Tensor& grad_norm) {
   values_.push(torch::stack({loss.reshape({}).to(torch::kFloat64), grad_norm.reshape({}).to(torch::kFloat64)}));
-  launched_.push_back({step, lr, tokens});
+  std::optional<std::chrono::steady_clock::time_point> done_at;
+  if (loss.device().is_cpu()) done_at = std::chrono::steady_clock::now();
+  launched_.push_back({step, lr, tokens, done_at});
 }
 
 void StepLog::settle(size_t keep) {
@@ -46,7 +48,7 @@ void StepLog::record(const Launched& l, double loss, double gnorm) {
   }
   bad_in_row_ = 0;
   losses_.push_back(loss);
-  const auto now = std::chrono::steady_clock::now();
+  const auto now = l.done_at ? *l.done_at : std::chrono::steady_clock::now();
   const double elapsed = std::chrono::duration<double>(now - start_).count();
   const double since_log = std::chrono::duration<double>(now - last_log_).count();
   const double tok_s = double(tokens_since_log_) / std::max(since_log, 1e-9);

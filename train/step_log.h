@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <deque>
+#include <optional>
 #include <ostream>
 #include <vector>
 
@@ -39,6 +40,10 @@ class StepLog {
     int64_t step;
     double lr;
     int64_t tokens;
+    // When the step's work was known to be done: at launch for a device that runs it synchronously (the CPU),
+    // so that records made later in a burst (before an evaluation, a checkpoint, the end) do not compress its
+    // time; unset for an accelerator, where the values' arrival marks it.
+    std::optional<std::chrono::steady_clock::time_point> done_at;
   };
   void record(const Launched& l, double loss, double grad_norm);
 
