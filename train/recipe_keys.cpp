@@ -1,4 +1,5 @@
-// The table of every recipe key: type, default, help, allowed values (choices, numeric ranges). Adding a feature's keys = adding rows.
+// The table of every recipe key: type, default, help, allowed values (choices, numeric ranges). Adding a
+// feature's keys = adding rows.
 // Must not: hold logic beyond the table and its renderings.
 #include <map>
 #include <sstream>
@@ -57,7 +58,7 @@ std::string KeyRange::text() const {
 const std::vector<KeySpec>& recipe_keys() {
   using K = KeyType;
   static const std::vector<KeySpec> table = [] {
-  std::vector<KeySpec> keys = {
+    std::vector<KeySpec> keys = {
       {"run.name", K::String, "run", "run name; outputs go to <out_dir>/<name>"},
       {"run.out_dir", K::String, "runs", "folder that holds runs"},
       {"run.seed", K::Int, "1", "seed of model init, data order and sampling"},
@@ -135,7 +136,8 @@ const std::vector<KeySpec>& recipe_keys() {
       {"train.max_bad_steps", K::Int, "5", "stop after this many non-finite steps in a row"},
       {"dist.zero", K::Int, "0", "data-parallel runs (torchrun): 1 = shard AdamW moments over ranks (ZeRO-1)",
        {"0", "1"}},
-      {"dist.bucket_mb", K::Int, "25", "data-parallel runs: gradient all-reduce bucket size (MiB; 0 = one bucket per parameter)"},
+      {"dist.bucket_mb", K::Int, "25", "data-parallel runs: gradient all-reduce bucket size (MiB; 0 = one bucket "
+       "per parameter)"},
       {"dist.reduce_dtype", K::String, "fp32", "data-parallel runs: dtype of the gradient all-reduce (bf16: half "
        "the traffic, sums rounded to bf16)", {"fp32", "bf16"}},
       {"init.from", K::String, "", "start from these weights: a run, a checkpoint, or a folder with model.safetensors"},
@@ -144,12 +146,12 @@ const std::vector<KeySpec>& recipe_keys() {
       {"sparsity.level", K::Float, "0", "fraction of each sparsifiable weight held at zero (SPDF; 0 = dense)"},
       {"sparsity.seed", K::Int, "0", "seed of the masks (0 = run.seed)"},
       {"debug.inject_nan_steps", K::String, "", "comma-separated steps whose loss is made NaN (tests the guard)"},
-  };
-  size_t ranged = 0;
-  for (auto& k : keys)
-    if (auto r = key_ranges().find(k.name); r != key_ranges().end()) k.range = r->second, ++ranged;
-  if (ranged != key_ranges().size()) throw std::logic_error("recipe_keys.cpp: a range names a key the table lacks");
-  return keys;
+    };
+    size_t ranged = 0;
+    for (auto& k : keys)
+      if (auto r = key_ranges().find(k.name); r != key_ranges().end()) k.range = r->second, ++ranged;
+    if (ranged != key_ranges().size()) throw std::logic_error("recipe_keys.cpp: a range names a key the table lacks");
+    return keys;
   }();
   return table;
 }

@@ -99,7 +99,8 @@ int batch_main(const Args& args) {
     r.sampling.top_k = int32_t(int_field("top_k", defaults.top_k, 0, 1 << 30));
     r.sampling.top_p = float(float_field("top_p", defaults.top_p));
     r.sampling.seed = uint64_t(int_field("seed", int64_t(defaults.seed), 0, INT64_MAX));
-    const std::string bad = sampling_problem(r.sampling, [](const char* field) { return '"' + std::string(field) + '"'; });
+    const std::string bad =
+        sampling_problem(r.sampling, [](const char* field) { return '"' + std::string(field) + '"'; });
     check(bad.empty(), where, ": ", bad);
     r.eos_id = tok.identity().eos_id;
     prompt_tokens += int64_t(r.prompt.size());

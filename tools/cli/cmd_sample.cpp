@@ -32,8 +32,8 @@ int sample_main(const Args& args) {
   pos.add("run", 1);
   po::variables_map vm;
   if (!parse_args(args, desc, pos, vm, "chunkwise sample RUN|CHECKPOINT [--prompt TEXT]")) return 0;
-  check(g.max_new_tokens >= 1 && g.max_new_tokens <= kMaxNewTokens, "--max-new-tokens ", g.max_new_tokens, ": use 1 to ",
-        kMaxNewTokens);
+  check(g.max_new_tokens >= 1 && g.max_new_tokens <= kMaxNewTokens, "--max-new-tokens ", g.max_new_tokens,
+        ": use 1 to ", kMaxNewTokens);
   kern::SampleParams ranges;
   ranges.temperature = float(g.temperature), ranges.top_p = float(g.top_p);
   ranges.top_k = int32_t(std::clamp<int64_t>(g.top_k, -1, INT32_MAX));
