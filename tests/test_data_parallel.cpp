@@ -1,9 +1,10 @@
 // Data-parallel training on the CPU (two processes started the torchrun way, TCPStore exchange): the loss of
-// every step equals a one-process run with the same global batch, with and without ZeRO-1, and checkpoints
-// move between world sizes in both directions.
+// every step equals a one-process run with the same global batch, with and without ZeRO-1, checkpoints
+// move between world sizes in both directions, and a SIGTERM to one rank stops all of them after one step.
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -140,4 +141,42 @@ TEST(DataParallel, TorchrunStartsTheRanks) {
             0)
       << log;
   expect_close(losses(dir / "tr"), losses(dir / "one"), 0, "torchrun, 2 ranks");
+}
+
+// SIGTERM to one rank only (rank 1, here once rank 0 has logged a few steps): every rank stops after the same
+// step, rank 0 writes the checkpoint of that step, and both exit with 143.
+TEST(DataParallel, SigtermToOneRankStopsEveryRankAfterTheSameStep) {
+  auto dir = scratch_dir("dp-sigterm");
+  const fs::path ini = write_recipe(dir, "long", 1000000), run = dir / "long";
+  const std::string bin = chunkwise_bin() + " train " + ini.string() + " --train.ckpt_every=0 --train.eval_every=0";
+  const std::string d = dir.string() + "/";
+  write_text(dir / "run.sh",
+             "export WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free_port()) +
+                 " CHUNKWISE_DIST_TIMEOUT=60\n"
+                 "RANK=1 LOCAL_RANK=1 " + bin + " > " + d + "log1 2>&1 & p1=$!\n"
+                 "RANK=0 LOCAL_RANK=0 " + bin + " > " + d + "log0 2>&1 & p0=$!\n"
+                 "echo $p1 > " + d + "pid1; echo $p0 > " + d + "pid0\n"
+                 "wait $p1; echo $? > " + d + "rc1\n"
+                 "wait $p0; echo $? > " + d + "rc0.tmp; mv " + d + "rc0.tmp " + d + "rc0\n");
+  start_script(dir / "run.sh");
+  const bool logging = wait_until([&] { return count_lines(run / "metrics.jsonl") >= 3; }, 120);
+  auto pid = [&](const char* f) { return pid_t(std::stol("0" + read_file(dir / f))); };
+  const pid_t p1 = pid("pid1"), p0 = pid("pid0");
+  auto kill_both = [&] {  // no run of a million steps left behind (a pid of 0 would be our own group)
+    for (pid_t p : {p0, p1})
+      if (p > 0) ::kill(p, SIGKILL);
+  };
+  if (!logging || p1 <= 0) kill_both();
+  ASSERT_TRUE(logging && p1 > 0) << read_file(dir / "log0") << read_file(dir / "log1");
+  ::kill(p1, SIGTERM);
+  const bool ended = wait_until([&] { return fs::exists(dir / "rc0"); }, 120);
+  if (!ended) kill_both();
+  ASSERT_TRUE(ended);
+  EXPECT_EQ(std::stoi(read_file(dir / "rc1")), 143) << read_file(dir / "log1");
+  EXPECT_EQ(std::stoi(read_file(dir / "rc0")), 143) << read_file(dir / "log0");
+  const int64_t last = int64_t(count_lines(run / "metrics.jsonl"));
+  EXPECT_NE(read_file(dir / "log0").find("stopped on request after step " + std::to_string(last)), std::string::npos)
+      << read_file(dir / "log0");
+  const auto ckpts = fs::path(run / "checkpoints");
+  EXPECT_TRUE(fs::exists(ckpts / ("step-" + std::to_string(last)) / "manifest.json")) << last;
 }

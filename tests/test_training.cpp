@@ -1,7 +1,9 @@
 // Training end to end on a tiny model: loss goes down below the unigram entropy, a run stopped at step k
 // and resumed reproduces the uninterrupted run bitwise, the NaN guard keeps NaN out of weights and
-// checkpoints, and the CLI turns recipe errors into exit code 2 with a message.
+// checkpoints, the CLI turns recipe errors into exit code 2 with a message, and SIGTERM (a stop request) ends a
+// run with a checkpoint of its last step that resumes bitwise.
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <torch/torch.h>
 
 #include <chrono>
@@ -75,6 +77,58 @@ TEST(Training, ResumedRunIsBitwiseTheUninterruptedRun) {
   for (auto& [name, t] : a.model) EXPECT_TRUE(torch::equal(t, b.model.at(name))) << name;
   for (auto& [name, t] : a.optimizer) EXPECT_TRUE(torch::equal(t, b.optimizer.at(name))) << name;
   EXPECT_EQ(metric_losses(full.run_dir), metric_losses(second.run_dir));  // metrics past step 3 were rewritten
+}
+
+// A stop request (what SIGTERM becomes in the CLI) ends the run after the step it arrives in, with a checkpoint
+// of that step; resuming from it reproduces the uninterrupted run bitwise.
+TEST(Training, StopRequestCheckpointsAndTheResumedRunIsBitwiseTheSame) {
+  auto out = scratch_dir("train-stop-request");
+  std::ostringstream log;
+  TrainOptions o;
+  o.out = &log;
+  TrainResult full = train(tiny_recipe(out, "full", 8), o);
+  Recipe r = tiny_recipe(out, "stopped", 8);
+  int asked = 0;
+  o.stop_requested = [&] { return ++asked >= 5; };  // during step 5; checkpoints are due at 3 and 6 only
+  TrainResult first = train(r, o);
+  EXPECT_TRUE(first.stopped_on_request);
+  EXPECT_EQ(first.last_step, 5);
+  EXPECT_EQ(load_checkpoint(*latest_checkpoint(first.run_dir)).step, 5);
+  EXPECT_NE(log.str().find("stopped on request after step 5: checkpoint written"), std::string::npos) << log.str();
+  o.stop_requested = nullptr;
+  o.resume = true;
+  TrainResult second = train(r, o);
+  EXPECT_FALSE(second.stopped_on_request);
+  EXPECT_EQ(second.first_step, 6);
+  EXPECT_EQ(metric_losses(full.run_dir), metric_losses(second.run_dir));
+  auto a = load_checkpoint(*latest_checkpoint(full.run_dir)), b = load_checkpoint(*latest_checkpoint(second.run_dir));
+  for (auto& [name, t] : a.model) EXPECT_TRUE(torch::equal(t, b.model.at(name))) << name;
+}
+
+// `chunkwise train` answers SIGTERM (sent here once a few steps are logged) by finishing its step, writing a
+// checkpoint of it and exiting with 143 (128 + SIGTERM), as schedulers expect of a stopped job.
+TEST(Cli, SigtermWritesACheckpointOfTheLastStepAndExits143) {
+  auto dir = scratch_dir("train-sigterm");
+  const fs::path ini = dir / "long.ini", run = dir / "long";
+  write_text(ini, tiny_recipe(dir, "long", 1000000).resolved_ini());
+  const std::string d = dir.string() + "/";
+  write_text(dir / "run.sh", chunkwise_bin() + " train " + ini.string() + " --train.ckpt_every=0 --train.eval_every=0" +
+                                 " > " + d + "log 2>&1 & echo $! > " + d + "pid\n" +
+                                 "wait $!; echo $? > " + d + "rc.tmp; mv " + d + "rc.tmp " + d + "rc\n");
+  start_script(dir / "run.sh");
+  const bool logging = wait_until([&] { return count_lines(run / "metrics.jsonl") >= 3; }, 120);
+  const pid_t pid = pid_t(std::stol("0" + read_file(dir / "pid")));
+  if (!logging && pid > 0) ::kill(pid, SIGKILL);  // no run of a million steps left behind
+  ASSERT_TRUE(logging && pid > 0) << read_file(dir / "log");
+  ::kill(pid, SIGTERM);
+  const bool ended = wait_until([&] { return fs::exists(dir / "rc"); }, 120);
+  if (!ended) ::kill(pid, SIGKILL);
+  ASSERT_TRUE(ended);
+  EXPECT_EQ(std::stoi(read_file(dir / "rc")), 143) << read_file(dir / "log");
+  const int64_t last = int64_t(count_lines(run / "metrics.jsonl"));  // one line per step (no evaluations)
+  EXPECT_NE(read_file(dir / "log").find("stopped on request after step " + std::to_string(last)), std::string::npos)
+      << read_file(dir / "log");
+  EXPECT_EQ(load_checkpoint(*latest_checkpoint(run)).step, last);
 }
 
 TEST(Training, FusedKernelsTrainLikeTheUnfusedOps) {  // [train] fused_kernels through the trainer

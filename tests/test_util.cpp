@@ -4,10 +4,12 @@
 #include <unistd.h>
 
 #include <array>
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <random>
 #include <sstream>
+#include <thread>
 
 #include "common/error.h"
 #include "common/files.h"
@@ -97,6 +99,27 @@ std::string chunkwise_bin() { return env_or("CHUNKWISE_BIN", CW_TEST_BIN); }
 void write_text(const fs::path& p, const std::string& text) {
   fs::create_directories(p.parent_path());
   std::ofstream(p, std::ios::binary) << text;
+}
+
+void start_script(const fs::path& script) {
+  const std::string cmd = "bash " + script.string() + " > /dev/null 2>&1 &";
+  if (std::system(cmd.c_str()) != 0) throw std::runtime_error("could not start " + script.string());
+}
+
+bool wait_until(const std::function<bool()>& condition, double seconds) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (!condition()) {
+    if (std::chrono::steady_clock::now() > end) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return true;
+}
+
+size_t count_lines(const fs::path& p) {
+  std::ifstream in(p);
+  size_t n = 0;
+  for (std::string line; std::getline(in, line);) n += !line.empty();
+  return n;
 }
 
 void flip_byte(const fs::path& p, uint64_t offset) {

@@ -28,6 +28,11 @@ std::string user_error_of(const std::function<void()>& f);  // the UserError's m
 // A 2-layer, d 32 model on shared_prepared_data(): 4 x 32 tokens per step, evaluation and checkpoint every
 // 3 steps, one thread (bitwise reproducible).
 Recipe tiny_recipe(const fs::path& out_dir, const std::string& name, int64_t steps);
+// Background jobs (signal tests): runs the bash SCRIPT detached and returns at once; the script records what
+// the test needs (PIDs, exit codes) in files. wait_until polls CONDITION for up to SECONDS.
+void start_script(const fs::path& script);
+bool wait_until(const std::function<bool()>& condition, double seconds);
+size_t count_lines(const fs::path& p);  // 0 when the file does not exist
 void flip_byte(const fs::path& p, uint64_t offset);
 void truncate_file(const fs::path& p, uint64_t size);
 

@@ -4,9 +4,12 @@
 
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <future>
+#include <thread>
 
 #include "common/error.h"
 
@@ -53,6 +56,18 @@ c10::intrusive_ptr<c10d::TCPStore> connect_store(const DistEnv& env) {
   return c10::make_intrusive<c10d::TCPStore>(env.master_addr, o);
 }
 
+void leave_store(c10d::TCPStore& store, const DistEnv& env) noexcept {
+  try {
+    const std::string key = "cw/left";
+    store.add(key, 1);
+    if (env.rank != 0 || env.agent_store) return;
+    const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(std::min(env.timeout_s, 30));
+    while (store.add(key, 0) < env.world && std::chrono::steady_clock::now() < end)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  } catch (...) {  // a rank that already failed: nothing to wait for
+  }
+}
+
 namespace {
 
 class StorePending : public Pending {
@@ -69,6 +84,13 @@ class StorePending : public Pending {
 class StoreCollectives : public Collectives {
  public:
   explicit StoreCollectives(const DistEnv& env) : env_(env), store_(connect_store(env)) {}
+  ~StoreCollectives() override {
+    try {
+      drain();
+    } catch (...) {  // the operation's own error was (or will not be) reported by its wait()
+    }
+    leave_store(*store_, env_);
+  }
   int rank() const override { return env_.rank; }
   int world() const override { return env_.world; }
 

@@ -49,6 +49,10 @@ namespace cw {
 
 // The rendezvous store on MASTER_ADDR:MASTER_PORT: rank 0 serves it unless torchrun's agent already does.
 c10::intrusive_ptr<c10d::TCPStore> connect_store(const DistEnv& env);
+// Called by each rank as its collectives close: the rank that serves the store waits (a bounded time) until
+// every rank has called it, so that ranks leaving at the same step never lose the store mid-operation.
+// Never throws.
+void leave_store(c10d::TCPStore& store, const DistEnv& env) noexcept;
 
 // NCCL for a CUDA device, the store exchange for the CPU.
 std::unique_ptr<Collectives> make_collectives(const DistEnv& env, const torch::Device& device);

@@ -21,12 +21,12 @@ class NcclPending : public Pending {
 
 class NcclCollectives : public Collectives {
  public:
-  NcclCollectives(const DistEnv& env, const torch::Device& device) : env_(env) {
-    auto store = connect_store(env);
+  NcclCollectives(const DistEnv& env, const torch::Device& device) : env_(env), store_(connect_store(env)) {
     auto opts = c10d::ProcessGroupNCCL::Options::create();
-    pg_ = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, env.rank, env.world, opts);
+    pg_ = c10::make_intrusive<c10d::ProcessGroupNCCL>(store_, env.rank, env.world, opts);
     (void)device;
   }
+  ~NcclCollectives() override { leave_store(*store_, env_); }
   int rank() const override { return env_.rank; }
   int world() const override { return env_.world; }
   std::unique_ptr<Pending> allreduce_sum(torch::Tensor t) override {
@@ -46,6 +46,7 @@ class NcclCollectives : public Collectives {
 
  private:
   DistEnv env_;
+  c10::intrusive_ptr<c10d::TCPStore> store_;
   c10::intrusive_ptr<c10d::ProcessGroupNCCL> pg_;
 };
 

@@ -16,8 +16,10 @@ StepLog::StepLog(const StepLogSettings& s, MetricsLog& metrics, std::ostream& ou
       start_(std::chrono::steady_clock::now()), last_log_(start_) {}
 
 void StepLog::launched(int64_t step, double lr, int64_t tokens, const torch::Tensor& loss,
-                       const torch::Tensor& grad_norm) {
-  values_.push(torch::stack({loss.reshape({}).to(torch::kFloat64), grad_norm.reshape({}).to(torch::kFloat64)}));
+                       const torch::Tensor& grad_norm, const torch::Tensor& stop_votes) {
+  std::vector<torch::Tensor> values = {loss.reshape({}).to(torch::kFloat64), grad_norm.reshape({}).to(torch::kFloat64)};
+  if (stop_votes.defined()) values.push_back(stop_votes.reshape({}).to(loss.device(), torch::kFloat64));
+  values_.push(torch::stack(values));
   std::optional<std::chrono::steady_clock::time_point> done_at;
   if (loss.device().is_cpu()) done_at = std::chrono::steady_clock::now();
   launched_.push_back({step, lr, tokens, done_at});
@@ -28,6 +30,7 @@ void StepLog::settle(size_t keep) {
     const Launched l = launched_.front();
     launched_.pop_front();
     const std::vector<double> v = values_.pop();
+    if (v.size() > 2 && v[2] > 0) stop_voted_ = true;
     record(l, v[0], v[1]);
   }
 }

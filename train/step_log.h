@@ -27,13 +27,18 @@ class StepLog {
  public:
   // TOKENS_SEEN and SKIPPED: the counts a resumed run starts from.
   StepLog(const StepLogSettings& s, MetricsLog& metrics, std::ostream& out, int64_t tokens_seen, int64_t skipped);
-  // A step whose values are still on the device (LOSS and GRAD_NORM: one-element tensors).
-  void launched(int64_t step, double lr, int64_t tokens, const torch::Tensor& loss, const torch::Tensor& grad_norm);
+  // A step whose values are still on the device (LOSS and GRAD_NORM: one-element tensors). STOP_VOTES
+  // (optional, one element): the ranks that asked to stop at this step, summed over ranks.
+  void launched(int64_t step, double lr, int64_t tokens, const torch::Tensor& loss, const torch::Tensor& grad_norm,
+                const torch::Tensor& stop_votes = {});
   // Records every launched step but the newest KEEP (their values are waited for).
   void settle(size_t keep = 0);
   int64_t tokens_seen() const { return tokens_seen_; }
   int64_t skipped() const { return skipped_; }
   const std::vector<double>& losses() const { return losses_; }  // per recorded step, NaN when skipped
+  // Whether a recorded step carried a stop vote. Every rank records the same summed votes in the same order,
+  // so every rank sees this turn true at the same call.
+  bool stop_voted() const { return stop_voted_; }
 
  private:
   struct Launched {
@@ -53,6 +58,7 @@ class StepLog {
   std::deque<Launched> launched_;
   DeferredValues values_;  // [loss, grad norm] per launched step, in order
   int64_t tokens_seen_, skipped_, bad_in_row_ = 0, tokens_since_log_ = 0;
+  bool stop_voted_ = false;
   std::vector<double> losses_;
   std::chrono::steady_clock::time_point start_, last_log_;
 };

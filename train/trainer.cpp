@@ -358,17 +358,32 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
       masks.apply_to_weights();
       masks.apply_to_optimizer(optimizer);
     }
-    log.launched(step, lr, step_tokens, t.loss, t.grad_norm);
+    // A stop request (SIGTERM before a pre-emption): one process acts on it after this step; data-parallel
+    // ranks vote through the same sum as the loss, read back with it, so all of them stop after one step.
+    torch::Tensor votes;
+    const bool asked = opt.stop_requested && opt.stop_requested();
+    if (dp) {
+      votes = torch::full({1}, asked ? 1.0 : 0.0, t.loss.options());
+      dp->sum_(votes);
+    }
+    log.launched(step, lr, step_tokens, t.loss, t.grad_norm, votes);
     log.settle(1);  // the previous step's values: ready while this step runs
 
     const bool last = step == total_steps;
-    const bool ckpt_due = last || (r.i("train.ckpt_every") > 0 && step % r.i("train.ckpt_every") == 0);
-    const bool eval_due = r.i("train.eval_every") > 0 && step % r.i("train.eval_every") == 0 && !last;
+    const bool stop_requested = !last && (dp ? log.stop_voted() : asked);
+    const int64_t ckpt_every = r.i("train.ckpt_every"), eval_every = r.i("train.eval_every");
+    const bool ckpt_due = last || stop_requested || (ckpt_every > 0 && step % ckpt_every == 0);
+    const bool eval_due = eval_every > 0 && step % eval_every == 0 && !last && !stop_requested;
     const bool stop = opt.stop_at > 0 && step >= opt.stop_at && !last;
     if (last || ckpt_due || eval_due || stop) log.settle();
     if (eval_due) run_eval(step);
     if (stop) return finish();  // simulated crash: no final checkpoint
     if (ckpt_due) checkpoint(step);
+    if (stop_requested) {
+      out << "stopped on request after step " << step << ": checkpoint written; continue with --resume\n" << std::flush;
+      result.stopped_on_request = true;
+      return finish();
+    }
   }
   run_eval(step);
   if (log.skipped()) out << log.skipped() << " step(s) were skipped for non-finite values\n";

@@ -1,4 +1,8 @@
-// `chunkwise train RECIPE [--resume] [--section.key=value ...]` and `chunkwise recipe keys`.
+// `chunkwise train RECIPE [--resume] [--section.key=value ...]` (SIGTERM / SIGUSR1: checkpoint and stop) and
+// `chunkwise recipe keys`.
+#include <signal.h>
+
+#include <csignal>
 #include <iostream>
 
 #include "train/recipe.h"
@@ -9,6 +13,23 @@
 #include "tools/cli/options.h"
 
 namespace cw::cli {
+
+namespace {
+// SIGTERM (what torchrun, SLURM and Kubernetes send before stopping a job) and SIGUSR1 (SLURM's
+// `--signal=USR1@SECONDS` warning) ask the run to finish its step and write a checkpoint. The handler resets
+// itself, so a second signal kills at once; SIGINT (Ctrl-C) keeps its default.
+volatile std::sig_atomic_t g_stop_signal = 0;
+extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
+
+void install_stop_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sa.sa_flags = SA_RESETHAND;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGUSR1, &sa, nullptr);
+}
+}  // namespace
 
 int train_main(const Args& args) {
   po::options_description desc("train options");
@@ -44,8 +65,14 @@ int train_main(const Args& args) {
   TrainOptions o;
   o.resume = vm.count("resume") > 0;
   o.stop_at = stop_at;
+  install_stop_handlers();
+  o.stop_requested = [] { return g_stop_signal != 0; };
   TrainResult res = train(r, o);
-  if (DistEnv::from_environment().rank != 0) return 0;  // data-parallel: rank 0 reports
+  // Stopped early on request: exit as the signal would have (128 + its number), so schedulers see the job did not
+  // finish; a rank that stopped on another rank's request reports SIGTERM.
+  const int rc = res.stopped_on_request ? 128 + (g_stop_signal ? int(g_stop_signal) : SIGTERM) : 0;
+  if (DistEnv::from_environment().rank != 0) return rc;  // data-parallel: rank 0 reports
+  if (rc) return rc;
   std::cout << "done: step " << res.last_step << " in " << res.run_dir.string();
   if (!std::isnan(res.val_loss))
     std::cout << " | val loss " << res.val_loss << " vs unigram entropy " << res.unigram_entropy << " nats";
