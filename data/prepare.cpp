@@ -2,6 +2,8 @@
 #include "data/prepare.h"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <random>
 #include <thread>
 
@@ -37,15 +39,27 @@ PrepareReport prepare_corpus(const PrepareOptions& opt) {
   }
   std::vector<Document> docs = read_documents(opt.inputs);
   check(!docs.empty(), "no documents found in the inputs");
-  // Tokenize in parallel; documents keep their order.
+  // Tokenize in parallel; documents keep their order. This thread reports progress while the workers run.
   std::vector<std::vector<int>> ids(docs.size());
   int threads = std::max(1, opt.threads);
+  std::atomic<int64_t> done{0}, tokens{0};
+  std::atomic<int> working{threads};
   std::vector<std::thread> pool;
   for (int t = 0; t < threads; ++t)
     pool.emplace_back([&, t] {
-      for (size_t i = size_t(t); i < docs.size(); i += size_t(threads)) ids[i] = tok.encode(docs[i].text);
+      for (size_t i = size_t(t); i < docs.size(); i += size_t(threads)) {
+        ids[i] = tok.encode(docs[i].text);
+        tokens += int64_t(ids[i].size()), ++done;
+      }
+      --working;
     });
+  const int64_t n_docs = int64_t(docs.size());
+  while (working > 0) {
+    if (opt.on_progress) opt.on_progress(done, n_docs, tokens);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
   for (auto& th : pool) th.join();
+  if (opt.on_progress) opt.on_progress(n_docs, n_docs, tokens);
 
   std::vector<bool> is_val = choose_val_docs(int64_t(docs.size()), opt.val_fraction, opt.seed);
   TokenStoreContents train, val;

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,9 @@ struct PrepareOptions {
   double val_fraction = 0.05;
   uint64_t seed = 1;
   int threads = 2;
+  // Called from the calling thread about every 200 ms while documents are tokenized, and once at the end:
+  // (documents tokenized, documents in all, tokens so far).
+  std::function<void(int64_t, int64_t, int64_t)> on_progress;
 };
 
 struct PrepareReport {

@@ -2,6 +2,7 @@
 // truncated and corrupted stores rejected.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <tuple>
 
 #include "common/error.h"
@@ -99,7 +100,16 @@ TEST(TokenStore, RefusesToMixTokenizers) {
   p.inputs = {corpus.string()};
   p.tokenizer = shared_tokenizer();
   p.out_dir = dir / "stores";
-  prepare_corpus(p);
+  // Progress reports count up to every document, the last one with every token (documents' ends included).
+  std::vector<std::array<int64_t, 3>> reports;
+  p.on_progress = [&](int64_t done, int64_t total, int64_t tokens) { reports.push_back({done, total, tokens}); };
+  PrepareReport rep = prepare_corpus(p);
+  ASSERT_FALSE(reports.empty());
+  EXPECT_EQ(reports.back()[0], 30);
+  EXPECT_EQ(reports.back()[1], 30);
+  EXPECT_EQ(reports.back()[2] + rep.train_docs + rep.val_docs, rep.train_tokens + rep.val_tokens);
+  for (size_t i = 1; i < reports.size(); ++i) EXPECT_LE(reports[i - 1][0], reports[i][0]);
+  p.on_progress = nullptr;
   p.tokenizer = dir / "other.model";
   try {
     prepare_corpus(p);

@@ -11,14 +11,13 @@
 #include <iostream>
 #include <map>
 
-#include <unistd.h>
-
 #include "common/env.h"
 #include "common/files.h"
 #include "common/json.h"
 #include "data/tokenizer.h"
 #include "tools/cli/batch_journal.h"
 #include "tools/cli/commands.h"
+#include "tools/cli/progress_line.h"
 #include "tools/cli/serve_setup.h"
 
 namespace cw::cli {
@@ -145,8 +144,7 @@ int batch_main(const Args& args) {
   const auto t0 = std::chrono::steady_clock::now();
   engine.submit_batch(std::move(to_run));
   int64_t new_tokens = 0;
-  const bool tty = ::isatty(STDERR_FILENO) == 1;
-  double next_progress = 0;
+  ProgressLine progress("requests", int64_t(n));
   while (!engine.idle()) {
     engine.step();
     for (auto& r : engine.take_finished()) {
@@ -158,17 +156,12 @@ int batch_main(const Args& args) {
       results[r.id] = std::move(o);
       if (exit_after_n > 0 && results.size() - resumed >= exit_after_n) std::_Exit(75);
     }
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (!engine.idle() && s < next_progress) continue;
-    // A bar redrawn in place on a terminal (10 times a second at most); a line every 10 s in a log file.
-    next_progress = s + (tty ? 0.1 : 10.0);
-    const int bar = int(30 * results.size() / n);
-    std::cerr << (tty ? "\r[" : "[") << std::string(size_t(bar), '#') << std::string(size_t(30 - bar), '.') << "] "
-              << results.size() << "/" << n << " requests, " << int64_t(double(new_tokens) / std::max(s, 1e-9))
-              << " new tok/s" << (tty ? "" : "\n") << std::flush;
+    const double s = progress.seconds();
+    progress.update(int64_t(results.size()), std::to_string(int64_t(double(new_tokens) / std::max(s, 1e-9))) +
+                                                 " new tok/s", /*force=*/engine.idle());
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  if (tty) std::cerr << "\n";
+  progress.finish();
   std::string out;
   for (size_t i = 0; i < n; ++i) out += results.at(int64_t(i)).dump() + "\n";
   write_file_atomic(out_file, out);

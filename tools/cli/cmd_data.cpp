@@ -2,6 +2,7 @@
 // dataset decomposition (dd/) and in-context order (icp/) to a store, or re-cut a store into documents of
 // another length distribution.
 #include <iostream>
+#include <memory>
 
 #include "common/files.h"
 #include "data/corpus.h"
@@ -12,9 +13,11 @@
 #include "data/recut.h"
 #include "data/token_store.h"
 #include "data/tokenizer.h"
+#include "train/metrics.h"
 #include "train/model_setup.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/options.h"
+#include "tools/cli/progress_line.h"
 
 namespace cw::cli {
 
@@ -71,6 +74,12 @@ static int prepare_main(const Args& args) {
   if (!parse_args(args, desc, pos, vm, "chunkwise data prepare --tokenizer FILE --out DIR INPUT...")) return 0;
   o.tokenizer = expand_user(tokenizer);
   o.out_dir = expand_user(out);
+  std::unique_ptr<ProgressLine> progress;  // made once the documents are read (their count is the total)
+  o.on_progress = [&](int64_t done, int64_t total, int64_t tokens) {
+    if (!progress) progress = std::make_unique<ProgressLine>("documents tokenized", total);
+    progress->update(done, format_count(double(tokens)) + " tokens", /*force=*/done == total);
+    if (done == total) progress->finish();
+  };
   PrepareReport rep = prepare_corpus(o);
   std::cout << "train: " << rep.train_docs << " documents, " << rep.train_tokens << " tokens -> "
             << (o.out_dir / "train.h5").string() << "\nval:   " << rep.val_docs << " documents, " << rep.val_tokens
