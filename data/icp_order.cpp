@@ -44,7 +44,8 @@ torch::Tensor hashed_tfidf(const TokenStoreContents& s, int64_t dim) {
   return torch::nn::functional::normalize(emb, torch::nn::functional::NormalizeFuncOptions().dim(1));
 }
 
-KnnGraph knn_exact(const torch::Tensor& embeddings, int64_t k, int64_t block, const torch::Device& device) {
+KnnGraph knn_exact(const torch::Tensor& embeddings, int64_t k, int64_t block, const torch::Device& device,
+                   const std::function<void(int64_t, int64_t)>& on_progress) {
   torch::NoGradGuard ng;
   const int64_t n = embeddings.size(0);
   check(n > k, "in-context ordering needs more documents (", n, ") than neighbours k = ", k);
@@ -59,6 +60,7 @@ KnnGraph knn_exact(const torch::Tensor& embeddings, int64_t k, int64_t block, co
     auto [v, idx] = scores.topk(k, 1, /*largest=*/true, /*sorted=*/true);
     index.narrow(0, i, m).copy_(idx.to(torch::kCPU));
     sim.narrow(0, i, m).copy_(v.to(torch::kCPU));
+    if (on_progress) on_progress(i + m, n);
   }
   return {index, sim};
 }
@@ -124,7 +126,7 @@ IcpResult icp_order(const TokenStoreContents& s, const IcpOptions& opt) {
   torch::Tensor emb = hashed_tfidf(s, opt.dim);
   r.embed_s = seconds_since(t0);
   t0 = std::chrono::steady_clock::now();
-  KnnGraph g = knn_exact(emb, std::min<int64_t>(opt.k, s.n_docs() - 1), opt.block, opt.device);
+  KnnGraph g = knn_exact(emb, std::min<int64_t>(opt.k, s.n_docs() - 1), opt.block, opt.device, opt.on_progress);
   r.knn_s = seconds_since(t0);
   t0 = std::chrono::steady_clock::now();
   auto trigrams = [&](int64_t d) {

@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <functional>
 #include <vector>
 
 #include "data/token_store.h"
@@ -21,6 +22,8 @@ struct IcpOptions {
   double dedup_jaccard = 0.85;
   int64_t dedup_prefix = 100;  // tokens compared for near-duplicates
   torch::Device device = torch::kCPU;
+  // Called after each block of the neighbour search (the long part): (documents searched, documents in all).
+  std::function<void(int64_t, int64_t)> on_progress;
 };
 
 struct KnnGraph {
@@ -36,7 +39,8 @@ struct IcpResult {
 };
 
 torch::Tensor hashed_tfidf(const TokenStoreContents& store, int64_t dim);  // [N, dim] float32, rows L2-normalised
-KnnGraph knn_exact(const torch::Tensor& embeddings, int64_t k, int64_t block, const torch::Device& device);
+KnnGraph knn_exact(const torch::Tensor& embeddings, int64_t k, int64_t block, const torch::Device& device,
+                   const std::function<void(int64_t, int64_t)>& on_progress = {});
 KnnGraph knn_reference(const torch::Tensor& embeddings, int64_t k);  // one full product; tests compare
 // Greedy walk; SKIP(prev_written, d) says whether d is dropped as a near-duplicate of the previous one.
 std::vector<int64_t> greedy_walk(const KnnGraph& g, const std::function<bool(int64_t, int64_t)>& skip,

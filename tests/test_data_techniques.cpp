@@ -196,9 +196,15 @@ TEST(BestFitPacking, PackedLossEqualsEachDocumentAlone) {
 TEST(IcpOrder, ExactKnnMatchesTheReference) {
   torch::manual_seed(4);
   auto e = torch::nn::functional::normalize(torch::randn({300, 16}), torch::nn::functional::NormalizeFuncOptions().dim(1));
-  KnnGraph fast = knn_exact(e, 7, 64, torch::kCPU), ref = knn_reference(e, 7);
+  std::vector<int64_t> searched;  // progress: one report per block of 64 rows, the last one all 300
+  KnnGraph fast = knn_exact(e, 7, 64, torch::kCPU, [&](int64_t done, int64_t total) {
+    EXPECT_EQ(total, 300);
+    searched.push_back(done);
+  });
+  KnnGraph ref = knn_reference(e, 7);
   EXPECT_TRUE(torch::equal(fast.index, ref.index));
   EXPECT_TRUE(torch::allclose(fast.sim, ref.sim, 1e-5, 1e-6));
+  EXPECT_EQ(searched, (std::vector<int64_t>{64, 128, 192, 256, 300}));
 }
 
 // The traversal written from the spec's pseudo-code, O(N^2), for toy graphs.

@@ -143,6 +143,11 @@ static int order_main(const Args& args) {
   if (!parse_args(args, desc, pos, vm, "chunkwise data order STORE [--k 50] [--device auto]")) return 0;
   o.device = resolve_device(device);
   auto contents = read_token_store(expand_user(store));
+  ProgressLine progress("documents searched for neighbours", contents.n_docs());
+  o.on_progress = [&](int64_t done, int64_t total) {
+    progress.update(done, "", /*force=*/done == total);
+    if (done == total) progress.finish();
+  };
   IcpResult r = icp_order(contents, o);
   write_icp_order(expand_user(store), r, o);
   std::cout << store << ": " << r.order.size() << " documents ordered, " << r.dropped << " near-duplicates dropped\n"
