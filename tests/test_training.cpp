@@ -247,7 +247,7 @@ TEST(Training, BenchTrainProfileBreaksTheStepDown) {
 
 // The progress rate of a synchronous device (the CPU: a step's work is done when it is launched): steps of 30 ms
 // recorded in one burst at the end (as before an evaluation, a checkpoint or the last step) still report about
-// tokens / 30 ms, not the microseconds between the records.
+// tokens / 30 ms, not the microseconds between the records; an evaluation between steps is left out.
 TEST(Training, StepLogRatesCountTheStepsNotTheRecords) {
   auto dir = scratch_dir("step-log");
   {
@@ -259,6 +259,11 @@ TEST(Training, StepLogRatesCountTheStepsNotTheRecords) {
     for (int64_t step = 1; step <= 4; ++step) {
       std::this_thread::sleep_for(std::chrono::milliseconds(30));  // the step's work
       log.launched(step, 1e-3, 3000, torch::full({1}, 2.0), torch::full({1}, 1.0));
+      if (step == 2) {  // an evaluation of 600 ms after step 2, left out of the rates
+        log.settle();
+        std::this_thread::sleep_for(std::chrono::milliseconds(600));
+        log.exclude(0.6);
+      }
     }
     log.settle();
   }

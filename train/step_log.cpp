@@ -35,6 +35,10 @@ void StepLog::settle(size_t keep) {
   }
 }
 
+void StepLog::exclude(double seconds) {
+  last_log_ += std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(seconds));
+}
+
 void StepLog::record(const Launched& l, double loss, double gnorm) {
   tokens_seen_ += l.tokens;
   tokens_since_log_ += l.tokens;

@@ -33,6 +33,9 @@ class StepLog {
                 const torch::Tensor& stop_votes = {});
   // Records every launched step but the newest KEEP (their values are waited for).
   void settle(size_t keep = 0);
+  // Work between steps that is not training (an evaluation, a checkpoint) took SECONDS: left out of the next
+  // tokens/s (the ETA keeps it: later evaluations will take as long).
+  void exclude(double seconds);
   int64_t tokens_seen() const { return tokens_seen_; }
   int64_t skipped() const { return skipped_; }
   const std::vector<double>& losses() const { return losses_; }  // per recorded step, NaN when skipped

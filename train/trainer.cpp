@@ -1,6 +1,7 @@
 // Implementation of train/trainer.h. Read `train()` top to bottom: it is the whole loop.
 #include "train/trainer.h"
 
+#include <chrono>
 #include <cmath>
 #include <iomanip>
 #include <set>
@@ -376,9 +377,11 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
     const bool eval_due = eval_every > 0 && step % eval_every == 0 && !last && !stop_requested;
     const bool stop = opt.stop_at > 0 && step >= opt.stop_at && !last;
     if (last || ckpt_due || eval_due || stop) log.settle();
+    const auto aside = std::chrono::steady_clock::now();  // evaluation and checkpoint: not in tokens/s
     if (eval_due) run_eval(step);
     if (stop) return finish();  // simulated crash: no final checkpoint
     if (ckpt_due) checkpoint(step);
+    log.exclude(std::chrono::duration<double>(std::chrono::steady_clock::now() - aside).count());
     if (stop_requested) {
       out << "stopped on request after step " << step << ": checkpoint written; continue with --resume\n" << std::flush;
       result.stopped_on_request = true;
