@@ -208,6 +208,13 @@ TEST(Cli, RecipeErrorsExitNonZeroWithTheKeyAndFile) {
   EXPECT_EQ(run_command(chunkwise_bin() + " train " + (dir / "ok.ini").string(), &out), 2);  // no data set
   EXPECT_NE(out.find("[data] train is not set"), std::string::npos) << out;
   EXPECT_EQ(run_command(chunkwise_bin() + " frobnicate", &out), 2);
+  // Counts out of range on the other commands are refused by flag before any file is read or written.
+  EXPECT_EQ(run_command(chunkwise_bin() + " export " + (dir / "run").string() + " " + (dir / "b").string() +
+                            " --shard-size-mb 0", &out), 2);
+  EXPECT_NE(out.find("--shard-size-mb 0"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(dir / "b"));
+  EXPECT_EQ(run_command(chunkwise_bin() + " bench train --config tiny --device cpu --steps 0", &out), 2);
+  EXPECT_NE(out.find("--steps"), std::string::npos) << out;
 }
 
 // The GPU profile's idle time: stretches no operation covers, named by the operation that ended last before

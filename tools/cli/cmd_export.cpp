@@ -24,6 +24,7 @@ int export_main(const Args& args) {
   pos.add("source", 1).add("out", 1);
   po::variables_map vm;
   if (!parse_args(args, desc, pos, vm, "chunkwise export RUN|CHECKPOINT OUT_DIR [--dtype bf16|fp32]")) return 0;
+  check(shard_mb >= 1 && shard_mb <= (int64_t(1) << 30), "--shard-size-mb ", shard_mb, ": use 1 or more (MiB)");
   o.shard_bytes = shard_mb << 20;
   LoadedCheckpoint ck = load_checkpoint(resolve_checkpoint(expand_user(source)));
   Recipe r = Recipe::from_text(ck.recipe_ini, ck.dir.string() + "/recipe.ini");
