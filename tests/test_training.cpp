@@ -215,6 +215,8 @@ TEST(Cli, RecipeErrorsExitNonZeroWithTheKeyAndFile) {
   EXPECT_FALSE(fs::exists(dir / "b"));
   EXPECT_EQ(run_command(chunkwise_bin() + " bench train --config tiny --device cpu --steps 0", &out), 2);
   EXPECT_NE(out.find("--steps"), std::string::npos) << out;
+  EXPECT_EQ(run_command(chunkwise_bin() + " bench train --config tiny --device gpu", &out), 2);  // not silently auto
+  EXPECT_NE(out.find("device 'gpu': use auto, cpu or cuda"), std::string::npos) << out;
 }
 
 // The GPU profile's idle time: stretches no operation covers, named by the operation that ended last before

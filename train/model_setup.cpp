@@ -31,10 +31,12 @@ ModelConfig model_config_from_recipe(const Recipe& r, int64_t tokenizer_vocab) {
 }
 
 torch::Device resolve_device(const std::string& name) {
+  check(name == "auto" || name == "cpu" || name == "cuda", "device '", name, "': use auto, cpu or cuda");
   if (name == "cpu") return torch::kCPU;
   bool cuda = torch::cuda::is_available();
   if (name == "cuda") {
-    check(cuda, "[run] device = cuda, but no CUDA device is available to this build");
+    check(cuda, "device cuda ([run] device or --device) was asked for, but this build sees no CUDA device (a "
+          "CPU-only build, or no GPU visible); use cpu or auto");
     return torch::kCUDA;
   }
   return cuda ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
