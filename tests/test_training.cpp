@@ -173,6 +173,10 @@ TEST(Training, NonFiniteStepsNeverReachWeightsOrCheckpoints) {
   } catch (const UserError& e) {
     EXPECT_NE(std::string(e.what()).find("3 non-finite steps in a row"), std::string::npos) << e.what();
   }
+  Recipe typo = tiny_recipe(out, "nan-typo", 6);  // a typo is an error naming the key, not "stoll"
+  typo.set("debug.inject_nan_steps", "2,x");
+  EXPECT_NE(user_error_of([&] { train(typo, o); }).find("inject_nan_steps = '2,x': 'x' is not a step number"),
+            std::string::npos);
 }
 
 TEST(Training, TokenizerMismatchIsRefused) {

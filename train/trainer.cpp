@@ -42,12 +42,24 @@ double unigram_entropy(const std::vector<uint32_t>& tokens, int64_t vocab_size) 
 namespace {
 
 
+// "3,7" -> {3, 7} (debug.inject_nan_steps); anything but positive step numbers is an error naming the key.
 std::set<int64_t> parse_step_list(const std::string& s) {
   std::set<int64_t> out;
   std::stringstream ss(s);
   std::string item;
-  while (std::getline(ss, item, ','))
-    if (!item.empty()) out.insert(std::stoll(item));
+  while (std::getline(ss, item, ',')) {
+    if (item.empty()) continue;
+    size_t used = 0;
+    int64_t step = 0;
+    try {
+      step = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    check(used == item.size() && step >= 1, "debug.inject_nan_steps = '", s, "': '", item,
+          "' is not a step number (use comma-separated steps, e.g. 3,7)");
+    out.insert(step);
+  }
   return out;
 }
 
