@@ -18,7 +18,7 @@ const char* kFiles[] = {"model.safetensors", "optimizer.safetensors", "rng.safet
 std::vector<std::pair<int64_t, fs::path>> list_steps(const fs::path& dir, bool complete_only) {
   std::vector<std::pair<int64_t, fs::path>> out;
   if (!fs::exists(dir)) return out;
-  static const std::regex re("step-([0-9]+)");
+  static const std::regex re("step-([0-9]{1,18})");  // 18 digits always fit an int64 (a longer name is not ours)
   for (auto& e : list_dir(dir)) {
     std::smatch m;
     std::string name = e.path.filename().string();

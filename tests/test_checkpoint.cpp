@@ -35,8 +35,10 @@ TEST(Checkpoint, RoundTripRetentionAndLatest) {
   EXPECT_TRUE(torch::equal(c.masks["mask.model.w"], expect.masks[0].second));
   EXPECT_EQ(c.state_json, expect.state_json);
   EXPECT_EQ(c.recipe_ini, expect.recipe_ini);
-  // A folder without a manifest (a crash mid-write) is never picked.
+  // A folder without a manifest (a crash mid-write) is never picked, nor one whose number is not a step's.
   fs::create_directories(checkpoints_dir(run) / "step-50");
+  fs::create_directories(checkpoints_dir(run) / "step-99999999999999999999999");
+  write_text(checkpoints_dir(run) / "step-99999999999999999999999" / "manifest.json", "{}");
   EXPECT_EQ(latest_checkpoint(run), checkpoints_dir(run) / "step-40");
   EXPECT_NE(user_error_of([&] { load_checkpoint(checkpoints_dir(run) / "step-50"); }).find("incomplete"), std::string::npos);
 }
