@@ -350,15 +350,21 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
       micro.push_back((dp ? dp->shard(global) : global).to(device));
     }
     StepTensors t;
+    torch::Tensor votes;  // data parallel: how many ranks asked to stop during this step (see below)
     if (graphed && graphed->graphable(micro)) {
       t = graphed->run(micro, lr, ctx.target_tokens);
     } else {
       if (dp) ctx.before_last_backward = [&] { dp->arm(); };
       optimizer.zero_grad();
       StepResult sr = run_under_autocast(*strategy, *model, micro, ctx, device, precision);
-      if (dp) {  // gradients summed over ranks (each normalised by the global token count); the global loss
+      if (dp) {  // gradients summed over ranks (each normalised by the global token count); the global loss and
+                 // the ranks' stop requests in one sum
         dp->finish();
-        dp->sum_(sr.loss_value);
+        const double ask = opt.stop_requested && opt.stop_requested() ? 1.0 : 0.0;
+        auto summed = torch::stack({sr.loss_value.reshape({}), torch::full({}, ask, sr.loss_value.options())});
+        dp->sum_(summed);
+        sr.loss_value.copy_(summed[0]);
+        votes = summed.narrow(0, 1, 1);
       }
       if (inject_nan.count(step)) {  // test hook: poison this step
         sr.loss_value.fill_(NAN);
@@ -372,13 +378,8 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
       masks.apply_to_optimizer(optimizer);
     }
     // A stop request (SIGTERM before a pre-emption): one process acts on it after this step; data-parallel
-    // ranks vote through the same sum as the loss, read back with it, so all of them stop after one step.
-    torch::Tensor votes;
-    const bool asked = opt.stop_requested && opt.stop_requested();
-    if (dp) {
-      votes = torch::full({1}, asked ? 1.0 : 0.0, t.loss.options());
-      dp->sum_(votes);
-    }
+    // ranks voted in the loss's sum, read back with it, so all of them stop after the same (next) step.
+    const bool asked = !dp && opt.stop_requested && opt.stop_requested();
     log.launched(step, lr, step_tokens, t.loss, t.grad_norm, votes);
     log.settle(1);  // the previous step's values: ready while this step runs
 
