@@ -7,11 +7,25 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "data/batch.h"
 #include "models/model_config.h"
 
 namespace cw {
+
+// One layer's keys and values after RoPE, [B, Hkv, T, head_dim].
+struct LayerKV {
+  torch::Tensor k, v;
+};
+
+// A chunk's forward in chunk-wise training (SeCO/SpaCO, train/chunkwise_step.h): the chunk attends to the
+// earlier chunks' keys and values (bottom-right causal), which may be leaves that collect gradients.
+struct ChunkForward {
+  std::vector<LayerKV> past;    // per layer: the keys/values of the tokens before the chunk (empty: none)
+  torch::Tensor past_segments;  // [B, Tpast] their document ids, when the batch has segments
+  std::vector<LayerKV> fresh;   // out, per layer: the chunk's own keys/values
+};
 
 class CausalLM : public torch::nn::Module {
  public:
@@ -21,6 +35,10 @@ class CausalLM : public torch::nn::Module {
   virtual const ModelConfig& config() const = 0;
   // Sum of token cross-entropies over the batch's targets (fp32). Divide by the step's target count.
   virtual torch::Tensor loss_sum(const Batch& b);
+  // Chunk-wise training: the sum of CHUNK's token cross-entropies (undefined when !WITH_LOSS: only f.fresh
+  // is wanted). CHUNK holds the chunk's tokens, targets, positions and segments. Families without it throw.
+  virtual bool supports_chunkwise() const { return false; }
+  virtual torch::Tensor chunk_loss_sum(const Batch& chunk, ChunkForward& f, bool with_loss);
   // > 0: families that support it compute the loss in chunks of this many tokens, never holding all logits.
   int64_t loss_chunk_rows = 0;
   // Fused RoPE, SwiGLU, add+RMSNorm and cross-entropy (models/fused_ops.h) where family and dtype allow.

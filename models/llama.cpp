@@ -37,13 +37,24 @@ static torch::Tensor at_least_fp32(const torch::Tensor& x) {
   return x.scalar_type() == torch::kFloat64 ? x : x.to(torch::kFloat32);
 }
 
-torch::Tensor CausalLM::loss_sum(const Batch& b) {
-  auto lg = logits(b.tokens, b.positions, b.has_segments ? b.segments : torch::Tensor());
-  if (fused_kernels && fused_ops_support(lg))  // no fp32 logits; the gradient overwrites these logits
-    return fused_cross_entropy_sum(lg.reshape({-1, lg.size(-1)}), b.targets.reshape({-1}), /*overwrite_logits=*/true);
+// Sum of the token cross-entropies of logits LG against TARGETS (fused: no fp32 logits, the gradient
+// overwrites LG).
+static torch::Tensor logits_loss_sum(const torch::Tensor& lg, const torch::Tensor& targets, bool fused) {
+  if (fused && fused_ops_support(lg))
+    return fused_cross_entropy_sum(lg.reshape({-1, lg.size(-1)}), targets.reshape({-1}), /*overwrite_logits=*/true);
   return torch::nn::functional::cross_entropy(
-      at_least_fp32(lg.reshape({-1, lg.size(-1)})), b.targets.reshape({-1}),
+      at_least_fp32(lg.reshape({-1, lg.size(-1)})), targets.reshape({-1}),
       torch::nn::functional::CrossEntropyFuncOptions().ignore_index(kIgnoreIndex).reduction(torch::kSum));
+}
+
+torch::Tensor CausalLM::loss_sum(const Batch& b) {
+  return logits_loss_sum(logits(b.tokens, b.positions, b.has_segments ? b.segments : torch::Tensor()), b.targets,
+                         fused_kernels);
+}
+
+torch::Tensor CausalLM::chunk_loss_sum(const Batch&, ChunkForward&, bool) {
+  throw UserError("[model] family '" + config().family + "' does not support chunk-wise training (SeCO/SpaCO); "
+                  "set [chunkwise] mode = off");
 }
 
 // ---- modules ----
@@ -83,7 +94,8 @@ LlamaAttentionImpl::LlamaAttentionImpl(const ModelConfig& c)
 }
 
 torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
-                                          const torch::Tensor& sin, const AttnMask& mask, bool fused) {
+                                          const torch::Tensor& sin, const AttnMask& mask, bool fused,
+                                          const LayerKV* past, LayerKV* fresh) {
   const int64_t B = x.size(0), T = x.size(1);
   // One matrix product for q, k and v (the weights stay separate parameters under their export names).
   auto qkv = fused ? mixed_linear(x, {q_proj->weight, k_proj->weight, v_proj->weight})
@@ -98,6 +110,8 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
     k = apply_rope(parts[1].view({B, T, n_kv_heads, head_dim}).transpose(1, 2), cos, sin);
     v = parts[2].view({B, T, n_kv_heads, head_dim}).transpose(1, 2);
   }
+  if (fresh) fresh->k = k, fresh->v = v;
+  if (past && past->k.defined() && past->k.size(2) > 0) k = torch::cat({past->k, k}, 2), v = torch::cat({past->v, v}, 2);
   auto y = attend(q, k, v, mask).transpose(1, 2).reshape({B, T, n_heads * head_dim});
   return fused ? mixed_linear(y, {o_proj->weight}) : o_proj(y);
 }
@@ -125,8 +139,8 @@ LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const ModelConfig& c) {
 }
 torch::Tensor LlamaDecoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
                                              const torch::Tensor& sin, const AttnMask& mask, bool fused,
-                                             bool recompute_swiglu) {
-  auto h = x + self_attn(input_layernorm(x), cos, sin, mask, fused);
+                                             bool recompute_swiglu, const LayerKV* past, LayerKV* fresh) {
+  auto h = x + self_attn(input_layernorm(x), cos, sin, mask, fused, past, fresh);
   return h + mlp(post_attention_layernorm(h), fused, recompute_swiglu);
 }
 
@@ -156,7 +170,10 @@ void Llama::reset_parameters() {
 }
 
 torch::Tensor Llama::logits(const torch::Tensor& tokens, const torch::Tensor& positions, const torch::Tensor& segments) {
-  auto h = hidden(tokens, positions, segments);
+  return head(hidden(tokens, positions, segments));
+}
+
+torch::Tensor Llama::head(const torch::Tensor& h) {
   return fused_kernels ? mixed_linear(h, {head_weight()}) : torch::matmul(h, head_weight().t());
 }
 
@@ -166,9 +183,16 @@ const torch::Tensor& Llama::head_weight() const {
 
 torch::Tensor Llama::loss_sum(const Batch& b) {
   if (loss_chunk_rows <= 0) return CausalLM::loss_sum(b);
-  auto h = hidden(b.tokens, b.positions, b.has_segments ? b.segments : torch::Tensor());
-  return linear_cross_entropy(h.reshape({-1, h.size(-1)}), head_weight(), b.targets.reshape({-1}), loss_chunk_rows,
-                              fused_kernels);
+  return loss_from_hidden(hidden(b.tokens, b.positions, b.has_segments ? b.segments : torch::Tensor()), b.targets);
+}
+
+// The same losses as loss_sum: chunked through linear_cross_entropy, or over the logits (fused without fp32
+// logits where the kernels apply).
+torch::Tensor Llama::loss_from_hidden(const torch::Tensor& h, const torch::Tensor& targets) {
+  if (loss_chunk_rows > 0)
+    return linear_cross_entropy(h.reshape({-1, h.size(-1)}), head_weight(), targets.reshape({-1}), loss_chunk_rows,
+                                fused_kernels);
+  return logits_loss_sum(head(h), targets, fused_kernels);
 }
 
 torch::Tensor Llama::hidden(const torch::Tensor& tokens, const torch::Tensor& positions, const torch::Tensor& segments) {
@@ -179,18 +203,42 @@ torch::Tensor Llama::hidden(const torch::Tensor& tokens, const torch::Tensor& po
     // Document masks as flash attention's variable-length runs (the packing sampler's segments are runs).
     if (fused_kernels && segments.is_cuda()) attach_segment_runs(mask);
   }
+  return layers_forward(model_->embed_tokens(tokens), positions, mask, nullptr);
+}
+
+// A chunk after the earlier chunks: bottom-right causal over their keys and its own, document masks over both.
+torch::Tensor Llama::chunk_loss_sum(const Batch& chunk, ChunkForward& f, bool with_loss) {
+  const int64_t L = cfg_.n_layers;
+  check(f.past.empty() || int64_t(f.past.size()) == L, "chunk forward: ", f.past.size(), " layers of past keys for a ",
+        L, "-layer model");
+  AttnMask mask;  // q_offset -1: the chunk's queries are the last positions
+  if (chunk.has_segments) {
+    mask.q_segments = chunk.segments;
+    mask.k_segments = f.past_segments.defined() ? torch::cat({f.past_segments, chunk.segments}, 1) : chunk.segments;
+  }
+  f.fresh.assign(size_t(L), LayerKV{});
+  auto h = layers_forward(model_->embed_tokens(chunk.tokens), chunk.positions, mask, &f);
+  return with_loss ? loss_from_hidden(h, chunk.targets) : torch::Tensor();
+}
+
+torch::Tensor Llama::layers_forward(torch::Tensor x, const torch::Tensor& positions, const AttnMask& mask,
+                                    ChunkForward* f) {
   auto [cos, sin] = rope_tables(positions, cfg_.head_dim(), cfg_.rope_theta);
-  auto x = model_->embed_tokens(tokens);
-  if (fused_kernels && fused_add_rmsnorm_support(x, x, model_->norm->weight)) return hidden_fused(x, cos, sin, mask);
-  for (auto& module : *model_->layers)
-    x = module->as<LlamaDecoderLayer>()->forward(x, cos, sin, mask, fused_kernels, recompute_swiglu);
+  if (fused_kernels && fused_add_rmsnorm_support(x, x, model_->norm->weight)) return hidden_fused(x, cos, sin, mask, f);
+  size_t i = 0;
+  for (auto& module : *model_->layers) {
+    const LayerKV* past = f && !f->past.empty() ? &f->past[i] : nullptr;
+    x = module->as<LlamaDecoderLayer>()->forward(x, cos, sin, mask, fused_kernels, recompute_swiglu, past,
+                                                 f ? &f->fresh[i] : nullptr);
+    ++i;
+  }
   return model_->norm(x);
 }
 
 // The decoder layers with each residual add joined to the RMSNorm after it (fused_add_rmsnorm): the norms'
 // outputs come out in the autocast dtype, so no separate cast or add kernels run.
 torch::Tensor Llama::hidden_fused(torch::Tensor x, const torch::Tensor& cos, const torch::Tensor& sin,
-                                  const AttnMask& mask) {
+                                  const AttnMask& mask, ChunkForward* f) {
   const auto out_dtype = compute_dtype(x);
   auto add_norm = [&](const torch::Tensor& delta, const RMSNorm& norm) {
     auto out = fused_add_rmsnorm(x, delta, norm->weight, norm->eps, out_dtype);
@@ -198,10 +246,14 @@ torch::Tensor Llama::hidden_fused(torch::Tensor x, const torch::Tensor& cos, con
     return out[1];
   };
   torch::Tensor pending;  // the previous MLP's output, not yet added to x
+  size_t i = 0;
   for (auto& module : *model_->layers) {
     auto* layer = module->as<LlamaDecoderLayer>();
     auto n1 = pending.defined() ? add_norm(pending, layer->input_layernorm) : layer->input_layernorm(x);
-    auto n2 = add_norm(layer->self_attn(n1, cos, sin, mask, /*fused=*/true), layer->post_attention_layernorm);
+    const LayerKV* past = f && !f->past.empty() ? &f->past[i] : nullptr;
+    auto attn = layer->self_attn(n1, cos, sin, mask, /*fused=*/true, past, f ? &f->fresh[i] : nullptr);
+    ++i;
+    auto n2 = add_norm(attn, layer->post_attention_layernorm);
     pending = layer->mlp(n2, /*fused=*/true, recompute_swiglu);
   }
   return pending.defined() ? add_norm(pending, model_->norm) : model_->norm(x);

@@ -27,8 +27,11 @@ struct LlamaAttentionImpl : torch::nn::Module {
   explicit LlamaAttentionImpl(const ModelConfig& c);
   // fused: RoPE through fused_rope_qkv where the dtype allows it, and the products through mixed_linear
   // (weights cast straight into one buffer, fp32 weight gradients from the products).
+  // past (may be null or hold undefined tensors): keys/values of earlier tokens the queries also attend to
+  // (the mask's offset decides the alignment); fresh (may be null) receives this call's keys/values.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        const AttnMask& mask, bool fused = false);
+                        const AttnMask& mask, bool fused = false, const LayerKV* past = nullptr,
+                        LayerKV* fresh = nullptr);
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   int64_t n_heads, n_kv_heads, head_dim;
 };
@@ -46,7 +49,8 @@ TORCH_MODULE(LlamaMLP);
 struct LlamaDecoderLayerImpl : torch::nn::Module {
   explicit LlamaDecoderLayerImpl(const ModelConfig& c);
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        const AttnMask& mask, bool fused = false, bool recompute_swiglu = false);
+                        const AttnMask& mask, bool fused = false, bool recompute_swiglu = false,
+                        const LayerKV* past = nullptr, LayerKV* fresh = nullptr);
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   LlamaAttention self_attn{nullptr};
   LlamaMLP mlp{nullptr};
@@ -67,6 +71,8 @@ class Llama : public CausalLM {
   torch::Tensor logits(const torch::Tensor& tokens, const torch::Tensor& positions,
                        const torch::Tensor& segments) override;
   torch::Tensor loss_sum(const Batch& b) override;  // linear_cross_entropy when loss_chunk_rows > 0
+  bool supports_chunkwise() const override { return true; }
+  torch::Tensor chunk_loss_sum(const Batch& chunk, ChunkForward& f, bool with_loss) override;
   // Final hidden states [B, T, d_model] (after the last norm) and the LM head's weight.
   torch::Tensor hidden(const torch::Tensor& tokens, const torch::Tensor& positions, const torch::Tensor& segments);
   const torch::Tensor& head_weight() const;
@@ -74,7 +80,13 @@ class Llama : public CausalLM {
   void reset_parameters();  // normal(0, init_std); output projections / sqrt(2 n_layers); norms 1
 
  private:
-  torch::Tensor hidden_fused(torch::Tensor x, const torch::Tensor& cos, const torch::Tensor& sin, const AttnMask& mask);
+  // The layers and the final norm over embeddings X; F (may be null) gives each layer's earlier keys/values
+  // and receives its new ones.
+  torch::Tensor layers_forward(torch::Tensor x, const torch::Tensor& positions, const AttnMask& mask, ChunkForward* f);
+  torch::Tensor hidden_fused(torch::Tensor x, const torch::Tensor& cos, const torch::Tensor& sin, const AttnMask& mask,
+                             ChunkForward* f);
+  torch::Tensor head(const torch::Tensor& h);  // logits
+  torch::Tensor loss_from_hidden(const torch::Tensor& h, const torch::Tensor& targets);
 
   ModelConfig cfg_;
   LlamaBody model_{nullptr};

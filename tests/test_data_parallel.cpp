@@ -95,6 +95,20 @@ TEST(DataParallel, TwoRanksMatchOneProcessWithAndWithoutZero1) {
   EXPECT_NE(log.find("does not divide"), std::string::npos) << log;
 }
 
+TEST(DataParallel, SecoOnTwoRanksMatchesOneProcess) {  // the gradient sync armed before the last chunk's pass
+  auto dir = scratch_dir("dp-seco");
+  std::string log;
+  const std::string seco = "--chunkwise.mode=seco --chunkwise.chunk=8 --train.grad_accum=2";
+  ASSERT_EQ(train_ranks(1, write_recipe(dir, "one", 6), seco, &log), 0) << log;
+  ASSERT_EQ(losses(dir / "one").size(), 6u);
+  ASSERT_EQ(train_ranks(2, write_recipe(dir, "two", 6), seco, &log), 0) << log;
+  expect_close(losses(dir / "two"), losses(dir / "one"), 0, "2 ranks, SeCO");
+  // SpaCO on two ranks: every rank draws its own chunks, and the run still agrees on every step's loss.
+  ASSERT_EQ(train_ranks(2, write_recipe(dir, "spaco", 6), "--chunkwise.mode=spaco --chunkwise.chunk=8 "
+                        "--chunkwise.budget=1", &log), 0) << log;
+  EXPECT_EQ(losses(dir / "spaco").size(), 6u);
+}
+
 TEST(DataParallel, Bf16AllReduceStaysWithinBf16OfTheFp32Run) {
   auto dir = scratch_dir("dp-bf16");
   std::string log;

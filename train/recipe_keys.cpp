@@ -37,6 +37,7 @@ const std::map<std::string, KeyRange>& key_ranges() {
       {"train.max_bad_steps", at_least(1)},
       {"dist.bucket_mb", at_least(0)},
       {"sparsity.level", half_open(0, 1)}, {"sparsity.seed", at_least(0)},
+      {"chunkwise.chunk", at_least(1)}, {"chunkwise.budget", at_least(1)}, {"chunkwise.max_compensation", at_least(0)},
   };
   return ranges;
 }
@@ -145,6 +146,14 @@ const std::vector<KeySpec>& recipe_keys() {
        {"fresh", "checkpoint"}},
       {"sparsity.level", K::Float, "0", "fraction of each sparsifiable weight held at zero (SPDF; 0 = dense)"},
       {"sparsity.seed", K::Int, "0", "seed of the masks (0 = run.seed)"},
+      {"chunkwise.mode", K::String, "off", "chunk-wise back-propagation of long sequences (docs/chunkwise.md): "
+       "seco = exact gradients with one chunk's graph alive; spaco = back-propagate about budget chunks per sequence",
+       {"off", "seco", "spaco"}},
+      {"chunkwise.chunk", K::Int, "128", "seco/spaco: tokens per chunk"},
+      {"chunkwise.budget", K::Int, "8", "spaco: expected chunks back-propagated per sequence (each with probability "
+       "budget / chunks, its pass scaled by the inverse; at least the chunk count = seco)"},
+      {"chunkwise.max_compensation", K::Float, "0", "spaco: cap on that scale (0 = none, unbiased gradients; the "
+       "paper capped it at 2)"},
       {"debug.inject_nan_steps", K::String, "", "comma-separated steps whose loss is made NaN (tests the guard)"},
     };
     size_t ranged = 0;

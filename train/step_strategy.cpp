@@ -4,6 +4,8 @@
 #include <cmath>
 
 #include "common/error.h"
+#include "train/chunkwise_step.h"
+#include "train/recipe.h"
 
 namespace cw {
 
@@ -25,9 +27,14 @@ StepResult StandardStep::run(CausalLM& model, const std::vector<Batch>& micro, c
   return r;
 }
 
-std::unique_ptr<StepStrategy> make_step_strategy(const std::string& name) {
-  check(name == "standard", "unknown step strategy '", name, "'");
-  return std::make_unique<StandardStep>();
+std::unique_ptr<StepStrategy> make_step_strategy(const Recipe& r) {
+  const std::string mode = r.s("chunkwise.mode");
+  if (mode == "off") return std::make_unique<StandardStep>();
+  ChunkwiseOptions o;
+  o.chunk = r.i("chunkwise.chunk");
+  o.budget = mode == "spaco" ? r.i("chunkwise.budget") : 0;
+  o.max_compensation = r.f("chunkwise.max_compensation");
+  return std::make_unique<ChunkwiseStep>(o);
 }
 
 }  // namespace cw

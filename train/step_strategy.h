@@ -1,9 +1,10 @@
 // A training step as a strategy: given the model and the step's micro-batches, fill every parameter's
 // .grad and return the step's mean loss. The standard strategy accumulates micro-batches; SeCO/SpaCO
-// (chunk-wise backprop) plug in here later. The loss is normalised by the target tokens of the whole step,
+// (chunk-wise backprop) are train/chunkwise_step.h. The loss is normalised by the target tokens of the whole step,
 // so accumulation gives the same gradient as one big batch.
 // Must not: step the optimizer, clip, or skip steps (the trainer owns that).
 #pragma once
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -29,6 +30,7 @@ struct StepContext {
   std::function<void()> before_last_backward;  // may be empty
   bool defer_readback = false;               // leave the loss on the device (StepResult::loss_value only)
   torch::Tensor normaliser;                  // defined: the target-token count as a device scalar (CUDA graphs)
+  uint64_t seed = 0;                         // random draws of the step (SpaCO's chunks): run seed, step, rank
 };
 
 class StepStrategy {
@@ -42,6 +44,8 @@ class StandardStep : public StepStrategy {
   StepResult run(CausalLM& model, const std::vector<Batch>& micro_batches, const StepContext& ctx = {}) override;
 };
 
-std::unique_ptr<StepStrategy> make_step_strategy(const std::string& name);
+class Recipe;
+// The recipe's strategy: [chunkwise] mode = off (standard), seco or spaco.
+std::unique_ptr<StepStrategy> make_step_strategy(const Recipe& r);
 
 }  // namespace cw

@@ -25,6 +25,7 @@
 #include "train/schedule.h"
 #include "train/sparsity.h"
 #include "train/step_log.h"
+#include "train/chunkwise_step.h"
 #include "train/step_strategy.h"
 #include "train/train_step.h"
 
@@ -41,6 +42,14 @@ double unigram_entropy(const std::vector<uint32_t>& tokens, int64_t vocab_size) 
 
 namespace {
 
+// The random draws of one step on one rank (SpaCO's chunks): a function of the run's seed, the step and the
+// rank only, so a resumed run draws what the uninterrupted one drew.
+uint64_t step_seed(uint64_t run_seed, int64_t step, int rank) {
+  uint64_t h = run_seed * 0x9E3779B97F4A7C15ull;
+  h ^= uint64_t(step) + 0x632BE59BD9B4E019ull + (h << 6) + (h >> 2);
+  h ^= uint64_t(rank) + 0x8CB92BA72F3D8DD7ull + (h << 6) + (h >> 2);
+  return h;
+}
 
 // "3,7" -> {3, 7} (debug.inject_nan_steps); anything but positive step numbers is an error naming the key.
 std::set<int64_t> parse_step_list(const std::string& s) {
@@ -219,7 +228,10 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
     masks.apply_to_optimizer(optimizer);
   }
   auto schedule = make_schedule(r);
-  auto strategy = make_step_strategy("standard");
+  auto strategy = make_step_strategy(r);
+  const bool chunkwise = r.s("chunkwise.mode") != "off";
+  check(!chunkwise || model->supports_chunkwise(), "[chunkwise] mode = ", r.s("chunkwise.mode"), ": [model] family '",
+        mc.family, "' does not support chunk-wise training; set [chunkwise] mode = off");
   const std::set<int64_t> inject_nan = parse_step_list(r.s("debug.inject_nan_steps"));
 
   // 3. Resume: weights, optimizer, masks, data position, random states, counters.
@@ -261,6 +273,16 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
       << " | " << format_count(double(tokens_per_step)) << " tokens/step, " << total_steps << " steps\n"
       << "train tokens " << format_count(double(data.train_tokens->size())) << ", unigram entropy "
       << std::fixed << std::setprecision(3) << result.unigram_entropy << " nats (loss of a context-free model)\n";
+  if (chunkwise) {
+    const int64_t chunk = r.i("chunkwise.chunk"), k = (T + chunk - 1) / chunk;
+    const bool spaco = r.s("chunkwise.mode") == "spaco" && r.i("chunkwise.budget") < k;
+    out << "chunk-wise back-propagation (" << r.s("chunkwise.mode") << "): " << k << " chunks of " << chunk
+        << " tokens per sequence";
+    if (spaco)
+      out << ", each back-propagated with probability " << r.i("chunkwise.budget") << "/" << k << " and scaled by "
+          << spaco_scale(k, r.i("chunkwise.budget"), r.f("chunkwise.max_compensation"));
+    out << "\n";
+  }
   if (level > 0 || masks.active()) {
     double dense = spdf_train_flops_per_token(double(n_sparsifiable), mc.d_model, mc.n_layers, T, mc.vocab_size, 0);
     double sparse = spdf_train_flops_per_token(double(n_sparsifiable), mc.d_model, mc.n_layers, T, mc.vocab_size, level);
@@ -320,9 +342,10 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
   };
   // CUDA graphs: the whole step replayed from one capture where nothing in it talks to the host or other ranks.
   const std::string graph_setting = r.s("train.cuda_graph");
-  const bool graph_possible = cuda_graphs_built() && device.is_cuda() && !dp && !masks.active() && inject_nan.empty();
+  const bool graph_possible =
+      cuda_graphs_built() && device.is_cuda() && !dp && !masks.active() && inject_nan.empty() && !chunkwise;
   check(graph_setting != "true" || graph_possible, "train.cuda_graph = true needs a CUDA build and device, one process, ",
-        "no sparsity masks and no debug.inject_nan_steps; use auto or false");
+        "no sparsity masks, [chunkwise] mode = off and no debug.inject_nan_steps; use auto or false");
   const double clip = r.f("optim.grad_clip") > 0 ? r.f("optim.grad_clip") : INFINITY;
   std::vector<torch::Tensor> param_tensors;
   for (auto& [n, p] : params) param_tensors.push_back(p);
@@ -343,6 +366,7 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
     std::vector<Batch> micro;
     StepContext ctx;
     ctx.defer_readback = true;
+    ctx.seed = step_seed(uint64_t(r.i("run.seed")), step, denv.rank);
     int64_t step_tokens = 0;
     for (int64_t a = 0; a < accum; ++a) {
       Batch global = sampler.next();  // every rank draws the same global batch and keeps its rows

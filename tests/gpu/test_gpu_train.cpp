@@ -12,7 +12,9 @@
 #include "tests/test_util.h"
 #include "train/adamw.h"
 #include "train/graphed_step.h"
+#include "train/chunkwise_step.h"
 #include "train/step_strategy.h"
+#include "train/train_step.h"
 #include "train/trainer.h"
 
 namespace cw::test {
@@ -105,6 +107,51 @@ TEST(GpuFusedOps, LlamaLossAndGradientsEqualTheUnfusedModel) {
   check_fused_llama(torch::kCUDA, /*bf16=*/false, 1e-5, 1e-4);  // TF32 is off in this binary: fp32 products
   check_fused_llama(torch::kCUDA, /*bf16=*/true, 1e-2, 2e-2);
   check_fused_llama(torch::kCUDA, /*bf16=*/true, 1e-2, 2e-2, /*loss_chunk=*/7);
+}
+
+// SeCO on CUDA (fused kernels, bf16 autocast and fp32) gives the standard step's loss and gradients, with
+// packed documents and a ragged last chunk; SpaCO with a budget of every chunk is SeCO bit for bit there too.
+TEST(GpuChunkwise, SecoWithFusedKernelsMatchesTheStandardStep) {
+  SKIP_WITHOUT_GPU();
+  ModelConfig c;
+  c.vocab_size = 96, c.d_model = 64, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.d_ff = 96, c.max_seq_len = 80;
+  torch::manual_seed(11);
+  auto model = std::make_shared<Llama>(c);
+  model->to(torch::kCUDA);
+  model->fused_kernels = true;
+  auto iopts = torch::TensorOptions().dtype(torch::kInt64).device(torch::kCUDA);
+  Batch b;
+  b.tokens = torch::randint(0, c.vocab_size, {2, 80}, iopts);
+  b.targets = torch::randint(0, c.vocab_size, {2, 80}, iopts);
+  b.positions = torch::arange(80, iopts).unsqueeze(0).repeat({2, 1});
+  b.segments = torch::zeros({2, 80}, iopts.dtype(torch::kInt32));
+  b.segments.index_put_({1, torch::indexing::Slice(30, 80)}, 1);
+  b.positions.index_put_({1, torch::indexing::Slice(30, 80)}, torch::arange(50, iopts));
+  b.has_segments = true;
+  b.n_target_tokens = 160;
+  auto grads_of = [&](StepStrategy& s, const std::string& precision, double* loss) {
+    model->zero_grad();
+    *loss = run_under_autocast(s, *model, {b}, StepContext{}, torch::Device(torch::kCUDA), precision).loss;
+    std::vector<torch::Tensor> g;
+    for (auto& p : model->parameters()) g.push_back(p.grad().clone());
+    return g;
+  };
+  for (const std::string precision : {"fp32", "bf16"}) {
+    const double tol = precision == "bf16" ? 2e-2 : 1e-4;
+    StandardStep standard;
+    ChunkwiseStep seco({24, 0, 0}), spaco({24, 4, 0});  // 4 chunks, the last of 8 tokens
+    double want_loss, seco_loss, spaco_loss;
+    auto want = grads_of(standard, precision, &want_loss);
+    auto got = grads_of(seco, precision, &seco_loss);
+    auto same = grads_of(spaco, precision, &spaco_loss);
+    EXPECT_NEAR(seco_loss, want_loss, tol * want_loss) << precision;
+    EXPECT_EQ(spaco_loss, seco_loss) << precision;
+    for (size_t i = 0; i < want.size(); ++i) {
+      EXPECT_LE(norm_relative_error(got[i], want[i]), tol) << precision << " parameter " << i;
+      EXPECT_TRUE(torch::equal(same[i], got[i])) << precision << " parameter " << i;
+      EXPECT_FALSE(got[i].isnan().any().item<bool>());
+    }
+  }
 }
 
 // FAST(q, k, v) equals attend_reference(q, k, v, REF_MASK) within bf16 tolerance, output and gradients of a

@@ -2,6 +2,8 @@
 // tokens (tokens/s, MFU, peak GPU memory), to run beside torch_baselines.py on the same card.
 // `chunkwise bench order`: times the in-context ordering pipeline (exact kNN + greedy walk) on synthetic
 // clustered embeddings, so its scale can be measured without a corpus of that size.
+#include <sys/resource.h>
+
 #include <chrono>
 #include <iostream>
 
@@ -19,6 +21,7 @@
 #include "train/graphed_step.h"
 #include "train/precision.h"
 #include "train/step_profile.h"
+#include "train/chunkwise_step.h"
 #include "train/step_strategy.h"
 #include "train/model_setup.h"
 #include "tools/cli/commands.h"
@@ -66,10 +69,17 @@ static int bench_order(const Args& args) {
   return 0;
 }
 
+// The process's peak resident memory so far (the CPU's counterpart of the allocator's peak on CUDA).
+static double peak_rss_gib() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return double(u.ru_maxrss) * 1024.0 / double(1ull << 30);  // Linux reports KiB
+}
+
 static int bench_train(const Args& args) {
   po::options_description desc("bench train options");
-  std::string config, device_name, precision_name, attention, fused_setting, graph_setting;
-  int64_t steps, warmup, loss_chunk, profile_runs;
+  std::string config, device_name, precision_name, attention, fused_setting, graph_setting, chunkwise;
+  int64_t steps, warmup, loss_chunk, profile_runs, seq_len, batch, chunk, budget;
   bool recompute_swiglu = false;
   desc.add_options()("config", po::value(&config)->default_value("124m"), "124m (32 x 1024) | 350m (16 x 2048) | tiny")(
       "steps", po::value(&steps)->default_value(20), "timed steps")(
@@ -85,12 +95,22 @@ static int bench_train(const Args& args) {
       "CUDA graph (train.cuda_graph; auto: on CUDA)")(
       "attention", po::value(&attention)->default_value("auto"), "auto | flash | cudnn: SDPA's first choice "
       "(train.attention)")(
-      "profile", po::value(&profile_runs)->default_value(0), "also profile this many steps: time per kernel and category");
+      "profile", po::value(&profile_runs)->default_value(0), "also profile this many steps: time per kernel and category")(
+      "seq-len", po::value(&seq_len)->default_value(0), "tokens per sequence instead of the config's (long contexts)")(
+      "batch", po::value(&batch)->default_value(0), "sequences per step instead of the config's")(
+      "chunkwise", po::value(&chunkwise)->default_value("off"), "off | seco | spaco: chunk-wise back-propagation "
+      "([chunkwise] mode; no CUDA graph)")(
+      "chunk", po::value(&chunk)->default_value(128), "seco/spaco: tokens per chunk")(
+      "budget", po::value(&budget)->default_value(8), "spaco: expected chunks back-propagated per sequence");
   po::positional_options_description pos;
   po::variables_map vm;
   if (!parse_args(args, desc, pos, vm, "chunkwise bench train [--config 124m|350m]")) return 0;
   check(steps >= 1 && warmup >= 0 && loss_chunk >= 0 && profile_runs >= 0, "bench train: --steps must be at least 1; ",
         "--warmup, --loss-chunk and --profile at least 0");
+  check(seq_len >= 0 && batch >= 0 && chunk >= 1 && budget >= 1, "bench train: --seq-len and --batch must be at least 0 ",
+        "(0 = the config's), --chunk and --budget at least 1");
+  check(chunkwise == "off" || chunkwise == "seco" || chunkwise == "spaco", "bench train: --chunkwise must be off, seco "
+        "or spaco");
   ModelConfig c;
   int64_t B, T;
   c.vocab_size = 32000, c.tie_embeddings = false;
@@ -98,6 +118,8 @@ static int bench_train(const Args& args) {
   else if (config == "350m") c.d_model = 1024, c.n_layers = 24, c.n_heads = 16, c.d_ff = 2816, B = 16, T = 2048;
   else if (config == "tiny") c.d_model = 64, c.n_layers = 2, c.n_heads = 4, c.d_ff = 128, c.vocab_size = 512, B = 2, T = 64;
   else fail("--config must be 124m, 350m or tiny (a smoke test)");
+  if (seq_len > 0) T = seq_len;
+  if (batch > 0) B = batch;
   c.n_kv_heads = c.n_heads, c.max_seq_len = T;
   const torch::Device device = resolve_device(device_name);
   const std::string precision = resolve_precision(precision_name, device);
@@ -119,7 +141,9 @@ static int bench_train(const Args& args) {
   std::vector<bool> decay;
   for (auto& [n, p] : params) decay.push_back(default_weight_decay(n, p, false, false));
   AdamW opt(params, decay, {0.9, 0.95, 1e-8, 0.1, device.is_cuda()});
-  StandardStep step;
+  std::unique_ptr<StepStrategy> step;
+  if (chunkwise == "off") step = std::make_unique<StandardStep>();
+  else step = std::make_unique<ChunkwiseStep>(ChunkwiseOptions{chunk, chunkwise == "spaco" ? budget : 0, 0});
   Batch b;
   b.tokens = torch::randint(0, c.vocab_size, {B, T}, torch::TensorOptions().dtype(torch::kInt64).device(device));
   b.targets = torch::randint(0, c.vocab_size, {B, T}, torch::TensorOptions().dtype(torch::kInt64).device(device));
@@ -127,10 +151,10 @@ static int bench_train(const Args& args) {
   b.n_target_tokens = B * T;
   std::vector<torch::Tensor> tensors;
   for (auto& [n, p] : params) tensors.push_back(p);
-  const bool graphs = device.is_cuda() && cuda_graphs_built() && graph_setting != "false";
-  check(graph_setting != "true" || graphs, "--cuda-graph true needs a CUDA build and device");
+  const bool graphs = device.is_cuda() && cuda_graphs_built() && graph_setting != "false" && chunkwise == "off";
+  check(graph_setting != "true" || graphs, "--cuda-graph true needs a CUDA build and device, and --chunkwise off");
   auto body = [&](const std::vector<Batch>& mb, const torch::Tensor& lr, const torch::Tensor& normaliser) {
-    return deferred_step(step, *model, mb, lr, normaliser, tensors, 1.0, opt, device, precision);
+    return deferred_step(*step, *model, mb, lr, normaliser, tensors, 1.0, opt, device, precision);
   };
   CaptureStreamScope stream_scope(device);
   std::unique_ptr<GraphedStep> graphed;
@@ -170,13 +194,17 @@ static int bench_train(const Args& args) {
   }
 #endif
   std::cout << "{\"bench\": \"train\", \"config\": \"" << config << "\", \"device\": \"" << device.str()
-            << "\", \"precision\": \"" << precision << "\", \"loss_chunk\": " << loss_chunk << ", \"fused\": " << (fused ? "true" : "false")
+            << "\", \"precision\": \"" << precision << "\", \"chunkwise\": \"" << chunkwise << "\""
+            << (chunkwise != "off" ? ", \"chunk\": " + std::to_string(chunk) : std::string())
+            << (chunkwise == "spaco" ? ", \"budget\": " + std::to_string(budget) : std::string())
+            << ", \"loss_chunk\": " << loss_chunk << ", \"fused\": " << (fused ? "true" : "false")
             << ", \"recompute_swiglu\": " << (recompute_swiglu ? "true" : "false")
             << ", \"cuda_graph\": " << (graphs ? "true" : "false")
             << ", \"attention\": \"" << attention << "\", \"attention_kernel\": \"" << attention_kernel << "\""
             << ", \"B\": " << B << ", \"T\": " << T << ", \"tok_s\": "
             << std::llround(tok_s) << ", \"tflops\": " << tok_s * flops / 1e12 << ", \"mfu_vs_989\": "
-            << tok_s * flops / 989e12 << ", \"peak_gib\": " << peak_gib << "}\n";
+            << tok_s * flops / 989e12 << ", \"peak_gib\": " << peak_gib << ", \"peak_rss_gib\": " << peak_rss_gib()
+            << "}\n";
   if (profile_runs > 0) {  // where the step's time goes
     StepProfile p = profile_step(one, int(profile_runs), device.is_cuda());
     json cats = json::object(), top = json::array();
