@@ -140,6 +140,8 @@ InitSource load_init_source(const fs::path& path) {
     src.masks = std::move(ck.masks);
     src.optimizer = std::move(ck.optimizer);
     src.optimizer_steps = st.value("optimizer_steps", int64_t(-1));
+    if (st.contains("model_config") && st["model_config"].contains("d_model"))
+      src.checkpoint_config = ModelConfig::from_json(st["model_config"].dump());
     return src;
   }
   check(is_hf_bundle(path) || fs::exists(path / "model.safetensors"), "[init] from: ", path.string(),

@@ -50,6 +50,7 @@ struct InitSource {
   std::map<std::string, torch::Tensor> model, masks, optimizer;
   int64_t optimizer_steps = -1;                   // -1: the source holds no optimizer state
   std::optional<ModelConfig> bundle_config;       // set when the source is a bundle with config.json
+  std::optional<ModelConfig> checkpoint_config;   // set when the source is a checkpoint that saved its config
   std::filesystem::path bundle_tokenizer;         // its tokenizer.model, when present
 };
 InitSource load_init_source(const std::filesystem::path& path);

@@ -73,12 +73,20 @@ NamedTensors named_parameters_of(torch::nn::Module& module) {
   return out;
 }
 
+NamedTensors trainable_parameters_of(torch::nn::Module& module) {
+  NamedTensors out;
+  for (auto& p : module.named_parameters())
+    if (p.value().requires_grad()) out.emplace_back(p.key(), p.value());
+  return out;
+}
+
 void load_parameters(torch::nn::Module& module, const std::map<std::string, torch::Tensor>& tensors,
-                     const std::string& what) {
+                     const std::string& what, bool (*optional)(const std::string&)) {
   torch::NoGradGuard ng;
   size_t used = 0;
   for (auto& p : module.named_parameters()) {
     auto it = tensors.find(p.key());
+    if (it == tensors.end() && optional && optional(p.key())) continue;
     check(it != tensors.end(), what, ": weight '", p.key(), "' is missing (was it saved from another model?)");
     check(it->second.sizes() == p.value().sizes(), what, ": weight '", p.key(), "' has shape ", it->second.sizes(),
           " but the model built from the recipe expects ", p.value().sizes(), " (check the [model] section)");

@@ -20,10 +20,12 @@ std::map<std::string, torch::Tensor> load_tensors(const std::filesystem::path& p
                                                   std::map<std::string, std::string>* metadata = nullptr);
 torch::Tensor to_torch(const st::File& f, const st::TensorInfo& t);  // a copy on the CPU
 
-// Copies TENSORS into MODULE's parameters by name; every parameter must be present with its shape,
-// and no extra tensor may be left over. WHAT names the source in errors.
+// Copies TENSORS into MODULE's parameters by name; every parameter must be present with its shape (except
+// those OPTIONAL accepts, which keep their values when absent), and no extra tensor may be left over. WHAT
+// names the source in errors.
 void load_parameters(torch::nn::Module& module, const std::map<std::string, torch::Tensor>& tensors,
-                     const std::string& what);
+                     const std::string& what, bool (*optional)(const std::string&) = nullptr);
 NamedTensors named_parameters_of(torch::nn::Module& module);
+NamedTensors trainable_parameters_of(torch::nn::Module& module);  // those that require gradients
 
 }  // namespace cw

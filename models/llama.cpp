@@ -81,6 +81,22 @@ torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const
   return x * c + rotated * s;
 }
 
+// The adapters' updates of a product whose output joins PARTS (adapter, width) side by side: zeros where a part
+// has no adapter. Undefined when no part has one.
+static torch::Tensor joined_lora_delta(const torch::Tensor& x, std::initializer_list<std::pair<const LoraAdapter*, int64_t>> parts,
+                                       const torch::Tensor& like, bool training) {
+  bool any = false;
+  for (auto& [a, w] : parts) any = any || a->defined();
+  if (!any) return torch::Tensor();
+  std::vector<torch::Tensor> pieces;
+  for (auto& [a, w] : parts) {
+    auto shape = like.sizes().vec();
+    shape.back() = w;
+    pieces.push_back(a->defined() ? a->delta(x, training).to(like.scalar_type()) : torch::zeros(shape, like.options()));
+  }
+  return torch::cat(pieces, -1);
+}
+
 static torch::nn::Linear linear(int64_t in, int64_t out) {
   return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
 }
@@ -91,6 +107,8 @@ LlamaAttentionImpl::LlamaAttentionImpl(const ModelConfig& c)
   k_proj = register_module("k_proj", linear(c.d_model, n_kv_heads * head_dim));
   v_proj = register_module("v_proj", linear(c.d_model, n_kv_heads * head_dim));
   o_proj = register_module("o_proj", linear(n_heads * head_dim, c.d_model));
+  lora_q = attach_lora(q_proj, "q_proj", c), lora_k = attach_lora(k_proj, "k_proj", c);
+  lora_v = attach_lora(v_proj, "v_proj", c), lora_o = attach_lora(o_proj, "o_proj", c);
 }
 
 torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
@@ -100,6 +118,9 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
   // One matrix product for q, k and v (the weights stay separate parameters under their export names).
   auto qkv = fused ? mixed_linear(x, {q_proj->weight, k_proj->weight, v_proj->weight})
                    : torch::linear(x, torch::cat({q_proj->weight, k_proj->weight, v_proj->weight}));
+  auto lora = joined_lora_delta(x, {{&lora_q, n_heads * head_dim}, {&lora_k, n_kv_heads * head_dim},
+                                    {&lora_v, n_kv_heads * head_dim}}, qkv, is_training());
+  if (lora.defined()) qkv = qkv + lora;
   torch::Tensor q, k, v;
   if (fused && fused_ops_support(qkv)) {  // one kernel: q and k rotated in place, views [B, T, heads, hd]
     auto qkv4 = fused_rope_qkv(qkv, cos, sin, n_heads, n_kv_heads);
@@ -113,17 +134,30 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
   if (fresh) fresh->k = k, fresh->v = v;
   if (past && past->k.defined() && past->k.size(2) > 0) k = torch::cat({past->k, k}, 2), v = torch::cat({past->v, v}, 2);
   auto y = attend(q, k, v, mask).transpose(1, 2).reshape({B, T, n_heads * head_dim});
-  return fused ? mixed_linear(y, {o_proj->weight}) : o_proj(y);
+  auto out = fused ? mixed_linear(y, {o_proj->weight}) : o_proj(y);
+  return lora_o.defined() ? out + lora_o.delta(y, is_training()).to(out.scalar_type()) : out;
 }
 
 LlamaMLPImpl::LlamaMLPImpl(const ModelConfig& c) {
   gate_proj = register_module("gate_proj", linear(c.d_model, c.d_ff));
   up_proj = register_module("up_proj", linear(c.d_model, c.d_ff));
   down_proj = register_module("down_proj", linear(c.d_ff, c.d_model));
+  lora_gate = attach_lora(gate_proj, "gate_proj", c), lora_up = attach_lora(up_proj, "up_proj", c);
+  lora_down = attach_lora(down_proj, "down_proj", c);
 }
+
 torch::Tensor LlamaMLPImpl::forward(const torch::Tensor& x, bool fused, bool recompute) {
   auto gate_up = fused ? mixed_linear(x, {gate_proj->weight, up_proj->weight})  // one product
                        : torch::linear(x, torch::cat({gate_proj->weight, up_proj->weight}));
+  const int64_t F = gate_proj->weight.size(0);
+  auto lora = joined_lora_delta(x, {{&lora_gate, F}, {&lora_up, F}}, gate_up, is_training());
+  if (lora.defined()) gate_up = gate_up + lora;
+  if (lora_down.defined()) {  // the adapter reads the SwiGLU product, so it is kept
+    auto parts = gate_up.chunk(2, -1);
+    auto h = fused && fused_ops_support(gate_up) ? fused_swiglu(gate_up) : torch::silu(parts[0]) * parts[1];
+    auto out = fused ? mixed_linear(h, {down_proj->weight}) : down_proj(h);
+    return out + lora_down.delta(h, is_training()).to(out.scalar_type());
+  }
   if (fused && fused_ops_support(gate_up))
     return recompute ? fused_swiglu_down(gate_up, down_proj->weight)
                      : mixed_linear(fused_swiglu(gate_up), {down_proj->weight});
@@ -162,10 +196,18 @@ void Llama::reset_parameters() {
   const double out_std = cfg_.init_std / std::sqrt(2.0 * double(cfg_.n_layers));
   for (auto& p : named_parameters()) {
     const std::string& n = p.key();
+    if (is_lora_parameter(n)) continue;
     if (n.find("norm") != std::string::npos) p.value().fill_(1.0);
     else if (n.find("o_proj") != std::string::npos || n.find("down_proj") != std::string::npos)
       p.value().normal_(0.0, out_std);
     else p.value().normal_(0.0, cfg_.init_std);
+  }
+  for (auto& module : *model_->layers) {
+    auto* layer = module->as<LlamaDecoderLayer>();
+    auto& a = *layer->self_attn;
+    auto& m = *layer->mlp;
+    for (LoraAdapter* l : {&a.lora_q, &a.lora_k, &a.lora_v, &a.lora_o, &m.lora_gate, &m.lora_up, &m.lora_down})
+      if (l->defined()) reset_lora(*l);
   }
 }
 

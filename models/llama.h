@@ -7,6 +7,7 @@
 
 #include "models/attention.h"
 #include "models/causal_lm.h"
+#include "models/lora.h"
 
 namespace cw {
 
@@ -33,6 +34,7 @@ struct LlamaAttentionImpl : torch::nn::Module {
                         const AttnMask& mask, bool fused = false, const LayerKV* past = nullptr,
                         LayerKV* fresh = nullptr);
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  LoraAdapter lora_q, lora_k, lora_v, lora_o;  // defined where [lora] targets name them
   int64_t n_heads, n_kv_heads, head_dim;
 };
 TORCH_MODULE(LlamaAttention);
@@ -43,6 +45,7 @@ struct LlamaMLPImpl : torch::nn::Module {
   // backward), or with recompute fused_swiglu_down (only gate_up kept; the product recomputed in the backward pass).
   torch::Tensor forward(const torch::Tensor& x, bool fused = false, bool recompute = false);
   torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+  LoraAdapter lora_gate, lora_up, lora_down;
 };
 TORCH_MODULE(LlamaMLP);
 
@@ -77,7 +80,8 @@ class Llama : public CausalLM {
   torch::Tensor hidden(const torch::Tensor& tokens, const torch::Tensor& positions, const torch::Tensor& segments);
   const torch::Tensor& head_weight() const;
   const ModelConfig& config() const override { return cfg_; }
-  void reset_parameters();  // normal(0, init_std); output projections / sqrt(2 n_layers); norms 1
+  // normal(0, init_std); output projections / sqrt(2 n_layers); norms 1; LoRA adapters as models/lora.h says
+  void reset_parameters();
 
  private:
   // The layers and the final norm over embeddings X; F (may be null) gives each layer's earlier keys/values

@@ -1,6 +1,8 @@
 // Implementation of models/model_config.h.
 #include "models/model_config.h"
 
+#include <algorithm>
+
 #include "common/error.h"
 #include "common/json.h"
 
@@ -14,6 +16,18 @@ void ModelConfig::validate() const {
   check(head_dim() % 2 == 0, "[model] head size d_model/n_heads = ", head_dim(), " must be even for RoPE");
   check(n_heads % n_kv_heads == 0, "[model] n_heads (", n_heads, ") must be a multiple of n_kv_heads (",
         n_kv_heads, ")");
+  if (lora_rank <= 0) return;
+  static const std::vector<std::string> known = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                 "down_proj"};
+  check(!lora_targets.empty(), "[lora] targets is empty: name the projections to adapt, e.g. q_proj,v_proj");
+  for (auto& t : lora_targets)
+    check(std::find(known.begin(), known.end(), t) != known.end(), "[lora] targets: '", t, "' is not a projection ",
+          "of the model; use q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj or down_proj");
+  check(lora_alpha > 0 && lora_dropout >= 0 && lora_dropout < 1, "[lora] alpha must be positive and dropout in [0, 1)");
+}
+
+bool ModelConfig::lora_on(const std::string& projection) const {
+  return lora_rank > 0 && std::find(lora_targets.begin(), lora_targets.end(), projection) != lora_targets.end();
 }
 
 int64_t ModelConfig::non_embedding_params() const {
@@ -25,11 +39,13 @@ int64_t ModelConfig::non_embedding_params() const {
 }
 
 std::string ModelConfig::to_json() const {
-  return json{{"family", family}, {"vocab_size", vocab_size}, {"d_model", d_model}, {"n_layers", n_layers},
-              {"n_heads", n_heads}, {"n_kv_heads", n_kv_heads}, {"d_ff", d_ff}, {"max_seq_len", max_seq_len},
-              {"rope_theta", rope_theta}, {"norm_eps", norm_eps}, {"init_std", init_std},
-              {"tie_embeddings", tie_embeddings}}
-      .dump();
+  json j{{"family", family}, {"vocab_size", vocab_size}, {"d_model", d_model}, {"n_layers", n_layers},
+         {"n_heads", n_heads}, {"n_kv_heads", n_kv_heads}, {"d_ff", d_ff}, {"max_seq_len", max_seq_len},
+         {"rope_theta", rope_theta}, {"norm_eps", norm_eps}, {"init_std", init_std},
+         {"tie_embeddings", tie_embeddings}};
+  if (lora_rank > 0)
+    j["lora"] = {{"rank", lora_rank}, {"alpha", lora_alpha}, {"dropout", lora_dropout}, {"targets", lora_targets}};
+  return j.dump();
 }
 
 ModelConfig ModelConfig::from_json(const std::string& text) {
@@ -41,6 +57,11 @@ ModelConfig ModelConfig::from_json(const std::string& text) {
     c.n_heads = j.at("n_heads"), c.n_kv_heads = j.at("n_kv_heads"), c.d_ff = j.at("d_ff");
     c.max_seq_len = j.at("max_seq_len"), c.rope_theta = j.at("rope_theta"), c.norm_eps = j.at("norm_eps");
     c.init_std = j.at("init_std"), c.tie_embeddings = j.at("tie_embeddings");
+    if (j.contains("lora")) {
+      const json& l = j.at("lora");
+      c.lora_rank = l.at("rank"), c.lora_alpha = l.at("alpha"), c.lora_dropout = l.at("dropout");
+      c.lora_targets = l.at("targets").get<std::vector<std::string>>();
+    }
   } catch (const json::exception& e) {
     fail("model config: ", e.what());
   }

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace cw {
 
@@ -12,6 +13,12 @@ struct ModelConfig {
   int64_t max_seq_len = 256;
   double rope_theta = 10000, norm_eps = 1e-5, init_std = 0.02;
   bool tie_embeddings = false;
+  // LoRA adapters (models/lora.h) on the named projections; rank 0 = none.
+  int64_t lora_rank = 0;
+  double lora_alpha = 16, lora_dropout = 0;
+  std::vector<std::string> lora_targets;  // of q_proj k_proj v_proj o_proj gate_proj up_proj down_proj
+  double lora_scale() const { return lora_rank > 0 ? lora_alpha / double(lora_rank) : 0.0; }
+  bool lora_on(const std::string& projection) const;
 
   int64_t head_dim() const { return d_model / n_heads; }
   void validate() const;  // UserError naming the [model] key to change
@@ -19,7 +26,7 @@ struct ModelConfig {
   int64_t non_embedding_params() const;  // everything but the input embedding (LM head included)
   // Training FLOPs per token at context T: 6 * non-embedding params + 6 * layers * d_model * T.
   double train_flops_per_token(int64_t T) const;
-  std::string to_json() const;                             // saved in checkpoints' state.json
+  std::string to_json() const;                             // saved in checkpoints' state.json (LoRA fields when on)
   static ModelConfig from_json(const std::string& text);  // UserError on missing fields
 };
 

@@ -109,6 +109,16 @@ TEST(DataParallel, SecoOnTwoRanksMatchesOneProcess) {  // the gradient sync arme
   EXPECT_EQ(losses(dir / "spaco").size(), 6u);
 }
 
+TEST(DataParallel, LoraOnTwoRanksMatchesOneProcess) {  // only the adapters are reduced and updated
+  auto dir = scratch_dir("dp-lora");
+  std::string log;
+  const std::string lora = "--lora.rank=4 --lora.targets=q_proj,v_proj,down_proj --optim.lr=1e-2";
+  ASSERT_EQ(train_ranks(1, write_recipe(dir, "one", 6), lora, &log), 0) << log;
+  ASSERT_EQ(losses(dir / "one").size(), 6u);
+  ASSERT_EQ(train_ranks(2, write_recipe(dir, "two", 6), lora + " --dist.zero=1", &log), 0) << log;
+  expect_close(losses(dir / "two"), losses(dir / "one"), 0, "2 ranks, LoRA, ZeRO-1");
+}
+
 TEST(DataParallel, Bf16AllReduceStaysWithinBf16OfTheFp32Run) {
   auto dir = scratch_dir("dp-bf16");
   std::string log;

@@ -2,6 +2,7 @@
 #include "train/model_setup.h"
 
 #include <algorithm>
+#include <sstream>
 
 #include "common/error.h"
 #include "common/json.h"
@@ -26,8 +27,22 @@ ModelConfig model_config_from_recipe(const Recipe& r, int64_t tokenizer_vocab) {
   c.norm_eps = r.f("model.norm_eps");
   c.tie_embeddings = r.b("model.tie_embeddings");
   c.init_std = r.f("model.init_std");
+  set_lora_from_recipe(c, r);
   c.validate();
   return c;
+}
+
+void set_lora_from_recipe(ModelConfig& c, const Recipe& r) {
+  c.lora_rank = r.i("lora.rank");
+  c.lora_alpha = r.f("lora.alpha");
+  c.lora_dropout = r.f("lora.dropout");
+  c.lora_targets.clear();
+  std::string item;
+  std::istringstream in(r.s("lora.targets"));
+  while (std::getline(in, item, ',')) {
+    const auto first = item.find_first_not_of(" \t"), last = item.find_last_not_of(" \t");
+    if (first != std::string::npos) c.lora_targets.push_back(item.substr(first, last - first + 1));
+  }
 }
 
 torch::Device resolve_device(const std::string& name) {
@@ -66,6 +81,8 @@ ModelConfig model_config_from_bundle(const Recipe& r, const ModelConfig& b, int6
   ModelConfig c = b;
   c.max_seq_len = std::max(b.max_seq_len, r.i("data.seq_len"));
   c.init_std = r.f("model.init_std");
+  set_lora_from_recipe(c, r);
+  c.validate();
   return c;
 }
 

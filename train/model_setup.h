@@ -9,6 +9,7 @@
 namespace cw {
 
 ModelConfig model_config_from_recipe(const Recipe& r, int64_t tokenizer_vocab);
+void set_lora_from_recipe(ModelConfig& c, const Recipe& r);  // the [lora] section
 torch::Device resolve_device(const std::string& name);  // auto | cpu | cuda
 // The shape of a bundle's model ([init] from = a Hugging Face directory). [model] keys the recipe sets
 // explicitly must agree with it; the error lists those that do not.

@@ -37,6 +37,7 @@ const std::map<std::string, KeyRange>& key_ranges() {
       {"train.max_bad_steps", at_least(1)},
       {"dist.bucket_mb", at_least(0)},
       {"sparsity.level", half_open(0, 1)}, {"sparsity.seed", at_least(0)},
+      {"lora.rank", at_least(0)}, {"lora.alpha", above(0)}, {"lora.dropout", half_open(0, 1)},
       {"chunkwise.chunk", at_least(1)}, {"chunkwise.budget", at_least(1)}, {"chunkwise.max_compensation", at_least(0)},
   };
   return ranges;
@@ -146,6 +147,15 @@ const std::vector<KeySpec>& recipe_keys() {
        {"fresh", "checkpoint"}},
       {"sparsity.level", K::Float, "0", "fraction of each sparsifiable weight held at zero (SPDF; 0 = dense)"},
       {"sparsity.seed", K::Int, "0", "seed of the masks (0 = run.seed)"},
+      {"lora.rank", K::Int, "0", "LoRA adapters of this rank on the target projections, the rest of the model frozen "
+       "(docs/lora.md; 0 = off, every weight trains)"},
+      {"lora.alpha", K::Float, "16", "LoRA: the update is scaled by alpha / rank"},
+      {"lora.dropout", K::Float, "0", "LoRA: dropout on the adapters' input while training"},
+      {"lora.targets", K::String, "q_proj,v_proj", "LoRA: comma-separated projections to adapt (q_proj, k_proj, "
+       "v_proj, o_proj, gate_proj, up_proj, down_proj)"},
+      {"lora.base_dtype", K::String, "auto", "LoRA: dtype the frozen projections are kept in (auto: bf16 when "
+       "run.precision is bf16, where products read them in bf16 anyway, so the step computes the same)",
+       {"auto", "fp32", "bf16"}},
       {"chunkwise.mode", K::String, "off", "chunk-wise back-propagation of long sequences (docs/chunkwise.md): "
        "seco = exact gradients with one chunk's graph alive; spaco = back-propagate about budget chunks per sequence",
        {"off", "seco", "spaco"}},

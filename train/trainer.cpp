@@ -25,6 +25,7 @@
 #include "train/schedule.h"
 #include "train/sparsity.h"
 #include "train/step_log.h"
+#include "models/lora.h"
 #include "train/chunkwise_step.h"
 #include "train/step_strategy.h"
 #include "train/train_step.h"
@@ -133,12 +134,21 @@ void require_compatible(const Recipe& now, const Recipe& saved, const std::strin
   for (auto& k : recipe_keys()) {
     static const std::set<std::string> data_keys = {"data.seq_len", "data.batch_size", "data.train", "data.strategy",
                                                     "data.order", "data.replay", "data.replay_fraction",
-                                                    "data.dd_curriculum", "data.dd_cycles", "run.seed", "sparsity.level"};
+                                                    "data.dd_curriculum", "data.dd_cycles", "run.seed", "sparsity.level",
+                                                    "lora.rank", "lora.alpha", "lora.targets"};
     bool matters = k.name.rfind("model.", 0) == 0 || data_keys.count(k.name);
     if (matters && now.s(k.name) != saved.s(k.name))
       diff += "\n  " + k.name + ": checkpoint " + saved.s(k.name) + ", now " + now.s(k.name);
   }
   check(diff.empty(), "cannot resume from ", where, ": the recipe changed keys the checkpoint depends on:", diff);
+}
+
+// lora.base_dtype: the dtype of the frozen projections (bf16 only where the products run in bf16).
+torch::ScalarType lora_base_dtype(const Recipe& r, const std::string& precision) {
+  const std::string want = r.s("lora.base_dtype");
+  check(want != "bf16" || precision == "bf16", "lora.base_dtype = bf16 needs run.precision = bf16 (products in bf16); ",
+        "use auto or fp32");
+  return want == "bf16" || (want == "auto" && precision == "bf16") ? torch::kBFloat16 : torch::kFloat32;
 }
 
 }  // namespace
@@ -185,23 +195,39 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
           init.bundle_tokenizer.string(), " differs from ", r.s("data.tokenizer"),
           "; set [data] tokenizer to the bundle's tokenizer.model and prepare the data with it");
   auto model = build_model(mc);
+  const bool lora = mc.lora_rank > 0;
+  if (lora)  // only the adapters train
+    for (auto& p : model->named_parameters())
+      if (!is_lora_parameter(p.key())) p.value().requires_grad_(false);
   model->loss_chunk_rows = r.i("train.loss_chunk");
   model->fused_kernels = fused_kernels_wanted(r.s("train.fused_kernels"), device);
   model->recompute_swiglu = r.b("train.recompute_swiglu");
   set_attention_backend(r.s("train.attention"));
-  NamedTensors params = named_parameters_of(*model);
+  NamedTensors params = trainable_parameters_of(*model);
   std::vector<bool> decay;
   for (auto& [name, p] : params)
     decay.push_back(default_weight_decay(name, p, r.b("optim.decay_embeddings"), r.b("optim.decay_norms")));
   const double level = r.f("sparsity.level");
   const uint64_t mask_seed = uint64_t(r.i("sparsity.seed") ? r.i("sparsity.seed") : r.i("run.seed"));
-  if (!init.model.empty()) {
-    load_parameters(*model, init.model, init.description);
+  check(!(lora && level > 0), "[lora] rank and [sparsity] level cannot both be set: sparsity masks the base weights, "
+        "which LoRA keeps frozen");
+  if (init.checkpoint_config && init.checkpoint_config->lora_rank > 0) {
+    // The source's adapters continue when this run adapts the same projections the same way; otherwise they
+    // are merged into its weights, and this run starts from the adapted model (with fresh adapters, if any).
+    const ModelConfig& s = *init.checkpoint_config;
+    if (s.lora_rank != mc.lora_rank || s.lora_targets != mc.lora_targets || s.lora_alpha != mc.lora_alpha) {
+      init.model = merge_lora(init.model, s);
+      out << "merged the LoRA adapters of " << init.description << " into its weights\n";
+    }
+  }
+  if (!init.model.empty()) {  // a base without adapters leaves them at their initial values
+    load_parameters(*model, init.model, init.description, lora ? is_lora_parameter : nullptr);
     out << "initialised weights from " << init.description << "\n";
   }
   model->to(device);
   model->train();
-  params = named_parameters_of(*model);  // the same tensors, now on the device
+  if (lora) keep_frozen_projections_in(*model, lora_base_dtype(r, precision));
+  params = trainable_parameters_of(*model);  // the same tensors, now on the device
   std::unique_ptr<DataParallel> dp;
   if (denv.active()) {
     DataParallelOptions dpo;
@@ -273,6 +299,15 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
       << " | " << format_count(double(tokens_per_step)) << " tokens/step, " << total_steps << " steps\n"
       << "train tokens " << format_count(double(data.train_tokens->size())) << ", unigram entropy "
       << std::fixed << std::setprecision(3) << result.unigram_entropy << " nats (loss of a context-free model)\n";
+  if (lora) {
+    int64_t trainable = 0, all = 0;
+    for (auto& p : model->parameters()) all += p.numel(), trainable += p.requires_grad() ? p.numel() : 0;
+    std::string targets;
+    for (auto& t : mc.lora_targets) targets += (targets.empty() ? "" : ", ") + t;
+    out << "LoRA rank " << mc.lora_rank << " on " << targets << ": " << format_count(double(trainable))
+        << " trainable parameters (" << std::setprecision(2) << 100.0 * double(trainable) / double(all)
+        << " % of " << format_count(double(all)) << "), the rest frozen\n";
+  }
   if (chunkwise) {
     const int64_t chunk = r.i("chunkwise.chunk"), k = (T + chunk - 1) / chunk;
     const bool spaco = r.s("chunkwise.mode") == "spaco" && r.i("chunkwise.budget") < k;
@@ -343,9 +378,10 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
   // CUDA graphs: the whole step replayed from one capture where nothing in it talks to the host or other ranks.
   const std::string graph_setting = r.s("train.cuda_graph");
   const bool graph_possible =
-      cuda_graphs_built() && device.is_cuda() && !dp && !masks.active() && inject_nan.empty() && !chunkwise;
+      cuda_graphs_built() && device.is_cuda() && !dp && !masks.active() && inject_nan.empty() && !chunkwise &&
+      !(lora && mc.lora_dropout > 0);
   check(graph_setting != "true" || graph_possible, "train.cuda_graph = true needs a CUDA build and device, one process, ",
-        "no sparsity masks, [chunkwise] mode = off and no debug.inject_nan_steps; use auto or false");
+        "no sparsity masks, [chunkwise] mode = off, no [lora] dropout and no debug.inject_nan_steps; use auto or false");
   const double clip = r.f("optim.grad_clip") > 0 ? r.f("optim.grad_clip") : INFINITY;
   std::vector<torch::Tensor> param_tensors;
   for (auto& [n, p] : params) param_tensors.push_back(p);

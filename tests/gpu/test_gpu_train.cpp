@@ -10,6 +10,7 @@
 #include "tests/fused_ops_checks.h"
 #include "checkpoints/checkpoint.h"
 #include "tests/test_util.h"
+#include "models/lora.h"
 #include "train/adamw.h"
 #include "train/graphed_step.h"
 #include "train/chunkwise_step.h"
@@ -152,6 +153,51 @@ TEST(GpuChunkwise, SecoWithFusedKernelsMatchesTheStandardStep) {
       EXPECT_FALSE(got[i].isnan().any().item<bool>());
     }
   }
+}
+
+// LoRA adapters on every projection under bf16 autocast: the fused path's loss and adapter gradients equal
+// the unfused ops', and are bit for bit the same with the frozen projections kept in bf16.
+TEST(GpuLora, FusedKernelsMatchTheUnfusedOpsWithAdapters) {
+  SKIP_WITHOUT_GPU();
+  ModelConfig c;
+  c.vocab_size = 96, c.d_model = 64, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.d_ff = 96, c.max_seq_len = 32;
+  c.lora_rank = 8, c.lora_targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+  torch::manual_seed(12);
+  auto model = std::make_shared<Llama>(c);
+  {
+    torch::NoGradGuard ng;
+    for (auto& p : model->named_parameters())
+      if (is_lora_parameter(p.key())) p.value().normal_(0.0, 0.1);
+      else p.value().requires_grad_(false);
+  }
+  model->to(torch::kCUDA);
+  auto iopts = torch::TensorOptions().dtype(torch::kInt64).device(torch::kCUDA);
+  Batch b;
+  b.tokens = torch::randint(0, c.vocab_size, {2, 32}, iopts);
+  b.targets = torch::randint(0, c.vocab_size, {2, 32}, iopts);
+  b.positions = torch::arange(32, iopts).unsqueeze(0).repeat({2, 1});
+  b.n_target_tokens = 64;
+  auto run = [&](bool fused, double* loss) {
+    model->fused_kernels = fused;
+    model->zero_grad();
+    StandardStep step;
+    *loss = run_under_autocast(step, *model, {b}, StepContext{}, torch::Device(torch::kCUDA), "bf16").loss;
+    std::vector<torch::Tensor> g;
+    for (auto& p : model->parameters())
+      if (p.requires_grad()) g.push_back(p.grad().clone());
+    return g;
+  };
+  double fused_loss, plain_loss;
+  auto got = run(true, &fused_loss), want = run(false, &plain_loss);
+  ASSERT_EQ(got.size(), 28u);
+  EXPECT_NEAR(fused_loss, plain_loss, 1e-2 * plain_loss);
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_LE(norm_relative_error(got[i], want[i]), 2e-2) << "adapter " << i;
+  // The frozen projections kept in bf16 (lora.base_dtype): the products read the same bf16 values.
+  keep_frozen_projections_in(*model, torch::kBFloat16);
+  double bf16_loss;
+  auto same = run(true, &bf16_loss);
+  EXPECT_EQ(bf16_loss, fused_loss);
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_TRUE(torch::equal(same[i], got[i])) << "adapter " << i;
 }
 
 // FAST(q, k, v) equals attend_reference(q, k, v, REF_MASK) within bf16 tolerance, output and gradients of a

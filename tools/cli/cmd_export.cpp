@@ -3,6 +3,7 @@
 
 #include "checkpoints/checkpoint.h"
 #include "checkpoints/hf_bundle.h"
+#include "models/lora.h"
 #include "common/files.h"
 #include "train/model_setup.h"
 #include "train/recipe.h"
@@ -31,7 +32,7 @@ int export_main(const Args& args) {
   fs::path tokenizer = expand_user(r.s("data.tokenizer"));
   ModelConfig c = model_config_of_checkpoint(ck.state_json, r, Tokenizer::load(tokenizer).identity().vocab_size);
   check(c.family == "llama", "export supports the llama family only");
-  export_bundle(ck.model, c, tokenizer, expand_user(out), o);
+  export_bundle(merge_lora(ck.model, c), c, tokenizer, expand_user(out), o);  // adapters merged into their weights
   std::cout << "exported " << ck.dir.string() << " to " << out << " (" << o.dtype << ")\n";
   return 0;
 }
