@@ -45,6 +45,9 @@ class CausalLM : public torch::nn::Module {
   bool fused_kernels = false;
   // With fused_kernels: the backward pass recomputes the SwiGLU product instead of keeping it.
   bool recompute_swiglu = false;
+  // Activation checkpointing: keep only each decoder layer's input and run the layer again in the backward pass
+  // (models/activation_checkpoint.h). Not applied to chunk forwards (SeCO keeps one chunk's graph already).
+  bool checkpoint_layers = false;
 };
 
 // train.fused_kernels: "true", "false", or "auto" (on for CUDA devices).

@@ -6,6 +6,7 @@
 #include <mutex>
 
 #include "common/error.h"
+#include "models/activation_checkpoint.h"
 #include "models/fused_ops.h"
 #include "models/linear_cross_entropy.h"
 #include "models/mixed_linear.h"
@@ -266,6 +267,17 @@ torch::Tensor Llama::chunk_loss_sum(const Batch& chunk, ChunkForward& f, bool wi
 torch::Tensor Llama::layers_forward(torch::Tensor x, const torch::Tensor& positions, const AttnMask& mask,
                                     ChunkForward* f) {
   auto [cos, sin] = rope_tables(positions, cfg_.head_dim(), cfg_.rope_theta);
+  if (checkpoint_layers && !f && torch::GradMode::is_enabled()) {  // per layer, so no add+norm across layers
+    for (auto& module : *model_->layers) {
+      auto* layer = module->as<LlamaDecoderLayer>();
+      x = recompute_in_backward(
+          [layer, cos = cos, sin = sin, mask, fused = fused_kernels, rs = recompute_swiglu](const torch::Tensor& in) {
+            return layer->forward(in, cos, sin, mask, fused, rs);
+          },
+          x);
+    }
+    return model_->norm(x);
+  }
   if (fused_kernels && fused_add_rmsnorm_support(x, x, model_->norm->weight)) return hidden_fused(x, cos, sin, mask, f);
   size_t i = 0;
   for (auto& module : *model_->layers) {

@@ -130,6 +130,8 @@ const std::vector<KeySpec>& recipe_keys() {
        {"auto", "true", "false"}},
       {"train.recompute_swiglu", K::Bool, "false", "fused kernels: recompute silu(gate) * up in the backward pass "
        "instead of keeping it (saves 2 x d_ff bytes per token and layer, costs one more SwiGLU pass)"},
+      {"train.checkpoint_layers", K::Bool, "false", "activation checkpointing: keep only each decoder layer's input "
+       "and run the layer again in the backward pass (less memory, about one more forward pass; no CUDA graph)"},
       {"train.cuda_graph", K::String, "auto", "capture the step (forward, backward, clipping, AdamW) in a CUDA graph "
        "after 3 eager steps and replay it (auto: on CUDA in single-process runs without sparsity; steps with "
        "document masks run eagerly)", {"auto", "true", "false"}},

@@ -202,6 +202,9 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
   model->loss_chunk_rows = r.i("train.loss_chunk");
   model->fused_kernels = fused_kernels_wanted(r.s("train.fused_kernels"), device);
   model->recompute_swiglu = r.b("train.recompute_swiglu");
+  model->checkpoint_layers = r.b("train.checkpoint_layers");
+  check(!(model->checkpoint_layers && lora && mc.lora_dropout > 0), "train.checkpoint_layers with [lora] dropout > 0: ",
+        "the recomputed layers would draw other dropout masks; set one of them to 0");
   set_attention_backend(r.s("train.attention"));
   NamedTensors params = trainable_parameters_of(*model);
   std::vector<bool> decay;
@@ -379,9 +382,10 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
   const std::string graph_setting = r.s("train.cuda_graph");
   const bool graph_possible =
       cuda_graphs_built() && device.is_cuda() && !dp && !masks.active() && inject_nan.empty() && !chunkwise &&
-      !(lora && mc.lora_dropout > 0);
+      !(lora && mc.lora_dropout > 0) && !model->checkpoint_layers;
   check(graph_setting != "true" || graph_possible, "train.cuda_graph = true needs a CUDA build and device, one process, ",
-        "no sparsity masks, [chunkwise] mode = off, no [lora] dropout and no debug.inject_nan_steps; use auto or false");
+        "no sparsity masks, [chunkwise] mode = off, no [lora] dropout, no train.checkpoint_layers and no "
+        "debug.inject_nan_steps; use auto or false");
   const double clip = r.f("optim.grad_clip") > 0 ? r.f("optim.grad_clip") : INFINITY;
   std::vector<torch::Tensor> param_tensors;
   for (auto& [n, p] : params) param_tensors.push_back(p);

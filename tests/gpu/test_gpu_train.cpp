@@ -200,6 +200,37 @@ TEST(GpuLora, FusedKernelsMatchTheUnfusedOpsWithAdapters) {
   for (size_t i = 0; i < got.size(); ++i) EXPECT_TRUE(torch::equal(same[i], got[i])) << "adapter " << i;
 }
 
+// Activation checkpointing on CUDA under bf16 autocast with fused kernels: the recompute runs on the autograd
+// engine's device thread, under the first pass's autocast; loss and gradients match keeping the activations.
+TEST(GpuCheckpointLayers, RecomputedLayersMatchKeptActivations) {
+  SKIP_WITHOUT_GPU();
+  ModelConfig c;
+  c.vocab_size = 96, c.d_model = 64, c.n_layers = 3, c.n_heads = 4, c.n_kv_heads = 2, c.d_ff = 96, c.max_seq_len = 32;
+  torch::manual_seed(13);
+  auto model = std::make_shared<Llama>(c);
+  model->to(torch::kCUDA);
+  model->fused_kernels = true;
+  auto iopts = torch::TensorOptions().dtype(torch::kInt64).device(torch::kCUDA);
+  Batch b;
+  b.tokens = torch::randint(0, c.vocab_size, {2, 32}, iopts);
+  b.targets = torch::randint(0, c.vocab_size, {2, 32}, iopts);
+  b.positions = torch::arange(32, iopts).unsqueeze(0).repeat({2, 1});
+  b.n_target_tokens = 64;
+  auto run = [&](bool checkpoint, double* loss) {
+    model->checkpoint_layers = checkpoint;
+    model->zero_grad();
+    StandardStep step;
+    *loss = run_under_autocast(step, *model, {b}, StepContext{}, torch::Device(torch::kCUDA), "bf16").loss;
+    std::vector<torch::Tensor> g;
+    for (auto& p : model->parameters()) g.push_back(p.grad().clone());
+    return g;
+  };
+  double with_loss, without_loss;
+  auto got = run(true, &with_loss), want = run(false, &without_loss);
+  EXPECT_NEAR(with_loss, without_loss, 1e-2 * without_loss);
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_LE(norm_relative_error(got[i], want[i]), 2e-2) << "parameter " << i;
+}
+
 // FAST(q, k, v) equals attend_reference(q, k, v, REF_MASK) within bf16 tolerance, output and gradients of a
 // random weighted sum.
 static void expect_attention_matches_reference(torch::Tensor q, torch::Tensor k, torch::Tensor v,

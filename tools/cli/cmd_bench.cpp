@@ -21,6 +21,7 @@
 #include "train/graphed_step.h"
 #include "train/precision.h"
 #include "train/step_profile.h"
+#include "models/lora.h"
 #include "train/chunkwise_step.h"
 #include "train/step_strategy.h"
 #include "train/model_setup.h"
@@ -78,9 +79,9 @@ static double peak_rss_gib() {
 
 static int bench_train(const Args& args) {
   po::options_description desc("bench train options");
-  std::string config, device_name, precision_name, attention, fused_setting, graph_setting, chunkwise;
-  int64_t steps, warmup, loss_chunk, profile_runs, seq_len, batch, chunk, budget;
-  bool recompute_swiglu = false;
+  std::string config, device_name, precision_name, attention, fused_setting, graph_setting, chunkwise, lora_targets;
+  int64_t steps, warmup, loss_chunk, profile_runs, seq_len, batch, chunk, budget, lora_rank;
+  bool recompute_swiglu = false, checkpoint_layers = false;
   desc.add_options()("config", po::value(&config)->default_value("124m"), "124m (32 x 1024) | 350m (16 x 2048) | tiny")(
       "steps", po::value(&steps)->default_value(20), "timed steps")(
       "warmup", po::value(&warmup)->default_value(5), "untimed steps first")(
@@ -91,6 +92,8 @@ static int bench_train(const Args& args) {
       "auto | true | false: fused RoPE, SwiGLU, add+RMSNorm and cross-entropy kernels (train.fused_kernels)")(
       "recompute-swiglu", po::bool_switch(&recompute_swiglu), "recompute the SwiGLU product in the backward pass "
       "(train.recompute_swiglu)")(
+      "checkpoint-layers", po::bool_switch(&checkpoint_layers), "activation checkpointing: run each layer again in "
+      "the backward pass (train.checkpoint_layers; no CUDA graph)")(
       "cuda-graph", po::value(&graph_setting)->default_value("auto"), "auto | true | false: replay the step from a "
       "CUDA graph (train.cuda_graph; auto: on CUDA)")(
       "attention", po::value(&attention)->default_value("auto"), "auto | flash | cudnn: SDPA's first choice "
@@ -101,14 +104,17 @@ static int bench_train(const Args& args) {
       "chunkwise", po::value(&chunkwise)->default_value("off"), "off | seco | spaco: chunk-wise back-propagation "
       "([chunkwise] mode; no CUDA graph)")(
       "chunk", po::value(&chunk)->default_value(128), "seco/spaco: tokens per chunk")(
-      "budget", po::value(&budget)->default_value(8), "spaco: expected chunks back-propagated per sequence");
+      "budget", po::value(&budget)->default_value(8), "spaco: expected chunks back-propagated per sequence")(
+      "lora-rank", po::value(&lora_rank)->default_value(0), "LoRA adapters of this rank, the rest frozen (0 = off; "
+      "bf16 products keep the frozen projections in bf16)")(
+      "lora-targets", po::value(&lora_targets)->default_value("q_proj,v_proj"), "LoRA: projections to adapt");
   po::positional_options_description pos;
   po::variables_map vm;
   if (!parse_args(args, desc, pos, vm, "chunkwise bench train [--config 124m|350m]")) return 0;
   check(steps >= 1 && warmup >= 0 && loss_chunk >= 0 && profile_runs >= 0, "bench train: --steps must be at least 1; ",
         "--warmup, --loss-chunk and --profile at least 0");
-  check(seq_len >= 0 && batch >= 0 && chunk >= 1 && budget >= 1, "bench train: --seq-len and --batch must be at least 0 ",
-        "(0 = the config's), --chunk and --budget at least 1");
+  check(seq_len >= 0 && batch >= 0 && chunk >= 1 && budget >= 1 && lora_rank >= 0, "bench train: --seq-len, --batch ",
+        "and --lora-rank must be at least 0 (0 = the config's / off), --chunk and --budget at least 1");
   check(chunkwise == "off" || chunkwise == "seco" || chunkwise == "spaco", "bench train: --chunkwise must be off, seco "
         "or spaco");
   ModelConfig c;
@@ -121,6 +127,12 @@ static int bench_train(const Args& args) {
   if (seq_len > 0) T = seq_len;
   if (batch > 0) B = batch;
   c.n_kv_heads = c.n_heads, c.max_seq_len = T;
+  c.lora_rank = lora_rank;
+  for (size_t at = 0; lora_rank > 0 && at <= lora_targets.size();) {
+    const size_t comma = std::min(lora_targets.find(',', at), lora_targets.size());
+    c.lora_targets.push_back(lora_targets.substr(at, comma - at));
+    at = comma + 1;
+  }
   const torch::Device device = resolve_device(device_name);
   const std::string precision = resolve_precision(precision_name, device);
   configure_device_math(device);
@@ -130,14 +142,19 @@ static int bench_train(const Args& args) {
   const bool fused = fused_kernels_wanted(fused_setting, device);
   model->fused_kernels = fused;
   model->recompute_swiglu = recompute_swiglu;
+  model->checkpoint_layers = checkpoint_layers;
   set_attention_backend(attention);
   // The kernel SDPA picks for this shape (in the step's dtype), printed so the figures say what ran.
   const auto probe_dtype = precision == "bf16" ? torch::kBFloat16 : torch::kFloat32;
   const auto probe = torch::empty({1, c.n_heads, T, c.head_dim()}, torch::TensorOptions().dtype(probe_dtype).device(device)).requires_grad_(true);
   const std::string attention_kernel = attention_backend_for(probe, probe, probe);
+  if (lora_rank > 0)
+    for (auto& p : model->named_parameters())
+      if (!is_lora_parameter(p.key())) p.value().requires_grad_(false);
   model->to(device);
+  if (lora_rank > 0 && precision == "bf16") keep_frozen_projections_in(*model, torch::kBFloat16);
   model->train();
-  NamedTensors params = named_parameters_of(*model);
+  NamedTensors params = trainable_parameters_of(*model);
   std::vector<bool> decay;
   for (auto& [n, p] : params) decay.push_back(default_weight_decay(n, p, false, false));
   AdamW opt(params, decay, {0.9, 0.95, 1e-8, 0.1, device.is_cuda()});
@@ -151,8 +168,10 @@ static int bench_train(const Args& args) {
   b.n_target_tokens = B * T;
   std::vector<torch::Tensor> tensors;
   for (auto& [n, p] : params) tensors.push_back(p);
-  const bool graphs = device.is_cuda() && cuda_graphs_built() && graph_setting != "false" && chunkwise == "off";
-  check(graph_setting != "true" || graphs, "--cuda-graph true needs a CUDA build and device, and --chunkwise off");
+  const bool graphs =
+      device.is_cuda() && cuda_graphs_built() && graph_setting != "false" && chunkwise == "off" && !checkpoint_layers;
+  check(graph_setting != "true" || graphs, "--cuda-graph true needs a CUDA build and device, --chunkwise off and no ",
+        "--checkpoint-layers");
   auto body = [&](const std::vector<Batch>& mb, const torch::Tensor& lr, const torch::Tensor& normaliser) {
     return deferred_step(*step, *model, mb, lr, normaliser, tensors, 1.0, opt, device, precision);
   };
@@ -197,8 +216,11 @@ static int bench_train(const Args& args) {
             << "\", \"precision\": \"" << precision << "\", \"chunkwise\": \"" << chunkwise << "\""
             << (chunkwise != "off" ? ", \"chunk\": " + std::to_string(chunk) : std::string())
             << (chunkwise == "spaco" ? ", \"budget\": " + std::to_string(budget) : std::string())
+            << (lora_rank > 0 ? ", \"lora_rank\": " + std::to_string(lora_rank) + ", \"lora_targets\": \"" +
+                                    lora_targets + "\"" : std::string())
             << ", \"loss_chunk\": " << loss_chunk << ", \"fused\": " << (fused ? "true" : "false")
             << ", \"recompute_swiglu\": " << (recompute_swiglu ? "true" : "false")
+            << ", \"checkpoint_layers\": " << (checkpoint_layers ? "true" : "false")
             << ", \"cuda_graph\": " << (graphs ? "true" : "false")
             << ", \"attention\": \"" << attention << "\", \"attention_kernel\": \"" << attention_kernel << "\""
             << ", \"B\": " << B << ", \"T\": " << T << ", \"tok_s\": "
