@@ -13,7 +13,9 @@
 #include "common/json.h"
 #include "data/window_sampler.h"
 #include "models/attention.h"
+#include "models/lora.h"
 #include "train/adamw.h"
+#include "train/chunkwise_step.h"
 #include "train/collectives.h"
 #include "train/data_parallel.h"
 #include "train/data_setup.h"
@@ -25,8 +27,6 @@
 #include "train/schedule.h"
 #include "train/sparsity.h"
 #include "train/step_log.h"
-#include "models/lora.h"
-#include "train/chunkwise_step.h"
 #include "train/step_strategy.h"
 #include "train/train_step.h"
 
