@@ -1,8 +1,9 @@
 // LoRA (models/lora.h): fresh adapters change nothing; in fp64 the adapted model's logits and its adapters'
 // gradients equal those of a plain model whose weights are W + (alpha / r) B A built with autograd; merge_lora
 // gives a plain model with the same logits; SeCO with adapters equals the standard step (the paper's setting);
-// through the trainer only the adapters move, a run resumes bitwise, and export merges the adapters into a
-// bundle whose model gives the adapted logits; bad settings name their key.
+// through the trainer only the adapters move, a run resumes bitwise, export merges the adapters into a bundle
+// whose model gives the adapted logits, and export --adapter writes them in PEFT's format, which peft applies to
+// the base bundle with the same logits; bad settings name their key.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -210,6 +211,17 @@ TEST(Training, LoraMovesOnlyTheAdaptersResumesBitwiseAndExportsMerged) {
   const fs::path bundle = out / "bundle";
   ASSERT_EQ(run_command(chunkwise_bin() + " export " + full.run_dir.string() + " " + bundle.string() +
                             " --dtype fp32 2>&1", &cli), 0) << cli;
+  // The adapters alone in PEFT's format: peft applies them to the base bundle and gets the merged bundle's logits.
+  const fs::path base_bundle = out / "base-bundle", adapter_dir = out / "adapter";
+  ASSERT_EQ(run_command(chunkwise_bin() + " export " + base.run_dir.string() + " " + base_bundle.string() +
+                            " --dtype fp32 2>&1", &cli), 0) << cli;
+  ASSERT_EQ(run_command(chunkwise_bin() + " export " + full.run_dir.string() + " " + adapter_dir.string() +
+                            " --adapter --dtype fp32 2>&1", &cli), 0) << cli;
+  EXPECT_EQ(run_command(python() + " " + source_dir() + "/tests/py/check_hf.py peft " + base_bundle.string() + " " +
+                            adapter_dir.string() + " " + bundle.string() + " 2>&1", &cli), 0) << cli;
+  EXPECT_NE(run_command(chunkwise_bin() + " export " + base.run_dir.string() + " " + (out / "no-adapters").string() +
+                            " --adapter 2>&1", &cli), 0);
+  EXPECT_NE(cli.find("holds no LoRA adapters"), std::string::npos) << cli;
   ASSERT_EQ(run_command(chunkwise_bin() + " sample " + full.run_dir.string() + " --prompt 'def' --max-new-tokens 5 "
                         "--temperature 0 2>&1", &cli), 0) << cli;  // the adapted model from its checkpoint
   auto bundle_weights = read_hf_weights(bundle);

@@ -9,7 +9,7 @@ CW_VENV="${CHUNKWISE_VENV:-$CW_CACHE/venv}"
 CW_BUILD="${CHUNKWISE_BUILD:-$CW_ROOT/build}"
 CW_APT_PACKAGES=(cmake ninja-build g++ pkg-config ccache python3 python3-venv libsentencepiece-dev
   libhdf5-dev libboost-program-options-dev libgtest-dev nlohmann-json3-dev zlib1g-dev clang libclang-rt-14-dev)
-CW_PIP_PACKAGES=(torch==2.11.0 numpy h5py safetensors matplotlib transformers)
+CW_PIP_PACKAGES=(torch==2.11.0 numpy h5py safetensors matplotlib transformers peft)
 # Installed without their dependencies: CUTLASS's C++ headers are all the CUDA build takes from this wheel.
 CW_PIP_HEADERS=(nvidia-cutlass==4.2.0.0)
 
