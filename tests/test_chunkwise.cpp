@@ -112,6 +112,18 @@ TEST(Seco, RaggedChunksPackedDocumentsAndMicroBatchesEqualFullTraining) {
   expect_seco_equals_full({random_batch(2, 40, 2)}, 16, "the loss in chunks of 5 rows", /*loss_chunk=*/5);
 }
 
+TEST(Seco, ChunkedEvaluationEqualsTheWholeSequencesLoss) {  // what chunk-wise runs evaluate with
+  torch::manual_seed(9);
+  Fp64Model m;
+  Batch b = random_batch(2, 90, 3);
+  const double want = m.model->loss_sum(b).item<double>();
+  for (int64_t chunk : {1, 16, 64, 128}) {
+    auto got = chunked_loss_sum(*m.model, b, chunk);
+    EXPECT_FALSE(got.requires_grad());
+    EXPECT_NEAR(got.item<double>(), want, 1e-12 * want) << "chunks of " << chunk;
+  }
+}
+
 TEST(Spaco, BudgetOfEveryChunkIsSecoBitwise) {
   torch::manual_seed(3);
   std::vector<Batch> micro{random_batch(2, 64, 2)};

@@ -128,6 +128,13 @@ torch::Tensor ChunkwiseStep::run_selected(CausalLM& model, const Batch& b, const
   return run_sequence(model, b, selected, scale, StepContext{}, normaliser, false);
 }
 
+torch::Tensor chunked_loss_sum(CausalLM& model, const Batch& b, int64_t chunk) {
+  torch::NoGradGuard no_grad;
+  ChunkwiseStep step({chunk, 0, 0});
+  const int64_t k = (b.tokens.size(1) + chunk - 1) / chunk;
+  return step.run_selected(model, b, std::vector<bool>(size_t(k), false), 1.0, 1.0);  // no chunk back-propagated
+}
+
 StepResult ChunkwiseStep::run(CausalLM& model, const std::vector<Batch>& micro, const StepContext& ctx) {
   check(model.supports_chunkwise(), "[model] family '", model.config().family,
         "' does not support chunk-wise training (SeCO/SpaCO); set [chunkwise] mode = off");

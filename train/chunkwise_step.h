@@ -45,6 +45,10 @@ class ChunkwiseStep : public StepStrategy {
   int64_t backpropagated_ = 0, chunks_ = 0;
 };
 
+// The sum of B's token cross-entropies computed chunk by chunk without gradients: stage 1 alone, so evaluating
+// a long sequence holds its keys/values and one chunk's activations, not the whole sequence's logits.
+torch::Tensor chunked_loss_sum(CausalLM& model, const Batch& b, int64_t chunk);
+
 // SpaCO's draws: which of K chunks are back-propagated (each with probability BUDGET / K) for SEED, and the
 // factor their backward passes are scaled by. BUDGET 0 or >= K selects every chunk with factor 1 (SeCO).
 std::vector<bool> spaco_selection(int64_t k, int64_t budget, uint64_t seed);

@@ -73,8 +73,9 @@ std::set<int64_t> parse_step_list(const std::string& s) {
   return out;
 }
 
-double evaluate(CausalLM& model, const TokenArray& tokens, int64_t seq_len,
-                int64_t batch_size, int64_t max_batches, const torch::Device& device, const std::string& precision) {
+// CHUNK > 0 (chunk-wise runs): each sequence's loss chunk by chunk, so evaluation fits where training does.
+double evaluate(CausalLM& model, const TokenArray& tokens, int64_t seq_len, int64_t batch_size, int64_t max_batches,
+                const torch::Device& device, const std::string& precision, int64_t chunk) {
   torch::NoGradGuard ng;
   AutocastScope autocast(device, precision);
   model.eval();
@@ -87,7 +88,7 @@ double evaluate(CausalLM& model, const TokenArray& tokens, int64_t seq_len,
   double sum = 0, count = 0;
   for (int64_t i = 0; i < n; ++i) {
     Batch b = val.next().to(device);
-    sum += model.loss_sum(b).item<double>();
+    sum += (chunk > 0 ? chunked_loss_sum(model, b, chunk) : model.loss_sum(b)).item<double>();
     count += double(b.n_target_tokens);
   }
   model.train();
@@ -358,7 +359,8 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
     line << "eval step " << at_step;
     for (auto& [name, tokens] : data.eval_sets) {
       const int64_t eval_b = r.i("train.eval_batch_size") > 0 ? r.i("train.eval_batch_size") : B;
-      double v = evaluate(*model, tokens, T, eval_b, r.i("train.eval_batches"), device, precision);
+      double v = evaluate(*model, tokens, T, eval_b, r.i("train.eval_batches"), device, precision,
+                          chunkwise ? r.i("chunkwise.chunk") : 0);
       const std::string key = name == "val" ? "val_loss" : "val_loss." + name;
       rec[key] = v;
       if (name == "val") rec["val_ppl"] = std::exp(v), result.val_loss = v;
