@@ -3,6 +3,8 @@
 
 #include <ATen/autocast_mode.h>
 
+#include <mutex>
+
 namespace cw {
 
 namespace {
@@ -28,6 +30,19 @@ struct AutocastState {
   }
 };
 
+// The generator the layer draws from (dropout): the CPU's, or X's CUDA device's.
+at::Generator generator_of(const torch::Tensor& x) {
+  return x.is_cuda() ? at::globalContext().defaultGenerator(x.device()) : at::detail::getDefaultCPUGenerator();
+}
+torch::Tensor state_of(at::Generator g) {
+  std::lock_guard<std::mutex> lock(g.mutex());
+  return g.get_state();
+}
+void set_state(at::Generator g, const torch::Tensor& state) {
+  std::lock_guard<std::mutex> lock(g.mutex());
+  g.set_state(state);
+}
+
 struct Recompute : torch::autograd::Function<Recompute> {
   // ANCHOR requires gradients, so the output has a graph even when x has none (frozen embeddings under LoRA).
   static torch::Tensor forward(AutogradContext* ctx, torch::Tensor x, torch::Tensor anchor,
@@ -38,6 +53,7 @@ struct Recompute : torch::autograd::Function<Recompute> {
     ctx->saved_data["cpu"] = state.cpu, ctx->saved_data["cuda"] = state.cuda;
     ctx->saved_data["cpu_dtype"] = int64_t(state.cpu_dtype), ctx->saved_data["cuda_dtype"] = int64_t(state.cuda_dtype);
     ctx->save_for_backward({x});
+    ctx->saved_data["rng"] = state_of(generator_of(x));  // the recompute draws the same dropout masks
     return fn->fn(x);  // gradients are off inside Function::forward
   }
 
@@ -49,12 +65,16 @@ struct Recompute : torch::autograd::Function<Recompute> {
                         at::ScalarType(ctx->saved_data["cpu_dtype"].toInt()),
                         at::ScalarType(ctx->saved_data["cuda_dtype"].toInt())};
     const auto here = AutocastState::now();
+    auto gen = generator_of(x);
+    const auto rng_now = state_of(gen);
     first.apply();
+    set_state(gen, ctx->saved_data["rng"].toTensor());
     torch::Tensor y;
     {
       torch::AutoGradMode with_grad(true);
       y = fn->fn(x);
     }
+    set_state(gen, rng_now);
     here.apply();
     if (y.requires_grad()) torch::autograd::backward({y}, {grads[0]});
     return {x_grad ? x.grad() : torch::Tensor(), torch::Tensor(), torch::Tensor()};

@@ -1,7 +1,8 @@
 // Activation checkpointing (train.checkpoint_layers, models/activation_checkpoint.h): the loss and every
 // gradient equal keeping the activations, in fp64 with packed documents, with LoRA adapters on a frozen model
-// (whose layer inputs carry no gradient), and under bf16 autocast even when the backward pass runs outside the
-// autocast scope; through the trainer the losses are those of the run without it.
+// (whose layer inputs carry no gradient), with LoRA dropout (the recompute draws the first pass's masks), and
+// under bf16 autocast even when the backward pass runs outside the autocast scope; through the trainer the losses
+// are those of the run without it, with and without dropout.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -98,6 +99,27 @@ TEST(CheckpointLayers, AdaptersOnAFrozenModelGetTheirGradients) {  // the layers
   EXPECT_EQ(adapters, 2 * 2 * 3);
 }
 
+TEST(CheckpointLayers, RecomputeDrawsTheFirstPassDropoutMasks) {
+  ModelConfig c = config();
+  c.lora_rank = 2, c.lora_dropout = 0.5, c.lora_targets = {"q_proj", "v_proj", "up_proj"};
+  torch::manual_seed(4);
+  Llama m(c);
+  m.to(torch::kFloat64);
+  {
+    torch::NoGradGuard ng;
+    for (auto& p : m.named_parameters())
+      if (is_lora_parameter(p.key())) p.value().normal_(0.0, 0.3);
+  }
+  Batch b = packed_batch();
+  torch::manual_seed(5);
+  Result with = run(m, b, true);
+  torch::manual_seed(5);
+  Result without = run(m, b, false);
+  expect_same(with, without, "LoRA dropout 0.5");
+  torch::manual_seed(6);  // and other masks do change the result (the test can see dropout)
+  EXPECT_NE(run(m, b, false).loss, without.loss);
+}
+
 TEST(CheckpointLayers, RecomputeRunsUnderTheFirstPassAutocast) {
   torch::manual_seed(3);
   Llama m(config());
@@ -115,9 +137,13 @@ TEST(Training, CheckpointedLayersTrainLikeKeptActivations) {
   TrainResult checkpointed = train(r, TrainOptions{false, 0, &log});
   EXPECT_EQ(checkpointed.losses, plain.losses);
   EXPECT_EQ(checkpointed.val_loss, plain.val_loss);
-  r.set("lora.rank", "2");
-  r.set("lora.dropout", "0.1");
-  r.set("run.name", "refused");
-  std::string msg = user_error_of([&] { train(r, TrainOptions{false, 0, &log}); });
-  EXPECT_NE(msg.find("train.checkpoint_layers with [lora] dropout"), std::string::npos) << msg;
+  // LoRA with dropout: the recompute draws the masks the first pass drew.
+  auto dropout_run = [&](const std::string& name, bool checkpoint) {
+    Recipe d = tiny_recipe(out, name, 6);
+    d.set("lora.rank", "4");
+    d.set("lora.dropout", "0.3");
+    d.set("train.checkpoint_layers", checkpoint ? "true" : "false");
+    return train(d, TrainOptions{false, 0, &log});
+  };
+  EXPECT_EQ(dropout_run("dropout-checkpointed", true).losses, dropout_run("dropout", false).losses);
 }

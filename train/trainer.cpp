@@ -204,8 +204,6 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
   model->fused_kernels = fused_kernels_wanted(r.s("train.fused_kernels"), device);
   model->recompute_swiglu = r.b("train.recompute_swiglu");
   model->checkpoint_layers = r.b("train.checkpoint_layers");
-  check(!(model->checkpoint_layers && lora && mc.lora_dropout > 0), "train.checkpoint_layers with [lora] dropout > 0: ",
-        "the recomputed layers would draw other dropout masks; set one of them to 0");
   set_attention_backend(r.s("train.attention"));
   NamedTensors params = trainable_parameters_of(*model);
   std::vector<bool> decay;
