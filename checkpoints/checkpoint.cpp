@@ -8,6 +8,7 @@
 #include "common/error.h"
 #include "common/files.h"
 #include "common/json.h"
+#include "models/lora.h"
 
 namespace cw {
 
@@ -129,6 +130,32 @@ LoadedCheckpoint load_checkpoint(const fs::path& dir) {
 
 namespace cw {
 
+uint32_t weights_fingerprint(const std::map<std::string, torch::Tensor>& weights) {
+  uint32_t crc = 0;
+  for (auto& [name, t] : weights) {  // std::map: in name order
+    crc = crc32_of(name.data(), name.size(), crc);
+    auto v = t.to(torch::kFloat32).contiguous();
+    crc = crc32_of(v.data_ptr(), size_t(v.nbytes()), crc);
+  }
+  return crc;
+}
+
+std::map<std::string, torch::Tensor> checkpoint_weights(const LoadedCheckpoint& ck) {
+  json st = parse_json_checked(ck.state_json, ck.dir.string() + "/state.json");
+  if (!st.contains("lora_base")) return ck.model;
+  const fs::path from = st["lora_base"].value("from", std::string());
+  const uint32_t want = st["lora_base"].value("fingerprint", uint32_t(0));
+  check(fs::exists(from), ck.dir.string(), " holds LoRA adapters only; its base weights were read from ",
+        from.string(), ", which no longer exists. Put that checkpoint or bundle back there");
+  std::map<std::string, torch::Tensor> base;
+  for (auto& [name, t] : load_init_source(from).model)
+    if (!is_lora_parameter(name)) base[name] = t;  // a LoRA source's own adapters are continued by this run's
+  check(weights_fingerprint(base) == want, ck.dir.string(), " holds LoRA adapters only, and its base ", from.string(),
+        " has changed since they were trained (its weights' fingerprint differs). Put the original base back there");
+  for (auto& [name, t] : ck.model) base[name] = t;
+  return base;
+}
+
 InitSource load_init_source(const fs::path& path) {
   check(fs::exists(path), "[init] from: ", path.string(), " does not exist");
   InitSource src;
@@ -136,7 +163,8 @@ InitSource load_init_source(const fs::path& path) {
     LoadedCheckpoint ck = load_checkpoint(resolve_checkpoint(path));
     json st = parse_json_checked(ck.state_json, ck.dir.string() + "/state.json");
     src.description = ck.dir.string();
-    src.model = std::move(ck.model);
+    src.path = ck.dir;
+    src.model = checkpoint_weights(ck);
     src.masks = std::move(ck.masks);
     src.optimizer = std::move(ck.optimizer);
     src.optimizer_steps = st.value("optimizer_steps", int64_t(-1));
@@ -147,6 +175,7 @@ InitSource load_init_source(const fs::path& path) {
   check(is_hf_bundle(path) || fs::exists(path / "model.safetensors"), "[init] from: ", path.string(),
         " is neither a run, a checkpoint, nor a bundle (config.json + model.safetensors)");
   src.description = path.string();
+  src.path = path;
   if (is_hf_bundle(path)) {
     src.bundle_config = read_hf_config(path);
     src.model = read_hf_weights(path);

@@ -47,6 +47,7 @@ std::filesystem::path resolve_checkpoint(const std::filesystem::path& run_or_che
 // filled when the source is a checkpoint.
 struct InitSource {
   std::string description;
+  std::filesystem::path path;                     // the checkpoint folder or bundle read (a run resolved)
   std::map<std::string, torch::Tensor> model, masks, optimizer;
   int64_t optimizer_steps = -1;                   // -1: the source holds no optimizer state
   std::optional<ModelConfig> bundle_config;       // set when the source is a bundle with config.json
@@ -54,5 +55,11 @@ struct InitSource {
   std::filesystem::path bundle_tokenizer;         // its tokenizer.model, when present
 };
 InitSource load_init_source(const std::filesystem::path& path);
+
+// LoRA runs started from other weights save only their adapters; state.json's "lora_base" names the base
+// ("from": the checkpoint folder or bundle [init] from resolved to) and its fingerprint. These give every
+// weight of such a checkpoint (the base read again, checked against the fingerprint) or of any other.
+uint32_t weights_fingerprint(const std::map<std::string, torch::Tensor>& weights);  // CRC-32 of names and fp32 values
+std::map<std::string, torch::Tensor> checkpoint_weights(const LoadedCheckpoint& ck);
 
 }  // namespace cw

@@ -179,8 +179,12 @@ TEST(Training, LoraMovesOnlyTheAdaptersResumesBitwiseAndExportsMerged) {
       << log.str();
 
   auto before = load_checkpoint(*latest_checkpoint(base.run_dir)), after = load_checkpoint(*latest_checkpoint(full.run_dir));
+  // The checkpoint holds the adapters alone; its base is read again from the base run's checkpoint.
+  for (auto& [name, t] : after.model) EXPECT_TRUE(is_lora_parameter(name)) << name << " saved with the adapters";
+  EXPECT_EQ(json::parse(after.state_json).at("lora_base").at("from").get<std::string>(),
+            fs::absolute(*latest_checkpoint(base.run_dir)).string());
   int64_t adapters = 0;
-  for (auto& [name, t] : after.model) {
+  for (auto& [name, t] : checkpoint_weights(after)) {
     if (is_lora_parameter(name)) {
       ++adapters;
       EXPECT_GT(t.abs().max().item<double>(), 0.0) << name;
@@ -228,7 +232,7 @@ TEST(Training, LoraMovesOnlyTheAdaptersResumesBitwiseAndExportsMerged) {
   for (auto& [name, t] : bundle_weights) EXPECT_FALSE(is_lora_parameter(name)) << name;
   ModelConfig mc = ModelConfig::from_json(json::parse(after.state_json).at("model_config").dump());
   Llama adapted(mc);
-  load_parameters(adapted, after.model, "checkpoint");
+  load_parameters(adapted, checkpoint_weights(after), "checkpoint");
   ModelConfig plain_config = mc;
   plain_config.lora_rank = 0, plain_config.lora_targets.clear();
   Llama plain(plain_config);
@@ -241,6 +245,34 @@ TEST(Training, LoraMovesOnlyTheAdaptersResumesBitwiseAndExportsMerged) {
 
 // Under bf16 autocast the products read the frozen projections in bf16 either way: keeping them in bf16 halves
 // their memory and changes no step.
+// A LoRA checkpoint names its base; a base that changed (or vanished) since is refused, not silently used.
+TEST(Training, LoraCheckpointsRefuseABaseThatChanged) {
+  auto out = scratch_dir("train-lora-base");
+  std::ostringstream log;
+  TrainResult a = train(tiny_recipe(out, "base-a", 3), TrainOptions{false, 0, &log});
+  Recipe other = tiny_recipe(out, "base-b", 3);
+  other.set("run.seed", "11");
+  TrainResult b = train(other, TrainOptions{false, 0, &log});
+  const fs::path base = out / "my-base";
+  fs::copy(*latest_checkpoint(a.run_dir), base, fs::copy_options::recursive);
+  Recipe r = tiny_recipe(out, "lora", 3);
+  r.set("init.from", base.string());
+  r.set("lora.rank", "2");
+  TrainResult lora = train(r, TrainOptions{false, 0, &log});
+  std::string cli;
+  const std::string sample = chunkwise_bin() + " sample " + lora.run_dir.string() + " --max-new-tokens 2 2>&1";
+  ASSERT_EQ(run_command(sample, &cli), 0) << cli;
+  fs::remove_all(base);
+  EXPECT_NE(run_command(sample, &cli), 0);
+  EXPECT_NE(cli.find("which no longer exists"), std::string::npos) << cli;
+  fs::copy(*latest_checkpoint(b.run_dir), base, fs::copy_options::recursive);  // another model at the same path
+  EXPECT_NE(run_command(sample, &cli), 0);
+  EXPECT_NE(cli.find("has changed since they were trained"), std::string::npos) << cli;
+  r.set("train.steps", "4");
+  std::string msg = user_error_of([&] { train(r, TrainOptions{true, 0, &log}); });  // --resume
+  EXPECT_NE(msg.find("has changed since they were trained"), std::string::npos) << msg;
+}
+
 TEST(Training, LoraWithTheBaseInBf16TrainsBitwiseLikeTheFp32Base) {
   auto out = scratch_dir("train-lora-bf16");
   std::ostringstream log;

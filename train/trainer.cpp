@@ -213,18 +213,28 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
   const uint64_t mask_seed = uint64_t(r.i("sparsity.seed") ? r.i("sparsity.seed") : r.i("run.seed"));
   check(!(lora && level > 0), "[lora] rank and [sparsity] level cannot both be set: sparsity masks the base weights, "
         "which LoRA keeps frozen");
+  bool merged_source_adapters = false;
   if (init.checkpoint_config && init.checkpoint_config->lora_rank > 0) {
     // The source's adapters continue when this run adapts the same projections the same way; otherwise they
     // are merged into its weights, and this run starts from the adapted model (with fresh adapters, if any).
     const ModelConfig& s = *init.checkpoint_config;
     if (s.lora_rank != mc.lora_rank || s.lora_targets != mc.lora_targets || s.lora_alpha != mc.lora_alpha) {
       init.model = merge_lora(init.model, s);
+      merged_source_adapters = true;
       out << "merged the LoRA adapters of " << init.description << " into its weights\n";
     }
   }
   if (!init.model.empty()) {  // a base without adapters leaves them at their initial values
     load_parameters(*model, init.model, init.description, lora ? is_lora_parameter : nullptr);
     out << "initialised weights from " << init.description << "\n";
+  }
+  // LoRA on weights read from disk: checkpoints hold the adapters alone and name the base (checkpoint_weights).
+  json lora_base;
+  if (lora && !init.model.empty() && !merged_source_adapters) {
+    std::map<std::string, torch::Tensor> base;
+    for (auto& [name, t] : init.model)
+      if (!is_lora_parameter(name)) base[name] = t;
+    lora_base = {{"from", fs::absolute(init.path).string()}, {"fingerprint", weights_fingerprint(base)}};
   }
   model->to(device);
   model->train();
@@ -272,7 +282,8 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
     json st = parse_json_checked(ck.state_json, ck.dir.string() + "/state.json");
     check(st.value("tokenizer_hash", "") == tok.identity().hash, "cannot resume from ", ck.dir.string(),
           ": it was trained with tokenizer ", st.value("tokenizer_hash", "?"), ", the recipe names ", tok.identity().hash);
-    load_parameters(*model, ck.model, ck.dir.string() + "/model.safetensors");
+    load_parameters(*model, checkpoint_weights(ck), ck.dir.string() + "/model.safetensors");
+    if (st.contains("lora_base")) lora_base = st["lora_base"];
     optimizer.load_state(ck.optimizer, st.at("optimizer_steps").get<int64_t>(), ck.dir.string() + "/optimizer.safetensors");
     if (level > 0) masks = SparsityMasks::from_tensors(params, ck.masks, ck.dir.string() + "/masks.safetensors");
     check(masks.active() == !ck.masks.empty(), "cannot resume from ", ck.dir.string(), ": [sparsity] level changed");
@@ -340,10 +351,12 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
                {"tokenizer_hash", tok.identity().hash},
                {"init_from", r.s("init.from")}, {"sparsity", level},
                {"model_config", json::parse(mc.to_json())}};
+    if (!lora_base.is_null()) st["lora_base"] = lora_base;
     auto save = [&] {
       if (!is_main) return;
-      CheckpointContents c{named_parameters_of(*model), optimizer.state_tensors(), rng_state(device), masks.tensors(),
-                           st.dump(2), r.resolved_ini()};
+      CheckpointContents c{lora_base.is_null() ? named_parameters_of(*model) : trainable_parameters_of(*model),
+                           optimizer.state_tensors(), rng_state(device), masks.tensors(), st.dump(2),
+                           r.resolved_ini()};
       save_checkpoint(run_dir, at_step, c, r.i("train.keep"));
     };
     if (!dp) return save();

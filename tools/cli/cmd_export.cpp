@@ -43,7 +43,7 @@ int export_main(const Args& args) {
               << ")\n";
     return 0;
   }
-  export_bundle(merge_lora(ck.model, c), c, tokenizer, expand_user(out), o);  // adapters merged into their weights
+  export_bundle(merge_lora(checkpoint_weights(ck), c), c, tokenizer, expand_user(out), o);  // adapters merged into their weights
   std::cout << "exported " << ck.dir.string() << " to " << out << " (" << o.dtype << ")\n";
   return 0;
 }

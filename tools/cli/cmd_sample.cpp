@@ -47,7 +47,7 @@ int sample_main(const Args& args) {
         " was trained with ", st.value("tokenizer_hash", "?"), " but ", r.s("data.tokenizer"), " is ",
         tok.identity().hash);
   auto model = build_model(model_config_of_checkpoint(ck.state_json, r, tok.identity().vocab_size));
-  load_parameters(*model, ck.model, ck.dir.string() + "/model.safetensors");
+  load_parameters(*model, checkpoint_weights(ck), ck.dir.string() + "/model.safetensors");
   model->to(resolve_device(device));
   std::vector<int> so_far = tok.encode(prompt);
   std::vector<int64_t> ids(so_far.begin(), so_far.end());
