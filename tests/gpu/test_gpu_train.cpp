@@ -110,26 +110,37 @@ TEST(GpuFusedOps, LlamaLossAndGradientsEqualTheUnfusedModel) {
   check_fused_llama(torch::kCUDA, /*bf16=*/true, 1e-2, 2e-2, /*loss_chunk=*/7);
 }
 
+// The three tests below: a small Llama on CUDA (seeded) and a random batch of ROWS x T tokens for it.
+static std::shared_ptr<Llama> small_cuda_llama(ModelConfig c, uint64_t seed) {
+  c.vocab_size = 96, c.d_model = 64, c.n_heads = 4, c.n_kv_heads = 2, c.d_ff = 96;
+  torch::manual_seed(seed);
+  return std::make_shared<Llama>(c);
+}
+static Batch random_cuda_batch(int64_t rows, int64_t T) {
+  auto iopts = torch::TensorOptions().dtype(torch::kInt64).device(torch::kCUDA);
+  Batch b;
+  b.tokens = torch::randint(0, 96, {rows, T}, iopts);
+  b.targets = torch::randint(0, 96, {rows, T}, iopts);
+  b.positions = torch::arange(T, iopts).unsqueeze(0).repeat({rows, 1});
+  b.n_target_tokens = rows * T;
+  return b;
+}
+
 // SeCO on CUDA (fused kernels, bf16 autocast and fp32) gives the standard step's loss and gradients, with
 // packed documents and a ragged last chunk; SpaCO with a budget of every chunk is SeCO bit for bit there too.
 TEST(GpuChunkwise, SecoWithFusedKernelsMatchesTheStandardStep) {
   SKIP_WITHOUT_GPU();
   ModelConfig c;
-  c.vocab_size = 96, c.d_model = 64, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.d_ff = 96, c.max_seq_len = 80;
-  torch::manual_seed(11);
-  auto model = std::make_shared<Llama>(c);
+  c.n_layers = 2, c.max_seq_len = 80;
+  auto model = small_cuda_llama(c, 11);
   model->to(torch::kCUDA);
   model->fused_kernels = true;
   auto iopts = torch::TensorOptions().dtype(torch::kInt64).device(torch::kCUDA);
-  Batch b;
-  b.tokens = torch::randint(0, c.vocab_size, {2, 80}, iopts);
-  b.targets = torch::randint(0, c.vocab_size, {2, 80}, iopts);
-  b.positions = torch::arange(80, iopts).unsqueeze(0).repeat({2, 1});
+  Batch b = random_cuda_batch(2, 80);
   b.segments = torch::zeros({2, 80}, iopts.dtype(torch::kInt32));
   b.segments.index_put_({1, torch::indexing::Slice(30, 80)}, 1);
   b.positions.index_put_({1, torch::indexing::Slice(30, 80)}, torch::arange(50, iopts));
   b.has_segments = true;
-  b.n_target_tokens = 160;
   auto grads_of = [&](StepStrategy& s, const std::string& precision, double* loss) {
     model->zero_grad();
     *loss = run_under_autocast(s, *model, {b}, StepContext{}, torch::Device(torch::kCUDA), precision).loss;
@@ -160,10 +171,9 @@ TEST(GpuChunkwise, SecoWithFusedKernelsMatchesTheStandardStep) {
 TEST(GpuLora, FusedKernelsMatchTheUnfusedOpsWithAdapters) {
   SKIP_WITHOUT_GPU();
   ModelConfig c;
-  c.vocab_size = 96, c.d_model = 64, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.d_ff = 96, c.max_seq_len = 32;
+  c.n_layers = 2, c.max_seq_len = 32;
   c.lora_rank = 8, c.lora_targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
-  torch::manual_seed(12);
-  auto model = std::make_shared<Llama>(c);
+  auto model = small_cuda_llama(c, 12);
   {
     torch::NoGradGuard ng;
     for (auto& p : model->named_parameters())
@@ -171,12 +181,7 @@ TEST(GpuLora, FusedKernelsMatchTheUnfusedOpsWithAdapters) {
       else p.value().requires_grad_(false);
   }
   model->to(torch::kCUDA);
-  auto iopts = torch::TensorOptions().dtype(torch::kInt64).device(torch::kCUDA);
-  Batch b;
-  b.tokens = torch::randint(0, c.vocab_size, {2, 32}, iopts);
-  b.targets = torch::randint(0, c.vocab_size, {2, 32}, iopts);
-  b.positions = torch::arange(32, iopts).unsqueeze(0).repeat({2, 1});
-  b.n_target_tokens = 64;
+  Batch b = random_cuda_batch(2, 32);
   auto run = [&](bool fused, double* loss) {
     model->fused_kernels = fused;
     model->zero_grad();
@@ -205,17 +210,11 @@ TEST(GpuLora, FusedKernelsMatchTheUnfusedOpsWithAdapters) {
 TEST(GpuCheckpointLayers, RecomputedLayersMatchKeptActivations) {
   SKIP_WITHOUT_GPU();
   ModelConfig c;
-  c.vocab_size = 96, c.d_model = 64, c.n_layers = 3, c.n_heads = 4, c.n_kv_heads = 2, c.d_ff = 96, c.max_seq_len = 32;
-  torch::manual_seed(13);
-  auto model = std::make_shared<Llama>(c);
+  c.n_layers = 3, c.max_seq_len = 32;
+  auto model = small_cuda_llama(c, 13);
   model->to(torch::kCUDA);
   model->fused_kernels = true;
-  auto iopts = torch::TensorOptions().dtype(torch::kInt64).device(torch::kCUDA);
-  Batch b;
-  b.tokens = torch::randint(0, c.vocab_size, {2, 32}, iopts);
-  b.targets = torch::randint(0, c.vocab_size, {2, 32}, iopts);
-  b.positions = torch::arange(32, iopts).unsqueeze(0).repeat({2, 1});
-  b.n_target_tokens = 64;
+  Batch b = random_cuda_batch(2, 32);
   auto run = [&](bool checkpoint, double* loss) {
     model->checkpoint_layers = checkpoint;
     model->zero_grad();
