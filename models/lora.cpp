@@ -38,6 +38,11 @@ bool is_lora_parameter(const std::string& name) {
   return ends_with(name, ".lora_A.weight") || ends_with(name, ".lora_B.weight");
 }
 
+void freeze_all_but_adapters(torch::nn::Module& model) {
+  for (auto& p : model.named_parameters())
+    if (!is_lora_parameter(p.key())) p.value().requires_grad_(false);
+}
+
 void keep_frozen_projections_in(torch::nn::Module& model, torch::ScalarType dtype) {
   torch::NoGradGuard ng;
   for (auto& p : model.named_parameters()) {

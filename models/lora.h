@@ -28,6 +28,7 @@ LoraAdapter attach_lora(torch::nn::Linear& base, const std::string& projection, 
 void reset_lora(LoraAdapter& a);
 
 bool is_lora_parameter(const std::string& name);  // ...lora_A.weight / ...lora_B.weight
+void freeze_all_but_adapters(torch::nn::Module& model);  // requires_grad off for every non-adapter parameter
 // Stores MODEL's frozen projection weights (*_proj.weight, an untied lm_head.weight) in DTYPE. Embeddings and
 // norms keep theirs, so the residual stream's precision does not change; products under autocast read the
 // projections in bf16 either way.

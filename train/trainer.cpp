@@ -197,9 +197,7 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
           "; set [data] tokenizer to the bundle's tokenizer.model and prepare the data with it");
   auto model = build_model(mc);
   const bool lora = mc.lora_rank > 0;
-  if (lora)  // only the adapters train
-    for (auto& p : model->named_parameters())
-      if (!is_lora_parameter(p.key())) p.value().requires_grad_(false);
+  if (lora) freeze_all_but_adapters(*model);  // only the adapters train
   model->loss_chunk_rows = r.i("train.loss_chunk");
   model->fused_kernels = fused_kernels_wanted(r.s("train.fused_kernels"), device);
   model->recompute_swiglu = r.b("train.recompute_swiglu");

@@ -148,9 +148,7 @@ static int bench_train(const Args& args) {
   const auto probe_dtype = precision == "bf16" ? torch::kBFloat16 : torch::kFloat32;
   const auto probe = torch::empty({1, c.n_heads, T, c.head_dim()}, torch::TensorOptions().dtype(probe_dtype).device(device)).requires_grad_(true);
   const std::string attention_kernel = attention_backend_for(probe, probe, probe);
-  if (lora_rank > 0)
-    for (auto& p : model->named_parameters())
-      if (!is_lora_parameter(p.key())) p.value().requires_grad_(false);
+  if (lora_rank > 0) freeze_all_but_adapters(*model);
   model->to(device);
   if (lora_rank > 0 && precision == "bf16") keep_frozen_projections_in(*model, torch::kBFloat16);
   model->train();
