@@ -166,8 +166,9 @@ TEST(GpuChunkwise, SecoWithFusedKernelsMatchesTheStandardStep) {
   }
 }
 
-// LoRA adapters on every projection under bf16 autocast: the fused path's loss and adapter gradients equal
-// the unfused ops', and are bit for bit the same with the frozen projections kept in bf16.
+// LoRA adapters on every projection under bf16 autocast: the fused path's loss equals the unfused ops', its
+// adapter gradients are as close to fp32's as the unfused ops' are, and bit for bit the same with the frozen
+// projections kept in bf16.
 TEST(GpuLora, FusedKernelsMatchTheUnfusedOpsWithAdapters) {
   SKIP_WITHOUT_GPU();
   ModelConfig c;
@@ -182,21 +183,30 @@ TEST(GpuLora, FusedKernelsMatchTheUnfusedOpsWithAdapters) {
   }
   model->to(torch::kCUDA);
   Batch b = random_cuda_batch(2, 32);
-  auto run = [&](bool fused, double* loss) {
+  auto run = [&](bool fused, double* loss, const char* precision = "bf16") {
     model->fused_kernels = fused;
     model->zero_grad();
     StandardStep step;
-    *loss = run_under_autocast(step, *model, {b}, StepContext{}, torch::Device(torch::kCUDA), "bf16").loss;
+    *loss = run_under_autocast(step, *model, {b}, StepContext{}, torch::Device(torch::kCUDA), precision).loss;
     std::vector<torch::Tensor> g;
     for (auto& p : model->parameters())
       if (p.requires_grad()) g.push_back(p.grad().clone());
     return g;
   };
-  double fused_loss, plain_loss;
+  // Both bf16 runs are measured against the unfused ops in fp32: bf16's own rounding moves some adapter
+  // gradients by about 2% either way, so the fused kernels may differ from the unfused ones by that much
+  // without an error. An error of their own (a missing scale, a transposed product) shows as a distance from
+  // fp32 far beyond the unfused ops' own.
+  double fused_loss, plain_loss, fp32_loss;
+  auto exact = run(false, &fp32_loss, "fp32");
   auto got = run(true, &fused_loss), want = run(false, &plain_loss);
   ASSERT_EQ(got.size(), 28u);
   EXPECT_NEAR(fused_loss, plain_loss, 1e-2 * plain_loss);
-  for (size_t i = 0; i < got.size(); ++i) EXPECT_LE(norm_relative_error(got[i], want[i]), 2e-2) << "adapter " << i;
+  for (size_t i = 0; i < got.size(); ++i) {
+    double fused_error = norm_relative_error(got[i], exact[i]), plain_error = norm_relative_error(want[i], exact[i]);
+    std::printf("adapter %2zu: fused %.4f, unfused %.4f from fp32\n", i, fused_error, plain_error);
+    EXPECT_LE(fused_error, 2 * plain_error + 5e-3) << "adapter " << i;
+  }
   // The frozen projections kept in bf16 (lora.base_dtype): the products read the same bf16 values.
   keep_frozen_projections_in(*model, torch::kBFloat16);
   double bf16_loss;
