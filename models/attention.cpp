@@ -3,6 +3,9 @@
 
 #include <cmath>
 
+#include <atomic>
+
+#include "common/env.h"
 #include "common/error.h"
 
 namespace cw {
@@ -54,11 +57,36 @@ static torch::Tensor attend_varlen(const torch::Tensor& q, const torch::Tensor& 
   return out.view({B, T, H, D}).transpose(1, 2);
 }
 
+// A chunk after earlier keys (SeCO/SpaCO): bottom-right causal, no documents. Flash attention's causal mask is
+// aligned bottom-right when there are more keys than queries, so it needs no mask (SDPA's is_causal is top-left,
+// and an explicit mask costs queries x keys and leaves flash).
+static EnvSwitch g_chunk_flash("CHUNKWISE_CHUNK_FLASH", true);
+static std::atomic<int64_t> g_chunk_flash_calls{0};
+int64_t chunk_flash_calls() { return g_chunk_flash_calls.load(); }
+static bool chunk_flash_applies(const torch::Tensor& q, const torch::Tensor& k, const AttnMask& m) {
+  const int64_t Tq = q.size(2), Tk = k.size(2);
+  const auto dt = q.scalar_type();
+  return m.causal && Tq < Tk && offset_of(Tq, Tk, m) == Tk - Tq && m.window <= 0 && !m.q_segments.defined() &&
+         q.is_cuda() && (dt == torch::kBFloat16 || dt == torch::kHalf) && k.scalar_type() == dt &&
+         q.size(3) % 8 == 0 && q.size(3) <= 256 && g_chunk_flash.on();
+}
+static torch::Tensor attend_chunk_flash(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+  const int64_t B = q.size(0), H = q.size(1), Tq = q.size(2), Hkv = k.size(1), Tk = k.size(2), D = q.size(3);
+  auto flat = [&](const torch::Tensor& x, int64_t h, int64_t t) { return x.transpose(1, 2).reshape({B * t, h, D}); };
+  auto rows = torch::arange(B + 1, q.options().dtype(torch::kInt32));
+  g_chunk_flash_calls.fetch_add(1);
+  auto out = std::get<0>(at::_flash_attention_forward(flat(q, H, Tq), flat(k, Hkv, Tk), flat(v, Hkv, Tk), rows * Tq,
+                                                      rows * Tk, Tq, Tk, 0.0, /*is_causal=*/true,
+                                                      /*return_debug_mask=*/false));
+  return out.view({B, Tq, H, D}).transpose(1, 2);
+}
+
 torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const AttnMask& m) {
   const int64_t Tq = q.size(2), Tk = k.size(2);
   const bool gqa = q.size(1) != k.size(1);
   const bool square_causal = m.causal && Tq == Tk && offset_of(Tq, Tk, m) == 0 && m.window <= 0;
   if (m.q_segments.defined() && varlen_applies(q, k, m, square_causal)) return attend_varlen(q, k, v, m);
+  if (chunk_flash_applies(q, k, m)) return attend_chunk_flash(q, k, v);
   const bool plain_causal = square_causal && !m.q_segments.defined();
   if (plain_causal)
     return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, std::nullopt, gqa);

@@ -27,7 +27,11 @@ struct AttnMask {
 // distinct ids within a row (the packing sampler's), attending within runs equals attending within segments.
 void attach_segment_runs(AttnMask& m);
 
+// On CUDA in bf16/fp16, a chunk after earlier keys (bottom-right causal, Tq < Tk, no documents) takes flash
+// attention's variable-length kernel, whose causal mask is aligned bottom-right; CHUNKWISE_CHUNK_FLASH=0 keeps
+// the explicit mask. chunk_flash_calls() counts those launches (tests).
 torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const AttnMask& m);
+int64_t chunk_flash_calls();
 
 // The fused kernel LibTorch's scaled-dot-product attention tries first on CUDA, process-wide: "auto"
 // (LibTorch's own order; torch 2.11 on an H200 picks cuDNN for causal bf16), "flash" (FlashAttention-2 first)

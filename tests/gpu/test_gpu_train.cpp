@@ -259,6 +259,23 @@ static void expect_attention_matches_reference(torch::Tensor q, torch::Tensor k,
   EXPECT_LE(max_relative_error(got[2], v.grad()), 1e-2) << "dv";
 }
 
+// A chunk after earlier keys (SeCO's bottom-right causal mask) through flash attention's kernel equals the
+// softmax reference with the explicit mask, with grouped-query heads and chunks of several lengths.
+TEST(GpuFusedOps, ChunkAfterEarlierKeysThroughFlashEqualsTheReference) {
+  SKIP_WITHOUT_GPU();
+  torch::manual_seed(21);
+  auto opts = torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA);
+  for (auto [Tq, Tk] : {std::pair<int64_t, int64_t>{16, 48}, {64, 64 + 192}, {1, 33}, {100, 357}}) {
+    auto q = torch::randn({2, 8, Tq, 64}, opts).requires_grad_(true);
+    auto k = torch::randn({2, 2, Tk, 64}, opts).requires_grad_(true);
+    auto v = torch::randn({2, 2, Tk, 64}, opts).requires_grad_(true);
+    AttnMask m;  // q_offset -1: bottom-right
+    const int64_t before = chunk_flash_calls();
+    expect_attention_matches_reference(q, k, v, m, [&] { return attend(q, k, v, m); });
+    EXPECT_EQ(chunk_flash_calls(), before + 1) << Tq << " queries after " << Tk - Tq << " keys";
+  }
+}
+
 // Document masks through flash attention's variable-length kernel (runs of segment ids) equal the softmax
 // reference with the segment mask, forward and gradients, with grouped-query heads.
 TEST(GpuFusedOps, VarlenFlashAttentionEqualsTheSegmentMask) {
