@@ -19,12 +19,29 @@ struct LayerKV {
   torch::Tensor k, v;
 };
 
+// One layer's part of a chunk forward: where its attention finds the earlier tokens' keys/values and where it
+// leaves the chunk's own (models/chunk_kv.h joins them).
+struct ChunkLayerKV {
+  const LayerKV* past = nullptr;  // joined: the earlier tokens' keys/values, copied in front of the chunk's
+  LayerKV* buffer = nullptr;      // buffered: [B, Hkv, total, hd] holding the earlier tokens' at [0, start)
+  LayerKV* past_grad = nullptr;   // buffered, gradients on: receives the gradient of the keys/values [0, start)
+  int64_t start = 0, total = 0;
+  LayerKV* fresh = nullptr;  // out: the chunk's own keys/values
+};
+
 // A chunk's forward in chunk-wise training (SeCO/SpaCO, train/chunkwise_step.h): the chunk attends to the
-// earlier chunks' keys and values (bottom-right causal), which may be leaves that collect gradients.
+// earlier chunks' keys and values (bottom-right causal). Either PAST holds them (joined by a copy each
+// chunk: the reference path), or BUFFERS hold the whole sequence's, the earlier ones at [0, start): the chunk
+// writes its own at [start, start + len) and attends to [0, start + len) in place, and with gradients on the
+// earlier ones' gradient is added into PAST_GRADS (same shapes; both allocated at the first use).
 struct ChunkForward {
   std::vector<LayerKV> past;    // per layer: the keys/values of the tokens before the chunk (empty: none)
   torch::Tensor past_segments;  // [B, Tpast] their document ids, when the batch has segments
-  std::vector<LayerKV> fresh;   // out, per layer: the chunk's own keys/values
+  std::vector<LayerKV>* buffers = nullptr;     // per layer, instead of PAST
+  std::vector<LayerKV>* past_grads = nullptr;  // per layer, with BUFFERS when back-propagating
+  int64_t start = 0, total = 0;                // with BUFFERS: the chunk's first position, the sequence's length
+  std::vector<LayerKV> fresh;                  // out, per layer: the chunk's own keys/values
+  ChunkLayerKV layer(size_t i);                // layer I's part (BUFFERS/PAST_GRADS grown to I + 1)
 };
 
 class CausalLM : public torch::nn::Module {

@@ -7,6 +7,7 @@
 
 #include "common/error.h"
 #include "models/activation_checkpoint.h"
+#include "models/chunk_kv.h"
 #include "models/fused_ops.h"
 #include "models/linear_cross_entropy.h"
 #include "models/mixed_linear.h"
@@ -114,7 +115,7 @@ LlamaAttentionImpl::LlamaAttentionImpl(const ModelConfig& c)
 
 torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
                                           const torch::Tensor& sin, const AttnMask& mask, bool fused,
-                                          const LayerKV* past, LayerKV* fresh) {
+                                          const ChunkLayerKV* chunk) {
   const int64_t B = x.size(0), T = x.size(1);
   // One matrix product for q, k and v (the weights stay separate parameters under their export names).
   auto qkv = fused ? mixed_linear(x, {q_proj->weight, k_proj->weight, v_proj->weight})
@@ -132,8 +133,7 @@ torch::Tensor LlamaAttentionImpl::forward(const torch::Tensor& x, const torch::T
     k = apply_rope(parts[1].view({B, T, n_kv_heads, head_dim}).transpose(1, 2), cos, sin);
     v = parts[2].view({B, T, n_kv_heads, head_dim}).transpose(1, 2);
   }
-  if (fresh) fresh->k = k, fresh->v = v;
-  if (past && past->k.defined() && past->k.size(2) > 0) k = torch::cat({past->k, k}, 2), v = torch::cat({past->v, v}, 2);
+  if (chunk) std::tie(k, v) = chunk_keys_values(*chunk, k, v);
   auto y = attend(q, k, v, mask).transpose(1, 2).reshape({B, T, n_heads * head_dim});
   auto out = fused ? mixed_linear(y, {o_proj->weight}) : o_proj(y);
   return lora_o.defined() ? out + lora_o.delta(y, is_training()).to(out.scalar_type()) : out;
@@ -174,8 +174,8 @@ LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const ModelConfig& c) {
 }
 torch::Tensor LlamaDecoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& cos,
                                              const torch::Tensor& sin, const AttnMask& mask, bool fused,
-                                             bool recompute_swiglu, const LayerKV* past, LayerKV* fresh) {
-  auto h = x + self_attn(input_layernorm(x), cos, sin, mask, fused, past, fresh);
+                                             bool recompute_swiglu, const ChunkLayerKV* chunk) {
+  auto h = x + self_attn(input_layernorm(x), cos, sin, mask, fused, chunk);
   return h + mlp(post_attention_layernorm(h), fused, recompute_swiglu);
 }
 
@@ -254,6 +254,8 @@ torch::Tensor Llama::chunk_loss_sum(const Batch& chunk, ChunkForward& f, bool wi
   const int64_t L = cfg_.n_layers;
   check(f.past.empty() || int64_t(f.past.size()) == L, "chunk forward: ", f.past.size(), " layers of past keys for a ",
         L, "-layer model");
+  check(!f.buffers || f.total >= f.start + chunk.tokens.size(1), "chunk forward: the chunk at ", f.start,
+        " runs past the buffers' ", f.total, " tokens");
   AttnMask mask;  // q_offset -1: the chunk's queries are the last positions
   if (chunk.has_segments) {
     mask.q_segments = chunk.segments;
@@ -281,9 +283,9 @@ torch::Tensor Llama::layers_forward(torch::Tensor x, const torch::Tensor& positi
   if (fused_kernels && fused_add_rmsnorm_support(x, x, model_->norm->weight)) return hidden_fused(x, cos, sin, mask, f);
   size_t i = 0;
   for (auto& module : *model_->layers) {
-    const LayerKV* past = f && !f->past.empty() ? &f->past[i] : nullptr;
-    x = module->as<LlamaDecoderLayer>()->forward(x, cos, sin, mask, fused_kernels, recompute_swiglu, past,
-                                                 f ? &f->fresh[i] : nullptr);
+    ChunkLayerKV chunk = f ? f->layer(i) : ChunkLayerKV{};
+    x = module->as<LlamaDecoderLayer>()->forward(x, cos, sin, mask, fused_kernels, recompute_swiglu,
+                                                 f ? &chunk : nullptr);
     ++i;
   }
   return model_->norm(x);
@@ -304,8 +306,8 @@ torch::Tensor Llama::hidden_fused(torch::Tensor x, const torch::Tensor& cos, con
   for (auto& module : *model_->layers) {
     auto* layer = module->as<LlamaDecoderLayer>();
     auto n1 = pending.defined() ? add_norm(pending, layer->input_layernorm) : layer->input_layernorm(x);
-    const LayerKV* past = f && !f->past.empty() ? &f->past[i] : nullptr;
-    auto attn = layer->self_attn(n1, cos, sin, mask, /*fused=*/true, past, f ? &f->fresh[i] : nullptr);
+    ChunkLayerKV chunk = f ? f->layer(i) : ChunkLayerKV{};
+    auto attn = layer->self_attn(n1, cos, sin, mask, /*fused=*/true, f ? &chunk : nullptr);
     ++i;
     auto n2 = add_norm(attn, layer->post_attention_layernorm);
     pending = layer->mlp(n2, /*fused=*/true, recompute_swiglu);

@@ -28,11 +28,10 @@ struct LlamaAttentionImpl : torch::nn::Module {
   explicit LlamaAttentionImpl(const ModelConfig& c);
   // fused: RoPE through fused_rope_qkv where the dtype allows it, and the products through mixed_linear
   // (weights cast straight into one buffer, fp32 weight gradients from the products).
-  // past (may be null or hold undefined tensors): keys/values of earlier tokens the queries also attend to
-  // (the mask's offset decides the alignment); fresh (may be null) receives this call's keys/values.
+  // chunk (may be null): a chunk forward's earlier keys/values the queries also attend to (the mask's offset
+  // decides the alignment), joined to this call's through chunk_keys_values, which also hands them out.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        const AttnMask& mask, bool fused = false, const LayerKV* past = nullptr,
-                        LayerKV* fresh = nullptr);
+                        const AttnMask& mask, bool fused = false, const ChunkLayerKV* chunk = nullptr);
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   LoraAdapter lora_q, lora_k, lora_v, lora_o;  // defined where [lora] targets name them
   int64_t n_heads, n_kv_heads, head_dim;
@@ -53,7 +52,7 @@ struct LlamaDecoderLayerImpl : torch::nn::Module {
   explicit LlamaDecoderLayerImpl(const ModelConfig& c);
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                         const AttnMask& mask, bool fused = false, bool recompute_swiglu = false,
-                        const LayerKV* past = nullptr, LayerKV* fresh = nullptr);
+                        const ChunkLayerKV* chunk = nullptr);
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   LlamaAttention self_attn{nullptr};
   LlamaMLP mlp{nullptr};

@@ -1,8 +1,8 @@
 // SeCO and SpaCO (train/chunkwise_step.h) against full-sequence training: in fp64, SeCO's loss and gradients
 // equal the standard step's (aligned and ragged chunks, packed documents, grouped-query heads, micro-batches);
 // SpaCO with a budget of every chunk is SeCO bit for bit; its expectation over every draw is SeCO's gradient,
-// and the mean of many draws converges to it (without the compensation it would not); a chunk's keys/values from the no-gradient pass equal the
-// re-forward's bit for bit; through the trainer, SeCO trains like the standard step, a SpaCO run resumes
+// and the mean of many draws converges to it (without the compensation it would not); a chunk's keys/values
+// from the no-gradient pass equal the re-forward's bit for bit; the buffered keys equal the joined ones; through the trainer, SeCO trains like the standard step, a SpaCO run resumes
 // bitwise, and SeCO on two ranks matches one process.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -245,6 +245,64 @@ TEST(Seco, StageOneKeysAndValuesEqualTheReforwardBitwise) {
   for (size_t j = 0; j < stage1.fresh.size(); ++j) {
     EXPECT_TRUE(torch::equal(stage1.fresh[j].k, stage2.fresh[j].k)) << "layer " << j;
     EXPECT_TRUE(torch::equal(stage1.fresh[j].v, stage2.fresh[j].v)) << "layer " << j;
+  }
+}
+
+// The buffered keys (models/chunk_kv.h: the chunk's own written into a buffer of the whole sequence, a view
+// read, the past's gradient added in place) against the joined ones (the past copied in front): the second
+// chunk's loss, the parameters' gradients and the earlier keys'/values' gradients, with a gradient also
+// arriving at the chunk's own keys/values (as SeCO's later chunks send it). fp64, packed documents, GQA.
+TEST(Seco, BufferedKeysEqualJoinedKeysWithTheirGradients) {
+  Fp64Model m;
+  Batch b = random_batch(2, 40, 2);
+  auto part = [&](int64_t s, int64_t n) {
+    Batch c;
+    c.tokens = b.tokens.narrow(1, s, n), c.targets = b.targets.narrow(1, s, n);
+    c.positions = b.positions.narrow(1, s, n), c.segments = b.segments.narrow(1, s, n), c.has_segments = true;
+    return c;
+  };
+  const int64_t s = 16, len = 13;  // a ragged chunk: the buffers hold 40 tokens, the chunk ends at 29
+  std::vector<LayerKV> buffers, past_grads;
+  ChunkForward first;
+  {
+    torch::NoGradGuard ng;
+    first.buffers = &buffers, first.total = 40;
+    m.model->chunk_loss_sum(part(0, s), first, false);
+  }
+  ASSERT_EQ(buffers.size(), 2u);
+  std::vector<LayerKV> seeds;  // the gradient later chunks would send to this chunk's keys/values
+  for (auto& kv : first.fresh)
+    seeds.push_back({torch::randn({2, 2, len, 4}, torch::kFloat64), torch::randn({2, 2, len, 4}, torch::kFloat64)});
+  auto backward = [&](ChunkForward& f) {
+    auto loss = m.model->chunk_loss_sum(part(s, len), f, true);
+    std::vector<torch::Tensor> roots{loss}, grads{torch::ones_like(loss)};
+    for (size_t j = 0; j < f.fresh.size(); ++j)
+      roots.push_back(f.fresh[j].k), grads.push_back(seeds[j].k), roots.push_back(f.fresh[j].v),
+          grads.push_back(seeds[j].v);
+    torch::autograd::backward(roots, grads);
+    return loss.item<double>();
+  };
+  ChunkForward joined;  // the reference: leaves holding the first chunk's keys/values
+  for (auto& kv : first.fresh)
+    joined.past.push_back({kv.k.clone().requires_grad_(true), kv.v.clone().requires_grad_(true)});
+  joined.past_segments = b.segments.narrow(1, 0, s);
+  const double joined_loss = backward(joined);
+  auto joined_params = take_grads(*m.model);
+  ChunkForward buffered;
+  buffered.buffers = &buffers, buffered.past_grads = &past_grads, buffered.start = s, buffered.total = 40;
+  buffered.past_segments = b.segments.narrow(1, 0, s);
+  const double buffered_loss = backward(buffered);
+  auto buffered_params = take_grads(*m.model);
+  EXPECT_NEAR(buffered_loss, joined_loss, 1e-13 * std::abs(joined_loss));
+  EXPECT_LT(max_relative(buffered_params, joined_params), 1e-12);
+  ASSERT_EQ(past_grads.size(), 2u);
+  for (size_t j = 0; j < 2; ++j) {
+    SCOPED_TRACE("layer " + std::to_string(j));
+    EXPECT_LT(max_relative({past_grads[j].k.narrow(2, 0, s)}, {joined.past[j].k.grad()}), 1e-12);
+    EXPECT_LT(max_relative({past_grads[j].v.narrow(2, 0, s)}, {joined.past[j].v.grad()}), 1e-12);
+    EXPECT_EQ(past_grads[j].k.narrow(2, s, 40 - s).abs().max().item<double>(), 0.0);  // nothing past the past
+    EXPECT_TRUE(torch::equal(buffers[j].k.narrow(2, 0, s), first.fresh[j].k));       // the past left as it was
+    EXPECT_TRUE(torch::equal(buffers[j].v.narrow(2, s, len), buffered.fresh[j].v.detach()));
   }
 }
 

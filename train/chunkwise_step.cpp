@@ -48,12 +48,14 @@ static Batch chunk_of(const Batch& b, int64_t start, int64_t len) {
   return c;
 }
 
-// The keys/values of the tokens before START, as views of the per-layer buffers.
-static ChunkForward forward_after(const std::vector<LayerKV>& cache, const Batch& b, int64_t start) {
+// A forward of the chunk at START reading and writing the per-layer key/value buffers CACHE (GRADS: where the
+// earlier chunks' keys/values collect their gradient, when back-propagating).
+static ChunkForward forward_after(std::vector<LayerKV>& cache, std::vector<LayerKV>* grads, const Batch& b,
+                                  int64_t start) {
   ChunkForward f;
-  if (start == 0) return f;
-  for (auto& kv : cache) f.past.push_back(LayerKV{kv.k.narrow(2, 0, start), kv.v.narrow(2, 0, start)});
-  if (b.has_segments) f.past_segments = b.segments.narrow(1, 0, start);
+  f.buffers = &cache, f.past_grads = grads;
+  f.start = start, f.total = b.tokens.size(1);
+  if (start > 0 && b.has_segments) f.past_segments = b.segments.narrow(1, 0, start);
   return f;
 }
 
@@ -70,52 +72,42 @@ torch::Tensor ChunkwiseStep::run_sequence(CausalLM& model, const Batch& b, const
 
   // Stage 1: the chunks' keys/values in order, and the losses of the chunks stage 2 leaves out. The last
   // chunk runs here only for its loss, when stage 2 leaves it out.
-  std::vector<LayerKV> cache;  // per layer [B, Hkv, T, hd]
+  std::vector<LayerKV> cache;  // per layer [B, Hkv, T, hd], filled by the chunk forwards
   {
     torch::NoGradGuard no_grad;
     for (int64_t i = 0; i < k; ++i) {
       if (i == k - 1 && selected[size_t(i)]) break;  // its keys/values serve no later chunk
-      ChunkForward f = forward_after(cache, b, start_of(i));
+      ChunkForward f = forward_after(cache, nullptr, b, start_of(i));
       auto sum = model.chunk_loss_sum(chunk_of(b, start_of(i), len_of(i)), f, /*with_loss=*/!selected[size_t(i)]);
       if (!selected[size_t(i)]) loss_total += normalise(sum).to(torch::kFloat64);
-      if (cache.empty())
-        for (auto& kv : f.fresh) {
-          auto shape = kv.k.sizes().vec();
-          shape[2] = T;
-          cache.push_back(LayerKV{torch::empty(shape, kv.k.options()), torch::empty(shape, kv.v.options())});
-        }
-      for (size_t j = 0; j < cache.size(); ++j) {
-        cache[j].k.narrow(2, start_of(i), len_of(i)).copy_(f.fresh[j].k);
-        cache[j].v.narrow(2, start_of(i), len_of(i)).copy_(f.fresh[j].v);
-      }
     }
   }
-  for (auto& kv : cache) kv.k.requires_grad_(true), kv.v.requires_grad_(true);
 
   // Stage 2: the selected chunks from last to first, each with the gradient its keys/values collected from the
-  // later chunks' passes (those passes wrote it into the buffers' .grad).
+  // later chunks' passes (those passes added it into GRADS).
+  std::vector<LayerKV> grads;  // per layer, like CACHE; allocated at the first chunk with earlier keys
   std::vector<int64_t> order;
   for (int64_t i = k - 1; i >= 0; --i)
     if (selected[size_t(i)]) order.push_back(i);
   if (order.empty() && arm_before_last && ctx.before_last_backward) ctx.before_last_backward();
   for (size_t n = 0; n < order.size(); ++n) {
     const int64_t i = order[n], s = start_of(i), len = len_of(i);
-    ChunkForward f = forward_after(cache, b, s);
+    ChunkForward f = forward_after(cache, &grads, b, s);
     auto sum = model.chunk_loss_sum(chunk_of(b, s, len), f, /*with_loss=*/true);
     auto loss = normalise(sum);
     loss_total += loss.detach().to(torch::kFloat64);
-    std::vector<torch::Tensor> roots{scale == 1.0 ? loss : loss * scale}, grads{torch::ones_like(loss)};
-    for (size_t j = 0; j < cache.size(); ++j) {
-      const std::pair<const torch::Tensor*, const torch::Tensor*> kv[] = {{&cache[j].k, &f.fresh[j].k},
-                                                                          {&cache[j].v, &f.fresh[j].v}};
-      for (auto [leaf, fresh] : kv) {
-        if (!leaf->grad().defined()) continue;  // no later chunk was back-propagated
+    std::vector<torch::Tensor> roots{scale == 1.0 ? loss : loss * scale}, seeds{torch::ones_like(loss)};
+    for (size_t j = 0; j < f.fresh.size() && j < grads.size(); ++j) {
+      const std::pair<const torch::Tensor*, const torch::Tensor*> kv[] = {{&grads[j].k, &f.fresh[j].k},
+                                                                          {&grads[j].v, &f.fresh[j].v}};
+      for (auto [grad, fresh] : kv) {
+        if (n == 0 || !grad->defined()) continue;  // no later chunk was back-propagated
         roots.push_back(*fresh);
-        grads.push_back(leaf->grad().narrow(2, s, len) * scale);  // a copy: the pass below writes into .grad
+        seeds.push_back(grad->narrow(2, s, len) * scale);  // a copy, of the chunk's length only
       }
     }
     if (n + 1 == order.size() && arm_before_last && ctx.before_last_backward) ctx.before_last_backward();
-    torch::autograd::backward(roots, grads);
+    torch::autograd::backward(roots, seeds);
   }
   backpropagated_ += int64_t(order.size()), chunks_ += k;
   return loss_total;
