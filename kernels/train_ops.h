@@ -1,5 +1,5 @@
 // Launchers of the fused CUDA kernels used in training (rope_qkv/, swiglu_grad/, cross_entropy/,
-// add_rmsnorm/): device
+// add_rmsnorm/, adamw/): device
 // pointers, LibTorch's current stream passed in. Storage is fp32 or bf16 (uint16_t bits); arithmetic fp32.
 // Each kernel's item or row functions run on the CPU too (models/fused_ops.cpp), and the GPU tests compare
 // both with LibTorch's unfused ops.
@@ -21,6 +21,20 @@ void rope_qkv_forward(Storage st, const void* qkv, const float* cos, const float
                       void* out, cudaStream_t s);
 void rope_qkv_backward(Storage st, const void* dq, const void* dk, const void* dv, const float* cos, const float* sin,
                        const RopeQkvShape& shape, void* dqkv, cudaStream_t s);
+
+// AdamW (adamw_math.h) over COUNT fp32 tensors of SIZES elements: params, grads, exp_avg, exp_avg_sq. The
+// device scalars: lr, step (the count including this step), skip (nullable: nothing changes when it holds a
+// non-zero value) and divisor (nullable: the gradients are divided by it as they are read; they stay unchanged).
+struct AdamWDevice {
+  const float* lr = nullptr;
+  const float* step = nullptr;
+  const float* skip = nullptr;
+  const float* divisor = nullptr;
+};
+constexpr int kAdamWTensors = 48;  // tensors per launch (their pointers travel in the kernel's parameters)
+void adamw_update(int count, float* const* params, const float* const* grads, float* const* exp_avg,
+                  float* const* exp_avg_sq, const int64_t* sizes, const AdamWDevice& scalars, double beta1,
+                  double beta2, float eps, float weight_decay, cudaStream_t s);
 
 void swiglu_forward(Storage st, const void* gate_up, int64_t rows, int64_t ff, void* h, cudaStream_t s);
 void swiglu_backward(Storage st, const void* gate_up, const void* dh, int64_t rows, int64_t ff, void* dgate_up,

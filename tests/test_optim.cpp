@@ -122,7 +122,6 @@ TEST(AdamW, GradDivisorEqualsClippingFirst) {
       EXPECT_NEAR(divisor.item<double>(), std::max(1.0, (na + 1e-6) / max_norm), 1e-6);
       folded.step(1e-2, torch::zeros({1}), divisor);
       EXPECT_NEAR(nb.item<double>(), na, 1e-6 * na);
-      EXPECT_TRUE(torch::allclose(a.grad(), b.grad(), 1e-6, 1e-7)) << "gradients left clipped, step " << step;
     }
     EXPECT_TRUE(torch::allclose(a, b, 1e-6, 1e-7)) << (a - b).abs().max();
     EXPECT_TRUE(torch::allclose(first.slots()[0].exp_avg_sq, folded.slots()[0].exp_avg_sq, 1e-6, 1e-9));

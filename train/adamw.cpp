@@ -1,9 +1,20 @@
 // Implementation of train/adamw.h.
 #include "train/adamw.h"
 
+#include <ATen/Parallel.h>
+
 #include <cmath>
+#include <cstdlib>
 
 #include "common/error.h"
+#include "kernels/adamw/adamw_math.h"
+
+#ifdef CHUNKWISE_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "kernels/train_ops.h"
+#endif
 
 namespace cw {
 
@@ -23,6 +34,68 @@ AdamW::AdamW(const std::vector<std::pair<std::string, torch::Tensor>>& params, c
   }
 }
 
+namespace {
+
+// CHUNKWISE_ADAMW_ATEN=1: ATen's fused kernel instead of ours (to measure one against the other).
+bool aten_adamw() {
+  static const bool on = [] {
+    const char* v = std::getenv("CHUNKWISE_ADAMW_ATEN");
+    return v && *v && std::string(v) != "0";
+  }();
+  return on;
+}
+
+struct Group {
+  std::vector<torch::Tensor> p, g, m, v;
+};
+
+// Ours takes contiguous fp32 tensors on one device; anything else goes to ATen's kernel.
+bool ours_fits(const Group& gr) {
+  for (size_t i = 0; i < gr.p.size(); ++i)
+    for (const auto* t : {&gr.p[i], &gr.g[i], &gr.m[i], &gr.v[i]})
+      if (t->scalar_type() != torch::kFloat32 || !t->is_contiguous() || t->device() != gr.p.front().device())
+        return false;
+  return gr.p.front().is_cpu() || gr.p.front().is_cuda();
+}
+
+// One group (one weight decay) through kernels/adamw: the CUDA kernel, or on the CPU the same element function
+// in a parallel loop. LR (one element), STEP (0-dim, this step included), SKIP and DIVISOR (one element or
+// undefined) are fp32 tensors on the parameters' device.
+void our_adamw(Group& gr, const torch::Tensor& lr, const torch::Tensor& step, const torch::Tensor& skip,
+               const torch::Tensor& divisor, const AdamWOptions& o, double wd) {
+#ifdef CHUNKWISE_CUDA
+  if (gr.p.front().is_cuda()) {
+    c10::cuda::CUDAGuard guard(gr.p.front().device());
+    std::vector<float*> p, m, v;
+    std::vector<const float*> g;
+    std::vector<int64_t> n;
+    for (size_t i = 0; i < gr.p.size(); ++i)
+      p.push_back(gr.p[i].data_ptr<float>()), g.push_back(gr.g[i].data_ptr<float>()),
+          m.push_back(gr.m[i].data_ptr<float>()), v.push_back(gr.v[i].data_ptr<float>()), n.push_back(gr.p[i].numel());
+    kern::cuda::AdamWDevice d;
+    d.lr = lr.data_ptr<float>(), d.step = step.data_ptr<float>();
+    if (skip.defined()) d.skip = skip.data_ptr<float>();
+    if (divisor.defined()) d.divisor = divisor.data_ptr<float>();
+    kern::cuda::adamw_update(int(p.size()), p.data(), g.data(), m.data(), v.data(), n.data(), d, o.beta1, o.beta2,
+                             float(o.eps), float(wd),
+                             at::cuda::getCurrentCUDAStream(gr.p.front().device().index()).stream());
+    return;
+  }
+#endif
+  if (skip.defined() && skip.item<float>() != 0.f) return;
+  const auto s = kern::adamw_scalars(lr.item<float>(), step.item<float>(), o.beta1, o.beta2, float(o.eps),
+                                     float(wd), divisor.defined() ? divisor.item<float>() : 1.f);
+  for (size_t i = 0; i < gr.p.size(); ++i) {
+    float *p = gr.p[i].data_ptr<float>(), *m = gr.m[i].data_ptr<float>(), *v = gr.v[i].data_ptr<float>();
+    const float* g = gr.g[i].data_ptr<float>();
+    at::parallel_for(0, gr.p[i].numel(), 4096, [&](int64_t b, int64_t e) {
+      for (int64_t j = b; j < e; ++j) kern::adamw_element(p[j], g[j], m[j], v[j], s);
+    });
+  }
+}
+
+}  // namespace
+
 void AdamW::fused_step(double lr, const torch::Tensor& lr_tensor, const torch::Tensor& skip,
                        const torch::Tensor& grad_divisor) {
   if (slots_.empty()) return;
@@ -32,23 +105,29 @@ void AdamW::fused_step(double lr, const torch::Tensor& lr_tensor, const torch::T
   }
   step_tensor_.add_(1.0);  // the kernel reads the count including this step
   for (bool decay : {true, false}) {
-    std::vector<torch::Tensor> p, g, m, v, steps;
+    Group gr;
+    std::vector<torch::Tensor> steps;
     for (size_t i = 0; i < slots_.size(); ++i) {
       auto& s = slots_[i];
       if (s.decay == decay && s.param.grad().defined() && updates(i))
-        p.push_back(s.param), g.push_back(s.param.grad()), m.push_back(s.exp_avg), v.push_back(s.exp_avg_sq),
-            steps.push_back(step_tensor_);
+        gr.p.push_back(s.param), gr.g.push_back(s.param.grad()), gr.m.push_back(s.exp_avg),
+            gr.v.push_back(s.exp_avg_sq), steps.push_back(step_tensor_);
     }
-    if (p.empty()) continue;
+    if (gr.p.empty()) continue;
+    const double wd = decay ? opt_.weight_decay : 0.0;
+    if (!aten_adamw() && ours_fits(gr)) {
+      const auto lr_t = lr_tensor.defined() ? lr_tensor : torch::full({1}, lr, step_tensor_.options());
+      our_adamw(gr, lr_t, step_tensor_, skip, grad_divisor, opt_, wd);
+      continue;
+    }
     std::optional<torch::Tensor> found_inf, grad_scale;
     if (skip.defined()) found_inf = skip.reshape({1});
     if (grad_divisor.defined()) grad_scale = grad_divisor.reshape({1});
-    const double wd = decay ? opt_.weight_decay : 0.0;
     if (lr_tensor.defined())
-      at::_fused_adamw_(p, g, m, v, {}, steps, lr_tensor, opt_.beta1, opt_.beta2, wd, opt_.eps, /*amsgrad=*/false,
-                        /*maximize=*/false, grad_scale, found_inf);
+      at::_fused_adamw_(gr.p, gr.g, gr.m, gr.v, {}, steps, lr_tensor, opt_.beta1, opt_.beta2, wd, opt_.eps,
+                        /*amsgrad=*/false, /*maximize=*/false, grad_scale, found_inf);
     else
-      at::_fused_adamw_(p, g, m, v, {}, steps, lr, opt_.beta1, opt_.beta2, wd, opt_.eps, /*amsgrad=*/false,
+      at::_fused_adamw_(gr.p, gr.g, gr.m, gr.v, {}, steps, lr, opt_.beta1, opt_.beta2, wd, opt_.eps, /*amsgrad=*/false,
                         /*maximize=*/false, grad_scale, found_inf);
   }
   if (skip.defined()) step_tensor_.sub_(skip.reshape({}));  // a skipped step does not count
@@ -70,18 +149,14 @@ void AdamW::step(double lr, const torch::Tensor& skip, const torch::Tensor& grad
   torch::NoGradGuard ng;
   if (opt_.fused) return fused_step(lr, torch::Tensor(), skip, grad_divisor);
   if (skip.defined() && skip.item<double>() != 0) return;  // the reference path reads the flag back
-  if (grad_divisor.defined()) {
-    const double divisor = grad_divisor.item<double>();
-    for (size_t i = 0; i < slots_.size(); ++i)
-      if (slots_[i].param.grad().defined() && updates(i)) slots_[i].param.mutable_grad().div_(divisor);
-  }
+  const double divisor = grad_divisor.defined() ? grad_divisor.item<double>() : 1.0;
   ++steps_;
   const double bc1 = 1.0 - std::pow(opt_.beta1, double(steps_));
   const double bc2 = 1.0 - std::pow(opt_.beta2, double(steps_));
   for (size_t i = 0; i < slots_.size(); ++i) {
     auto& s = slots_[i];
-    const auto& g = s.param.grad();
-    if (!g.defined() || !updates(i)) continue;
+    if (!s.param.grad().defined() || !updates(i)) continue;
+    const auto g = divisor == 1.0 ? s.param.grad() : s.param.grad() / divisor;
     if (s.decay && opt_.weight_decay != 0) s.param.mul_(1.0 - lr * opt_.weight_decay);
     s.exp_avg.mul_(opt_.beta1).add_(g, 1.0 - opt_.beta1);
     s.exp_avg_sq.mul_(opt_.beta2).addcmul_(g, g, 1.0 - opt_.beta2);

@@ -1,7 +1,10 @@
 // AdamW with decoupled weight decay, applied per named parameter so its state can be saved under the
 // parameter's export name, masked (sparsity) or sharded (ZeRO-1) later. Two paths with the same arithmetic:
 // a per-parameter loop of tensor ops (the reference; also what CPU training uses, so CPU resume is bitwise)
-// and ATen's multi-tensor fused kernel (`fused`, used on CUDA). Tests compare both with torch::optim::AdamW.
+// and a multi-tensor kernel (`fused`, used on CUDA: kernels/adamw, a few launches per step, one read of p, g,
+// m, v and one write of p, m, v per element; on the CPU the same element function in a loop; ATen's fused
+// kernel for tensors it does not take, or with CHUNKWISE_ADAMW_ATEN=1). Tests compare them with
+// torch::optim::AdamW and with each other.
 // Must not: decide which parameters decay (the caller passes that per parameter).
 #pragma once
 #include <torch/torch.h>
@@ -14,7 +17,7 @@ namespace cw {
 
 struct AdamWOptions {
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
-  bool fused = false;  // ATen's fused multi-tensor kernel (one launch per group instead of ~7 per parameter)
+  bool fused = false;  // the multi-tensor kernel (one launch per 48 tensors instead of ~7 per parameter)
 };
 
 class AdamW {
@@ -29,8 +32,9 @@ class AdamW {
   void step(double lr);  // skips parameters without a gradient
   // The same, unless SKIP (a one-element fp32 tensor on the parameters' device) holds a non-zero value: then
   // nothing changes, step count included. On the fused path the test runs on the device (no read-back).
-  // GRAD_DIVISOR (optional, a one-element fp32 tensor on the device, clip_divisor): the gradients are divided
-  // by it before the update and left divided; the fused kernel does it as it reads them (grad_scale).
+  // GRAD_DIVISOR (optional, a one-element fp32 tensor on the device, clip_divisor): the update uses the
+  // gradients divided by it (the fused kernel divides as it reads them). The gradients themselves are left
+  // as they were, except on ATen's fallback kernel, which writes the divided values back.
   void step(double lr, const torch::Tensor& skip, const torch::Tensor& grad_divisor = {});
   // The learning rate as a one-element fp32 tensor on the parameters' device: the fused path reads it there
   // (so a captured CUDA graph replays each step's rate); the reference loop reads it back.

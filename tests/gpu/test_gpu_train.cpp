@@ -103,6 +103,52 @@ TEST(GpuFusedOps, MixedLinearMatchesLinearOverConcatenatedWeights) {
   check_mixed_linear(torch::kCUDA, /*bf16=*/true, 1e-2, 1024, 1024, /*exact_dw=*/true);
 }
 
+// The multi-tensor AdamW kernel (kernels/adamw) against the per-parameter loop on the CPU: sizes with a tail
+// past the 4-element accesses, a gradient 4 bytes off 16-byte alignment (the element path), a skipped step and
+// steps whose gradients are divided (clipping).
+TEST(GpuFusedOps, AdamWKernelMatchesTheLoop) {
+  SKIP_WITHOUT_GPU();
+  torch::manual_seed(16);
+  const std::vector<std::vector<int64_t>> shapes = {{1000003}, {7, 5}, {1024, 64}, {3}};
+  std::vector<std::pair<std::string, torch::Tensor>> gpu, cpu;
+  std::vector<bool> decay;
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    auto w = torch::randn(shapes[i]);
+    gpu.emplace_back("w" + std::to_string(i), w.cuda().requires_grad_(true));
+    cpu.emplace_back("w" + std::to_string(i), w.clone().requires_grad_(true));
+    decay.push_back(i % 2 == 0);
+  }
+  AdamW fused(gpu, decay, {0.9, 0.95, 1e-8, 0.1, true}), loop(cpu, decay, {0.9, 0.95, 1e-8, 0.1, false});
+  auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
+  for (int step = 0; step < 6; ++step) {
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      auto g = torch::randn(shapes[i]) * 3;
+      cpu[i].second.mutable_grad() = g.clone();
+      if (i == 2) {  // a contiguous view 4 bytes past a 16-byte boundary
+        auto buf = torch::empty({g.numel() + 1}, f32.device(torch::kCUDA));
+        auto view = buf.narrow(0, 1, g.numel()).view(shapes[i]);
+        view.copy_(g);
+        gpu[i].second.mutable_grad() = view;
+      } else {
+        gpu[i].second.mutable_grad() = g.cuda();
+      }
+    }
+    const float skip = step == 3 ? 1.f : 0.f, divisor = step % 2 ? 2.5f : 1.f;
+    const float lr = 1e-2f * float(step + 1);
+    fused.step(torch::full({1}, lr, f32.device(torch::kCUDA)), torch::full({1}, skip, f32.device(torch::kCUDA)),
+               torch::full({1}, divisor, f32.device(torch::kCUDA)));
+    loop.step(torch::full({1}, lr, f32), torch::full({1}, skip, f32), torch::full({1}, divisor, f32));
+  }
+  EXPECT_EQ(fused.steps(), 5);
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    SCOPED_TRACE("tensor " + std::to_string(i));
+    EXPECT_TRUE(torch::allclose(gpu[i].second.detach().cpu(), cpu[i].second.detach(), 1e-5, 1e-6));
+    EXPECT_TRUE(torch::allclose(fused.slots()[i].exp_avg.cpu(), loop.slots()[i].exp_avg, 1e-5, 1e-7));
+    EXPECT_TRUE(torch::allclose(fused.slots()[i].exp_avg_sq.cpu(), loop.slots()[i].exp_avg_sq, 1e-5, 1e-8));
+    EXPECT_FALSE(gpu[i].second.detach().isnan().any().item<bool>());
+  }
+}
+
 TEST(GpuFusedOps, LlamaLossAndGradientsEqualTheUnfusedModel) {
   SKIP_WITHOUT_GPU();
   check_fused_llama(torch::kCUDA, /*bf16=*/false, 1e-5, 1e-4);  // TF32 is off in this binary: fp32 products
