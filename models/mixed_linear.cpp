@@ -6,6 +6,7 @@
 
 #include "common/error.h"
 #include "models/fused_ops.h"
+#include "models/tuned_matmul.h"
 
 namespace cw {
 
@@ -13,14 +14,6 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 namespace {
-
-// a · b written as OUT. cuBLAS writes fp32 straight from its fp32 accumulators (aten::mm.dtype); elsewhere the
-// product is taken in the operands' dtype and converted.
-torch::Tensor product_as(const torch::Tensor& a, const torch::Tensor& b, torch::ScalarType out) {
-  if (a.scalar_type() == out) return at::mm(a, b);
-  if (a.is_cuda() && out == torch::kFloat32) return at::mm(a, b, out);
-  return at::mm(a, b).to(out);
-}
 
 struct MixedLinear : torch::autograd::Function<MixedLinear> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, at::TensorList weights,
@@ -47,7 +40,7 @@ struct MixedLinear : torch::autograd::Function<MixedLinear> {
     ctx->saved_data["rows"] = rows;
     auto out_sizes = x.sizes().vec();
     out_sizes.back() = wc.size(0);
-    return at::mm(x2, wc.t()).view(out_sizes);
+    return tuned_mm(x2, wc.t()).view(out_sizes);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -60,11 +53,11 @@ struct MixedLinear : torch::autograd::Function<MixedLinear> {
     auto dy = grads[0].reshape({-1, wc.size(0)}).to(wc.scalar_type());
 
     variable_list out(rows.size() + 2);  // x, each weight, the dtype code
-    if (ctx->needs_input_grad(0)) out[0] = at::mm(dy, wc).view(x_sizes).to(x_dtype);
+    if (ctx->needs_input_grad(0)) out[0] = tuned_mm(dy, wc).view(x_sizes).to(x_dtype);
     bool any_weight = false;
     for (size_t i = 0; i < rows.size(); ++i) any_weight = any_weight || ctx->needs_input_grad(i + 1);
     if (any_weight) {
-      auto dw = product_as(dy.t(), x2, w_dtype);  // [sum of rows, in]
+      auto dw = tuned_mm(dy.t(), x2, w_dtype);  // [sum of rows, in]
       int64_t at = 0;
       for (size_t i = 0; i < rows.size(); ++i) {
         if (ctx->needs_input_grad(i + 1)) out[i + 1] = dw.narrow(0, at, rows[i]);

@@ -3,12 +3,15 @@
 // fused_kernels on and off under bf16 autocast, the memory the fused cross-entropy saves, and training steps
 // replayed from a CUDA graph against the same steps run eagerly.
 // Must not: run without a GPU (every test skips when CUDA is absent).
+#include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAGuard.h>
 
 #include <functional>
 
 #include "tests/fused_ops_checks.h"
 #include "checkpoints/checkpoint.h"
+#include "models/tuned_matmul.h"
 #include "tests/test_util.h"
 #include "models/lora.h"
 #include "train/adamw.h"
@@ -101,6 +104,63 @@ TEST(GpuFusedOps, MixedLinearMatchesLinearOverConcatenatedWeights) {
   at::globalContext().setAllowTF32CuBLAS(tf32);
   check_mixed_linear(torch::kCUDA, /*bf16=*/true, 1e-2, 64, 128, /*exact_dw=*/true);
   check_mixed_linear(torch::kCUDA, /*bf16=*/true, 1e-2, 1024, 1024, /*exact_dw=*/true);
+}
+
+// tuned_mm (models/tuned_matmul.h) against the fp64 product of the same bf16 operands, for the three products of
+// a linear layer (forward x w^T, input gradient dy w, weight gradient dy^T x in fp32) at sizes no tile divides,
+// a leading dimension cuBLASLt's candidates do not take (at::mm's path), and a tuned shape replayed from a CUDA
+// graph with new operands.
+TEST(GpuFusedOps, TunedProductsMatchTheFp64Product) {
+  SKIP_WITHOUT_GPU();
+  torch::manual_seed(17);
+  set_tuned_products(true);
+  auto shapes_tuned = [] { return std::stoi(tuned_products_summary().substr(std::string("tuned ").size())); };
+  const int tuned_before = shapes_tuned();  // other tests may have tuned products (CHUNKWISE_TUNED_PRODUCTS=1)
+  auto bf16 = torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA);
+  auto want = [](const torch::Tensor& a, const torch::Tensor& b) {
+    return at::mm(a.to(torch::kFloat64).cpu(), b.to(torch::kFloat64).cpu());
+  };
+  struct Case {
+    int64_t rows, in, out;
+  };
+  for (const Case c : {Case{1000, 264, 776}, Case{4096, 1024, 3072}, Case{333, 100, 52}}) {
+    SCOPED_TRACE("rows " + std::to_string(c.rows) + ", in " + std::to_string(c.in) + ", out " + std::to_string(c.out));
+    auto x = torch::randn({c.rows, c.in}, bf16), w = torch::randn({c.out, c.in}, bf16) * 0.1;
+    auto dy = torch::randn({c.rows, c.out}, bf16);
+    for (int repeat = 0; repeat < 2; ++repeat) {  // the first product of a shape tunes it, the second runs the choice
+      auto y = tuned_mm(x, w.t());
+      EXPECT_EQ(y.scalar_type(), torch::kBFloat16);
+      EXPECT_LE(max_relative_error(y, want(x, w.t())), 1e-2) << "forward";
+      EXPECT_LE(max_relative_error(tuned_mm(dy, w), want(dy, w)), 1e-2) << "input gradient";
+      auto dw = tuned_mm(dy.t(), x, torch::kFloat32);
+      EXPECT_EQ(dw.scalar_type(), torch::kFloat32);
+      EXPECT_LE(max_relative_error(dw, want(dy.t(), x)), 1e-5) << "weight gradient (fp32 accumulators)";
+    }
+  }
+  EXPECT_EQ(shapes_tuned(), tuned_before + 6) << tuned_products_summary();  // 333 x 100 x 52 goes to at::mm
+  std::cout << tuned_products_summary() << "\n" << tuned_products_summary(/*jsonl=*/true);
+
+  // A tuned shape inside a capture, replayed with new operands; an untuned one captured runs at::mm.
+  auto x = torch::randn({1000, 264}, bf16), w = torch::randn({776, 264}, bf16);
+  auto x_new = torch::randn({1000, 264}, bf16), w_new = torch::randn({776, 264}, bf16);
+  auto odd = torch::randn({48, 64}, bf16);
+  c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool();
+  torch::Tensor y, y_odd;
+  at::cuda::CUDAGraph graph;
+  {
+    c10::cuda::CUDAStreamGuard guard(side);
+    graph.capture_begin();
+    y = tuned_mm(x, w.t());
+    y_odd = tuned_mm(odd, odd.t());
+    graph.capture_end();
+  }
+  x.copy_(x_new), w.copy_(w_new);
+  graph.replay();
+  torch::cuda::synchronize();
+  EXPECT_LE(max_relative_error(y, want(x_new, w_new.t())), 1e-2) << "replayed";
+  EXPECT_LE(max_relative_error(y_odd, want(odd, odd.t())), 1e-2) << "captured untuned";
+  EXPECT_EQ(shapes_tuned(), tuned_before + 6) << "a shape was tuned inside the capture";
+  set_tuned_products(false);
 }
 
 // The multi-tensor AdamW kernel (kernels/adamw) against the per-parameter loop on the CPU: sizes with a tail

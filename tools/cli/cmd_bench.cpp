@@ -16,6 +16,7 @@
 #include "checkpoints/tensor_io.h"
 #include "models/attention.h"
 #include "models/causal_lm.h"
+#include "models/tuned_matmul.h"
 #include "train/adamw.h"
 #include "train/deferred_values.h"
 #include "train/graphed_step.h"
@@ -223,8 +224,11 @@ static int bench_train(const Args& args) {
             << ", \"attention\": \"" << attention << "\", \"attention_kernel\": \"" << attention_kernel << "\""
             << ", \"B\": " << B << ", \"T\": " << T << ", \"tok_s\": "
             << std::llround(tok_s) << ", \"tflops\": " << tok_s * flops / 1e12 << ", \"mfu_vs_989\": "
-            << tok_s * flops / 989e12 << ", \"peak_gib\": " << peak_gib << ", \"peak_rss_gib\": " << peak_rss_gib()
-            << "}\n";
+            << tok_s * flops / 989e12 << ", \"peak_gib\": " << peak_gib << ", \"peak_rss_gib\": " << peak_rss_gib();
+  if (tuned_products_enabled())  // CHUNKWISE_TUNED_PRODUCTS=1 (models/tuned_matmul.h): what the tuning chose
+    std::cout << ", \"tuned_products\": " << json(tuned_products_summary()).dump();
+  std::cout << "}\n";
+  if (tuned_products_enabled()) std::cerr << tuned_products_summary(/*jsonl=*/true);
   if (profile_runs > 0) {  // where the step's time goes
     StepProfile p = profile_step(one, int(profile_runs), device.is_cuda());
     json cats = json::object(), top = json::array();
