@@ -32,9 +32,11 @@ struct AdamWDevice {
   const float* divisor = nullptr;
 };
 constexpr int kAdamWTensors = 48;  // tensors per launch (their pointers travel in the kernel's parameters)
+// BF16_COPIES (nullable, and each entry nullable): where the updated parameter is also written in bf16.
 void adamw_update(int count, float* const* params, const float* const* grads, float* const* exp_avg,
-                  float* const* exp_avg_sq, const int64_t* sizes, const AdamWDevice& scalars, double beta1,
-                  double beta2, float eps, float weight_decay, cudaStream_t s);
+                  float* const* exp_avg_sq, uint16_t* const* bf16_copies, const int64_t* sizes,
+                  const AdamWDevice& scalars, double beta1, double beta2, float eps, float weight_decay,
+                  cudaStream_t s);
 
 void swiglu_forward(Storage st, const void* gate_up, int64_t rows, int64_t ff, void* h, cudaStream_t s);
 void swiglu_backward(Storage st, const void* gate_up, const void* dh, int64_t rows, int64_t ff, void* dgate_up,

@@ -7,6 +7,7 @@
 #include "common/error.h"
 #include "models/fused_ops.h"
 #include "models/tuned_matmul.h"
+#include "models/weight_copies.h"
 
 namespace cw {
 
@@ -25,6 +26,8 @@ struct MixedLinear : torch::autograd::Function<MixedLinear> {
     torch::Tensor wc;  // all weights, one under the other, in the compute dtype
     if (weights.size() == 1 && weights[0].scalar_type() == dtype) {
       wc = weights[0].contiguous();
+    } else if (auto kept = weight_copy(weights, dtype); kept.defined()) {
+      wc = kept;  // models/weight_copies.h: cast only where a weight changed since its copy was written
     } else {
       int64_t total = 0;
       for (int64_t r : rows) total += r;

@@ -1,5 +1,6 @@
 // Checks of the fused training ops (models/fused_ops.h) against their LibTorch references on fresh random
-// inputs, for one device and storage dtype: forward values and gradients. Shared by the CPU suite
+// inputs, for one device and storage dtype: forward values and gradients; and training with the kept bf16
+// weight copies against training without them. Shared by the CPU suite
 // (test_fused_ops.cpp) and the GPU suite (gpu/test_gpu_train.cpp) so both run the same comparisons.
 // Must not: print instead of asserting, or compare a fused op with itself.
 #pragma once
@@ -11,6 +12,8 @@
 #include "models/linear_cross_entropy.h"
 #include "models/llama.h"
 #include "models/mixed_linear.h"
+#include "models/weight_copies.h"
+#include "train/adamw.h"
 #include "train/precision.h"
 
 namespace cw::test {
@@ -280,6 +283,87 @@ inline void check_fused_llama(torch::Device device, bool bf16, double loss_tol, 
     EXPECT_LE(max_relative_error(loss, ref_loss), loss_tol) << "loss";
     for (size_t i = 0; i < grads.size(); ++i)
       EXPECT_LE(norm_relative_error(grads[i], ref_grads[i]), grad_tol) << "gradient of parameter " << i;
+  }
+}
+
+// Training a small Llama under bf16 autocast with the multi-tensor AdamW (the CUDA kernel, or its CPU loop) for
+// a few steps, with the kept bf16 weight copies (models/weight_copies.h) on and off, once with a weight changed
+// in place between steps: the same losses and weights (bit for bit where BITWISE: the CPU's products are
+// deterministic), the copies read in every product after the first step (and after the change, except the
+// changed weight's product), and each copy equal to the cast of its weight at the end.
+struct CopiesRun {
+  std::vector<float> losses;
+  std::vector<torch::Tensor> weights;
+  WeightCopyStats stats;
+};
+inline CopiesRun train_with_copies(torch::Device device, bool copies, bool change_a_weight) {
+  set_weight_copies(copies);
+  clear_weight_copies();
+  const WeightCopyStats before = weight_copy_stats();
+  ModelConfig c;
+  c.vocab_size = 96, c.d_model = 64, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.d_ff = 96, c.max_seq_len = 32;
+  torch::manual_seed(5);
+  auto model = std::make_shared<Llama>(c);
+  model->to(device);
+  model->fused_kernels = true;
+  std::vector<std::pair<std::string, torch::Tensor>> params;
+  std::vector<bool> decay;
+  for (auto& item : model->named_parameters())
+    params.emplace_back(item.key(), item.value()), decay.push_back(item.value().dim() == 2);
+  AdamW opt(params, decay, {0.9, 0.95, 1e-8, 0.1, /*fused=*/true});
+  Batch b;
+  auto iopts = torch::TensorOptions().dtype(torch::kInt64).device(device);
+  b.tokens = torch::randint(0, c.vocab_size, {2, 16}, iopts);
+  b.targets = torch::randint(0, c.vocab_size, {2, 16}, iopts);
+  b.positions = torch::arange(16, iopts).unsqueeze(0).expand({2, 16}).clone();
+  CopiesRun out;
+  for (int step = 0; step < 4; ++step) {
+    if (change_a_weight && step == 2) {  // changed in place between steps: its copy must not be read
+      torch::NoGradGuard ng;
+      model->named_parameters()["model.layers.0.self_attn.k_proj.weight"].mul_(0.5);
+    }
+    opt.zero_grad();
+    torch::Tensor loss;
+    {
+      AutocastScope autocast(device, "bf16");
+      loss = model->loss_sum(b) / double(b.tokens.numel());
+    }
+    loss.backward();
+    opt.step(1e-2);
+    out.losses.push_back(loss.item<float>());
+  }
+  for (auto& p : model->parameters()) out.weights.push_back(p.detach().cpu());
+  if (copies)
+    for (auto& item : model->named_parameters()) {
+      auto copy = registered_copy(item.value());
+      if (copy.defined()) {
+        EXPECT_TRUE(torch::equal(copy, item.value().to(torch::kBFloat16))) << item.key() << "'s copy is stale";
+      }
+    }
+  const WeightCopyStats after = weight_copy_stats();
+  out.stats = {after.reused - before.reused, after.cast - before.cast};
+  set_weight_copies(true);
+  clear_weight_copies();
+  return out;
+}
+
+inline void check_weight_copies(torch::Device device, bool bitwise) {
+  for (bool change : {false, true}) {
+    SCOPED_TRACE(change ? "a weight changed in place after step 2" : "weights changed by the optimizer only");
+    const CopiesRun kept = train_with_copies(device, true, change), cast = train_with_copies(device, false, change);
+    ASSERT_EQ(kept.losses.size(), cast.losses.size());
+    for (size_t i = 0; i < kept.losses.size(); ++i) {
+      const double tol = bitwise ? 0.0 : 1e-3 * std::abs(cast.losses[i]);
+      EXPECT_NEAR(kept.losses[i], cast.losses[i], tol) << "step " << i + 1;
+    }
+    for (size_t i = 0; i < kept.weights.size(); ++i) {
+      const double err = max_relative_error(kept.weights[i], cast.weights[i]);
+      EXPECT_LE(err, bitwise ? 0.0 : 1e-2) << "weight " << i;
+    }
+    // 2 layers x (q/k/v, o, gate/up, down) + the LM head = 9 products a step, the first step casting all.
+    EXPECT_EQ(kept.stats.cast, change ? 10 : 9);
+    EXPECT_EQ(kept.stats.reused, change ? 26 : 27);
+    EXPECT_EQ(cast.stats.reused + cast.stats.cast, 0);
   }
 }
 

@@ -76,3 +76,9 @@ TEST(FusedOps, OtherDtypesAreRefusedWithAMessage) {
 }
 
 }  // namespace cw::test
+
+namespace cw::test {
+
+TEST(WeightCopies, TrainingIsTheSameBitForBitWithAndWithout) { check_weight_copies(torch::kCPU, /*bitwise=*/true); }
+
+}  // namespace cw::test

@@ -8,6 +8,7 @@
 
 #include "common/error.h"
 #include "kernels/adamw/adamw_math.h"
+#include "models/weight_copies.h"
 
 #ifdef CHUNKWISE_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -58,11 +59,29 @@ bool ours_fits(const Group& gr) {
   return gr.p.front().is_cpu() || gr.p.front().is_cuda();
 }
 
+// The bf16 copies the forward pass reads (models/weight_copies.h) of the group's parameters: a pointer per
+// parameter, null where it has none.
+std::vector<uint16_t*> bf16_copies(const Group& gr) {
+  std::vector<uint16_t*> out;
+  for (const auto& p : gr.p) {
+    const auto c = registered_copy(p);
+    const bool fits = c.defined() && c.scalar_type() == torch::kBFloat16 && c.is_contiguous() && c.numel() == p.numel();
+    out.push_back(fits ? static_cast<uint16_t*>(c.data_ptr()) : nullptr);
+  }
+  return out;
+}
+
 // One group (one weight decay) through kernels/adamw: the CUDA kernel, or on the CPU the same element function
-// in a parallel loop. LR (one element), STEP (0-dim, this step included), SKIP and DIVISOR (one element or
-// undefined) are fp32 tensors on the parameters' device.
+// in a parallel loop; either also writes each parameter's bf16 copy where it has one, and marks it current.
+// LR (one element), STEP (0-dim, this step included), SKIP and DIVISOR (one element or undefined) are fp32
+// tensors on the parameters' device.
 void our_adamw(Group& gr, const torch::Tensor& lr, const torch::Tensor& step, const torch::Tensor& skip,
                const torch::Tensor& divisor, const AdamWOptions& o, double wd) {
+  const std::vector<uint16_t*> copies = bf16_copies(gr);
+  auto mark_copies = [&] {
+    for (size_t i = 0; i < gr.p.size(); ++i)
+      if (copies[i]) mark_copy_current(gr.p[i]);
+  };
 #ifdef CHUNKWISE_CUDA
   if (gr.p.front().is_cuda()) {
     c10::cuda::CUDAGuard guard(gr.p.front().device());
@@ -76,22 +95,28 @@ void our_adamw(Group& gr, const torch::Tensor& lr, const torch::Tensor& step, co
     d.lr = lr.data_ptr<float>(), d.step = step.data_ptr<float>();
     if (skip.defined()) d.skip = skip.data_ptr<float>();
     if (divisor.defined()) d.divisor = divisor.data_ptr<float>();
-    kern::cuda::adamw_update(int(p.size()), p.data(), g.data(), m.data(), v.data(), n.data(), d, o.beta1, o.beta2,
-                             float(o.eps), float(wd),
+    kern::cuda::adamw_update(int(p.size()), p.data(), g.data(), m.data(), v.data(), copies.data(), n.data(), d,
+                             o.beta1, o.beta2, float(o.eps), float(wd),
                              at::cuda::getCurrentCUDAStream(gr.p.front().device().index()).stream());
+    mark_copies();
     return;
   }
 #endif
-  if (skip.defined() && skip.item<float>() != 0.f) return;
+  if (skip.defined() && skip.item<float>() != 0.f) return mark_copies();  // nothing changed, copies included
   const auto s = kern::adamw_scalars(lr.item<float>(), step.item<float>(), o.beta1, o.beta2, float(o.eps),
                                      float(wd), divisor.defined() ? divisor.item<float>() : 1.f);
   for (size_t i = 0; i < gr.p.size(); ++i) {
     float *p = gr.p[i].data_ptr<float>(), *m = gr.m[i].data_ptr<float>(), *v = gr.v[i].data_ptr<float>();
     const float* g = gr.g[i].data_ptr<float>();
+    uint16_t* copy = copies[i];
     at::parallel_for(0, gr.p[i].numel(), 4096, [&](int64_t b, int64_t e) {
-      for (int64_t j = b; j < e; ++j) kern::adamw_element(p[j], g[j], m[j], v[j], s);
+      for (int64_t j = b; j < e; ++j) {
+        kern::adamw_element(p[j], g[j], m[j], v[j], s);
+        if (copy) copy[j] = kern::float_to_bf16(p[j]);
+      }
     });
   }
+  mark_copies();
 }
 
 }  // namespace

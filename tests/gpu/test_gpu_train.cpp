@@ -163,6 +163,13 @@ TEST(GpuFusedOps, TunedProductsMatchTheFp64Product) {
   set_tuned_products(false);
 }
 
+// The bf16 weight copies (models/weight_copies.h) written by the AdamW kernel: training with them equals training
+// without (to rounding: cuDNN's attention backward is not deterministic), and every copy equals its weight's cast.
+TEST(GpuFusedOps, WeightCopiesFollowTheWeights) {
+  SKIP_WITHOUT_GPU();
+  check_weight_copies(torch::kCUDA, /*bitwise=*/false);
+}
+
 // The multi-tensor AdamW kernel (kernels/adamw) against the per-parameter loop on the CPU: sizes with a tail
 // past the 4-element accesses, a gradient 4 bytes off 16-byte alignment (the element path), a skipped step and
 // steps whose gradients are divided (clipping).
