@@ -241,14 +241,21 @@ inline void check_fused_linear_cross_entropy(torch::Device device, torch::Scalar
   }
 }
 
+// The small Llama these checks train (2 layers, d 64, GQA 4:2, FFN 96, vocabulary 96), on DEVICE, seeded.
+inline std::shared_ptr<Llama> small_llama(torch::Device device, uint64_t seed) {
+  ModelConfig c;
+  c.vocab_size = 96, c.d_model = 64, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.d_ff = 96, c.max_seq_len = 32;
+  torch::manual_seed(seed);
+  auto model = std::make_shared<Llama>(c);
+  model->to(device);
+  return model;
+}
+
 // A small Llama with fused_kernels on (SwiGLU product kept, or recomputed in the backward pass) and off, one
 // row holding two documents: the same loss and parameter gradients (bf16: under autocast).
 inline void check_fused_llama(torch::Device device, bool bf16, double loss_tol, double grad_tol, int64_t loss_chunk = 0) {
-  ModelConfig c;
-  c.vocab_size = 96, c.d_model = 64, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.d_ff = 96, c.max_seq_len = 32;
-  torch::manual_seed(3);
-  auto model = std::make_shared<Llama>(c);
-  model->to(device);
+  auto model = small_llama(device, 3);
+  const ModelConfig& c = model->config();
   model->loss_chunk_rows = loss_chunk;
   Batch b;
   auto iopts = torch::TensorOptions().dtype(torch::kInt64).device(device);
@@ -300,11 +307,8 @@ inline CopiesRun train_with_copies(torch::Device device, bool copies, bool chang
   set_weight_copies(copies);
   clear_weight_copies();
   const WeightCopyStats before = weight_copy_stats();
-  ModelConfig c;
-  c.vocab_size = 96, c.d_model = 64, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.d_ff = 96, c.max_seq_len = 32;
-  torch::manual_seed(5);
-  auto model = std::make_shared<Llama>(c);
-  model->to(device);
+  auto model = small_llama(device, 5);
+  const ModelConfig& c = model->config();
   model->fused_kernels = true;
   std::vector<std::pair<std::string, torch::Tensor>> params;
   std::vector<bool> decay;
