@@ -2,40 +2,34 @@
 // timing of the candidates at a shape's first eager product, and the choice replayed after.
 #include "models/tuned_matmul.h"
 
-#include <atomic>
 #include <memory>
-#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <sstream>
 #include <tuple>
 #include <vector>
 
+#include "common/env.h"
 #include "common/error.h"
 
 #ifdef CHUNKWISE_CUDA
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cublasLt.h>
+
+#include "kernels/common/time_calls.h"
 #endif
 
 namespace cw {
 
 namespace {
 
-std::atomic<int> g_enabled{-1};  // -1: not read from the environment yet
+EnvSwitch g_enabled("CHUNKWISE_TUNED_PRODUCTS", false);
 
 }  // namespace
 
-bool tuned_products_enabled() {
-  if (g_enabled.load() < 0) {
-    const char* v = std::getenv("CHUNKWISE_TUNED_PRODUCTS");
-    g_enabled.store(v && *v && std::string(v) != "0" ? 1 : 0);
-  }
-  return g_enabled.load() == 1;
-}
-
-void set_tuned_products(bool on) { g_enabled.store(on ? 1 : 0); }
+bool tuned_products_enabled() { return g_enabled.on(); }
+void set_tuned_products(bool on) { g_enabled.set(on); }
 
 namespace {
 
@@ -128,32 +122,13 @@ bool capturing(cudaStream_t s) {
   return cudaStreamIsCapturing(s, &status) != cudaSuccess || status != cudaStreamCaptureStatusNone;
 }
 
-// Microseconds per call of F (two calls first, then five timed back to back), negative when a call fails.
-template <class F>
-float time_us(F&& f, cudaStream_t s) {
-  for (int i = 0; i < 2; ++i)
-    if (!f()) return -1.f;
-  cudaEvent_t e0, e1;
-  cudaEventCreate(&e0), cudaEventCreate(&e1);
-  constexpr int reps = 5;
-  cudaEventRecord(e0, s);
-  bool ok = true;
-  for (int i = 0; i < reps && ok; ++i) ok = f();
-  cudaEventRecord(e1, s);
-  cudaEventSynchronize(e1);
-  float ms = 0;
-  cudaEventElapsedTime(&ms, e0, e1);
-  cudaEventDestroy(e0), cudaEventDestroy(e1);
-  return ok ? ms * 1e3f / reps : -1.f;
-}
-
 // Times at::mm and cuBLASLt's heuristic candidates (16 at most, 16-byte alignment, ATen's cuBLASLt workspace)
 // on the operands themselves, writing into C; keeps a candidate only if it beats at::mm by 2 %.
 Choice tune(std::shared_ptr<LtProduct> p, const torch::Tensor& a, const torch::Tensor& b,
             std::optional<torch::ScalarType> out, torch::Tensor& c, cudaStream_t stream) {
   Choice ch;
   ch.product = std::move(p);
-  ch.default_us = ch.us = time_us([&] { return reference_mm(a, b, out).defined(); }, stream);
+  ch.default_us = ch.us = kern::cuda::time_calls_us([&] { return reference_mm(a, b, out).defined(); }, stream, 5);
   cublasLtMatmulPreference_t pref = nullptr;
   check_lt(cublasLtMatmulPreferenceCreate(&pref), "preference");
   const uint64_t ws = at::cuda::getCUDABlasLtWorkspaceSize();
@@ -172,7 +147,7 @@ Choice tune(std::shared_ptr<LtProduct> p, const torch::Tensor& a, const torch::T
   for (int i = 0; i < n; ++i) {
     if (found[i].state != CUBLAS_STATUS_SUCCESS || found[i].workspaceSize > ws) continue;
     ++ch.candidates;
-    const float us = time_us([&] { return run_lt(lp, found[i].algo, a, b, c, stream); }, stream);
+    const float us = kern::cuda::time_calls_us([&] { return run_lt(lp, found[i].algo, a, b, c, stream); }, stream, 5);
     if (us > 0 && us < 0.98f * ch.default_us && us < ch.us) ch.lt = true, ch.algo = found[i].algo, ch.us = us;
   }
   cudaGetLastError();  // a candidate that failed to launch leaves nothing behind

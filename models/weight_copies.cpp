@@ -3,11 +3,12 @@
 #include "models/weight_copies.h"
 
 #include <atomic>
-#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <optional>
-#include <string>
+#include <vector>
+
+#include "common/env.h"
 
 namespace cw {
 
@@ -23,7 +24,7 @@ struct Entry {
 
 std::mutex g_mutex;
 std::map<const c10::TensorImpl*, Entry> g_entries;
-std::atomic<int> g_enabled{-1};
+EnvSwitch g_enabled("CHUNKWISE_WEIGHT_COPIES", true);
 std::atomic<int64_t> g_reused{0}, g_cast{0};
 
 // The live entry of W, or null (an entry whose tensor is gone, or another tensor at the same address, is
@@ -42,15 +43,8 @@ bool current(const Entry& e, const torch::Tensor& w) { return e.data == w.data_p
 
 }  // namespace
 
-bool weight_copies_enabled() {
-  if (g_enabled.load() < 0) {
-    const char* v = std::getenv("CHUNKWISE_WEIGHT_COPIES");
-    g_enabled.store(v && std::string(v) == "0" ? 0 : 1);
-  }
-  return g_enabled.load() == 1;
-}
-
-void set_weight_copies(bool on) { g_enabled.store(on ? 1 : 0); }
+bool weight_copies_enabled() { return g_enabled.on(); }
+void set_weight_copies(bool on) { g_enabled.set(on); }
 
 torch::Tensor weight_copy(at::TensorList weights, torch::ScalarType dtype) {
   if (!weight_copies_enabled() || weights.empty() || dtype != torch::kBFloat16) return {};
@@ -60,46 +54,45 @@ torch::Tensor weight_copy(at::TensorList weights, torch::ScalarType dtype) {
       return {};
   torch::NoGradGuard ng;
   std::lock_guard<std::mutex> lock(g_mutex);
-  // The weights' buffer if they are laid out in it in this order, each at its place.
-  torch::Tensor buffer;
+  // The weights' entries, if they are laid out in one buffer in this order, each at its place.
+  std::vector<Entry*> entries;
   int64_t row = 0;
-  bool laid_out = true;
   for (const auto& w : weights) {
     Entry* e = find(w);
-    if (!e || (buffer.defined() && !e->buffer.is_same(buffer)) || e->row0 != row || e->rows != w.size(0) ||
-        e->buffer.scalar_type() != dtype || e->buffer.device() != w.device()) {
-      laid_out = false;
+    if (!e || (!entries.empty() && !e->buffer.is_same(entries.front()->buffer)) || e->row0 != row ||
+        e->rows != w.size(0) || e->buffer.scalar_type() != dtype || e->buffer.device() != w.device())
       break;
-    }
-    buffer = e->buffer;
+    entries.push_back(e);
     row += w.size(0);
   }
-  if (laid_out && buffer.size(0) != row) laid_out = false;
-  if (!laid_out) {
+  const bool laid_out = entries.size() == weights.size() && entries.front()->buffer.size(0) == row;
+  if (!laid_out) {  // a new buffer for these weights, in this order
     for (auto it = g_entries.begin(); it != g_entries.end();)  // forget the copies of weights that are gone
       it = it->second.weight && !it->second.weight->expired() ? std::next(it) : g_entries.erase(it);
     int64_t total = 0;
     for (const auto& w : weights) total += w.size(0);
-    buffer = torch::empty({total, weights[0].size(1)}, weights[0].options().dtype(dtype));
+    auto buffer = torch::empty({total, weights[0].size(1)}, weights[0].options().dtype(dtype));
+    entries.clear();
     int64_t at = 0;
     for (const auto& w : weights) {
-      Entry e;
+      Entry& e = g_entries[w.unsafeGetTensorImpl()];
+      e = Entry{};
       e.weight.emplace(w.getIntrusivePtr());
       e.buffer = buffer, e.row0 = at, e.rows = w.size(0);
-      g_entries[w.unsafeGetTensorImpl()] = e;
+      entries.push_back(&e);
       at += w.size(0);
     }
   }
   bool cast = false;
-  for (const auto& w : weights) {
-    Entry* e = find(w);
-    if (laid_out && current(*e, w)) continue;
-    buffer.narrow(0, e->row0, e->rows).copy_(w);
-    e->data = w.data_ptr(), e->version = w._version();
+  for (size_t i = 0; i < weights.size(); ++i) {
+    Entry& e = *entries[i];
+    if (laid_out && current(e, weights[i])) continue;
+    e.buffer.narrow(0, e.row0, e.rows).copy_(weights[i]);
+    e.data = weights[i].data_ptr(), e.version = weights[i]._version();
     cast = true;
   }
   ++(cast ? g_cast : g_reused);
-  return buffer;
+  return entries.front()->buffer;
 }
 
 torch::Tensor registered_copy(const torch::Tensor& weight) {

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "common/error.h"
+#include "kernels/common/time_calls.h"
 #include "kernels/cuda.h"
 
 namespace cw::serve {
@@ -84,21 +85,8 @@ void TunedGemm::tune(int T, int out, int in, const uint16_t* W, const uint16_t* 
   if (cublasLtMatmulAlgoGetHeuristic(lt_, desc_, l.a, l.b, l.c, l.c, pref, 16, found, &n) != CUBLAS_STATUS_SUCCESS) n = 0;
   cublasLtMatmulPreferenceDestroy(pref);
 
-  cudaEvent_t e0, e1;
-  check_cuda(cudaEventCreate(&e0), "tuning products"), check_cuda(cudaEventCreate(&e1), "tuning products");
   // Microseconds per product, or a negative number where a run failed.
-  auto time = [&](auto&& product) -> float {
-    for (int i = 0; i < 2; ++i)
-      if (!product()) return -1;
-    constexpr int reps = 10;
-    check_cuda(cudaEventRecord(e0, stream_), "tuning products");
-    for (int i = 0; i < reps; ++i) product();
-    check_cuda(cudaEventRecord(e1, stream_), "tuning products");
-    check_cuda(cudaEventSynchronize(e1), "tuning products");
-    float ms = 0;
-    check_cuda(cudaEventElapsedTime(&ms, e0, e1), "tuning products");
-    return ms * 1e3f / reps;
-  };
+  auto time = [&](auto&& product) { return kern::cuda::time_calls_us(product, stream_, 10); };
   Choice ch;
   ch.default_us = ch.us = time([&] { gemm_default(T, out, in, W, x, 0.f, scratch); return true; });
   for (int i = 0; i < n; ++i) {
@@ -118,7 +106,6 @@ void TunedGemm::tune(int T, int out, int in, const uint16_t* W, const uint16_t* 
   }
   cudaGetLastError();  // a candidate that failed to launch leaves nothing behind
   check_cuda(cudaStreamSynchronize(stream_), "tuning products");
-  cudaEventDestroy(e0), cudaEventDestroy(e1);
   tuned_[Shape{out, in, T}] = ch;
   fits_.clear();
   tuning_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();

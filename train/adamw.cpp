@@ -4,8 +4,8 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
-#include <cstdlib>
 
+#include "common/env.h"
 #include "common/error.h"
 #include "kernels/adamw/adamw_math.h"
 #include "models/weight_copies.h"
@@ -38,13 +38,7 @@ AdamW::AdamW(const std::vector<std::pair<std::string, torch::Tensor>>& params, c
 namespace {
 
 // CHUNKWISE_ADAMW_ATEN=1: ATen's fused kernel instead of ours (to measure one against the other).
-bool aten_adamw() {
-  static const bool on = [] {
-    const char* v = std::getenv("CHUNKWISE_ADAMW_ATEN");
-    return v && *v && std::string(v) != "0";
-  }();
-  return on;
-}
+EnvSwitch g_aten_adamw("CHUNKWISE_ADAMW_ATEN", false);
 
 struct Group {
   std::vector<torch::Tensor> p, g, m, v;
@@ -140,7 +134,7 @@ void AdamW::fused_step(double lr, const torch::Tensor& lr_tensor, const torch::T
     }
     if (gr.p.empty()) continue;
     const double wd = decay ? opt_.weight_decay : 0.0;
-    if (!aten_adamw() && ours_fits(gr)) {
+    if (!g_aten_adamw.on() && ours_fits(gr)) {
       const auto lr_t = lr_tensor.defined() ? lr_tensor : torch::full({1}, lr, step_tensor_.options());
       our_adamw(gr, lr_t, step_tensor_, skip, grad_divisor, opt_, wd);
       continue;
