@@ -209,9 +209,11 @@ TEST(GpuFusedOps, AdamWKernelMatchesTheLoop) {
   EXPECT_EQ(fused.steps(), 5);
   for (size_t i = 0; i < shapes.size(); ++i) {
     SCOPED_TRACE("tensor " + std::to_string(i));
-    EXPECT_TRUE(torch::allclose(gpu[i].second.detach().cpu(), cpu[i].second.detach(), 1e-5, 1e-6));
-    EXPECT_TRUE(torch::allclose(fused.slots()[i].exp_avg.cpu(), loop.slots()[i].exp_avg, 1e-5, 1e-7));
-    EXPECT_TRUE(torch::allclose(fused.slots()[i].exp_avg_sq.cpu(), loop.slots()[i].exp_avg_sq, 1e-5, 1e-8));
+    // Relative to each tensor's largest value: where 0.9 m and 0.1 g nearly cancel, the kernel's fused
+    // multiply-adds leave an absolute difference of a few ulps of the terms, not of the small result.
+    EXPECT_LE(max_relative_error(gpu[i].second, cpu[i].second), 1e-5) << "weight";
+    EXPECT_LE(max_relative_error(fused.slots()[i].exp_avg, loop.slots()[i].exp_avg), 1e-5) << "exp_avg";
+    EXPECT_LE(max_relative_error(fused.slots()[i].exp_avg_sq, loop.slots()[i].exp_avg_sq), 1e-5) << "exp_avg_sq";
     EXPECT_FALSE(gpu[i].second.detach().isnan().any().item<bool>());
   }
 }
