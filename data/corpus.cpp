@@ -62,11 +62,12 @@ void read_jsonl(const fs::path& path, const std::string& rel, const std::functio
   }
 }
 
-void read_one(const fs::path& path, const std::string& rel, const std::function<void(Document&&)>& visit) {
+void read_one(const fs::path& path, const std::string& rel, const std::function<void(Document&&)>& visit,
+              bool keep_html) {
   std::string e = ext_of(path.string());
   if (e == ".jsonl") return read_jsonl(path, rel, visit);
   std::string text = read_maybe_gz(path);
-  if (kHtmlExt.count(e)) text = html_to_text(text);
+  if (kHtmlExt.count(e) && !keep_html) text = html_to_text(text);
   Document d{rel, sanitize_utf8(text)};
   if (!blank(d.text)) visit(std::move(d));
 }
@@ -78,13 +79,14 @@ bool is_corpus_file(const std::string& path) {
   return kTextExt.count(e) || kHtmlExt.count(e) || e == ".jsonl";
 }
 
-void for_each_document(const std::vector<std::string>& inputs, const std::function<void(Document&&)>& visit) {
+void for_each_document(const std::vector<std::string>& inputs, const std::function<void(Document&&)>& visit,
+                       bool keep_html) {
   check(!inputs.empty(), "no input files or folders given");
   for (auto& input : inputs) {
     fs::path root = expand_user(input);
     check(fs::exists(root), "input not found: ", input);
     if (fs::is_regular_file(root)) {
-      read_one(root, root.filename().string(), visit);
+      read_one(root, root.filename().string(), visit, keep_html);
       continue;
     }
     std::vector<fs::path> files;
@@ -92,7 +94,7 @@ void for_each_document(const std::vector<std::string>& inputs, const std::functi
       if (is_corpus_file(f.string())) files.push_back(f);
     std::sort(files.begin(), files.end());
     check(!files.empty(), "no corpus files (text, Markdown, reST, HTML, source, JSONL) under ", input);
-    for (auto& f : files) read_one(f, fs::relative(f, root).string(), visit);
+    for (auto& f : files) read_one(f, fs::relative(f, root).string(), visit, keep_html);
   }
 }
 

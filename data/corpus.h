@@ -17,8 +17,10 @@ struct Document {
 // True when PATH has an extension the reader understands (".gz" is looked through).
 bool is_corpus_file(const std::string& path);
 
-// Calls VISIT for every non-empty document under INPUTS (folders or files).
-void for_each_document(const std::vector<std::string>& inputs, const std::function<void(Document&&)>& visit);
+// Calls VISIT for every non-empty document under INPUTS (folders or files). KEEP_HTML: HTML documents keep
+// their markup (for readers of their structure) instead of being turned into text.
+void for_each_document(const std::vector<std::string>& inputs, const std::function<void(Document&&)>& visit,
+                       bool keep_html = false);
 std::vector<Document> read_documents(const std::vector<std::string>& inputs);
 
 std::string html_to_text(const std::string& html);  // tags stripped, entities decoded, blocks on lines

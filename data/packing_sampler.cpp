@@ -11,9 +11,11 @@
 namespace cw {
 
 PackingSampler::PackingSampler(std::shared_ptr<const std::vector<uint32_t>> tokens, std::vector<uint64_t> doc_offsets,
-                               PackingOptions opt)
-    : tokens_(std::move(tokens)), offsets_(std::move(doc_offsets)), opt_(opt) {
+                               PackingOptions opt, std::vector<uint64_t> loss_begin)
+    : tokens_(std::move(tokens)), offsets_(std::move(doc_offsets)), loss_begin_(std::move(loss_begin)), opt_(opt) {
   check(opt_.seq_len > 0 && opt_.batch_size > 0, "seq_len and batch_size must be positive");
+  check(loss_begin_.empty() || loss_begin_.size() + 1 == offsets_.size(), "packing: ", loss_begin_.size(),
+        " response starts for ", offsets_.size() - 1, " documents");
   build_rows();
   check(int64_t(rows_.size()) >= opt_.batch_size * opt_.world, "best-fit packing gives ", rows_.size(),
         " rows, fewer than one batch of ", opt_.batch_size * opt_.world);
@@ -25,7 +27,8 @@ void PackingSampler::build_rows() {
   for (size_t d = 0; d + 1 < offsets_.size(); ++d)
     for (uint64_t b = offsets_[d]; b < offsets_[d + 1]; b += T) {
       uint64_t e = std::min(b + T, offsets_[d + 1]);
-      if (e - b >= 2 || e < offsets_[d + 1]) chunks.push_back({b, e, offsets_[d + 1]});  // a lone EOS teaches nothing
+      const uint64_t loss_from = offsets_[d] + (loss_begin_.empty() ? 0 : loss_begin_[d]);
+      if (e - b >= 2 || e < offsets_[d + 1]) chunks.push_back({b, e, offsets_[d + 1], loss_from});  // a lone EOS teaches nothing
     }
   std::mt19937_64 rng(opt_.seed * 0x9E3779B97F4A7C15ull + uint64_t(epoch_) + 7);
   std::shuffle(chunks.begin(), chunks.end(), rng);  // ties in length are broken differently every epoch
@@ -87,7 +90,7 @@ Batch PackingSampler::next() {
         tk[at] = int64_t(src[t]);
         ps[at] = int64_t(t - c.begin);
         sg[at] = seg;
-        if (t + 1 < c.doc_end) tg[at] = int64_t(src[t + 1]), ++n_targets;
+        if (t + 1 < c.doc_end && t + 1 >= c.loss_from) tg[at] = int64_t(src[t + 1]), ++n_targets;
       }
       ++seg;
     }

@@ -20,8 +20,10 @@ struct PackingOptions {
 
 class PackingSampler : public Sampler {
  public:
+  // LOSS_BEGIN (empty, or one per document): tokens before doc start + LOSS_BEGIN[d] are context only, never
+  // targets (supervised fine-tuning: the prompt; data/sft_store.h).
   PackingSampler(std::shared_ptr<const std::vector<uint32_t>> tokens, std::vector<uint64_t> doc_offsets,
-                 PackingOptions opt);
+                 PackingOptions opt, std::vector<uint64_t> loss_begin = {});
   Batch next() override;
   std::string state() const override;
   void restore(const std::string& state) override;
@@ -32,10 +34,11 @@ class PackingSampler : public Sampler {
   struct Chunk {
     uint64_t begin, end;  // token range; the document ends at doc_end
     uint64_t doc_end;
+    uint64_t loss_from;  // the first token that is a target
   };
   void build_rows();
   std::shared_ptr<const std::vector<uint32_t>> tokens_;
-  std::vector<uint64_t> offsets_;
+  std::vector<uint64_t> offsets_, loss_begin_;
   PackingOptions opt_;
   std::vector<std::vector<Chunk>> rows_;
   int64_t epoch_ = 0, cursor_ = 0;

@@ -11,6 +11,7 @@
 #include "data/icp_order.h"
 #include "data/packing_sampler.h"
 #include "data/replay_sampler.h"
+#include "data/sft_store.h"
 #include "data/token_store.h"
 #include "data/window_sampler.h"
 
@@ -44,6 +45,11 @@ TrainingData load_training_data(const Recipe& r, const Tokenizer& tok, int64_t r
   TrainingData d;
   const std::string strategy = r.s("data.strategy");
   TokenStoreContents store = load_store(r.s("data.train"), tok, "data.train");
+  std::vector<uint64_t> loss_begin = read_sft_loss_begin(expand_user(r.s("data.train")), store.doc_offsets);
+  d.sft = !loss_begin.empty();
+  check(!d.sft || (strategy == "bestfit" && r.s("data.order") == "natural" && r.s("data.replay").empty()),
+        r.file().string(), ": ", r.s("data.train"), " is a supervised fine-tuning store (loss on responses only): "
+        "set [data] strategy = bestfit, and leave order natural and replay empty");
   if (r.s("data.order") != "natural") {
     check(strategy == "concat", "[data] order = ", r.s("data.order"), " needs strategy = concat (contexts are cut "
           "from the ordered stream)");
@@ -64,7 +70,7 @@ TrainingData load_training_data(const Recipe& r, const Tokenizer& tok, int64_t r
   } else if (strategy == "bestfit") {
     PackingOptions o;
     o.seq_len = wo.seq_len, o.batch_size = wo.batch_size, o.seed = seed, o.rank = rank, o.world = world;
-    d.sampler = std::make_unique<PackingSampler>(d.train_tokens, store.doc_offsets, o);
+    d.sampler = std::make_unique<PackingSampler>(d.train_tokens, store.doc_offsets, o, std::move(loss_begin));
   } else if (r.s("data.replay").empty()) {
     d.sampler = std::make_unique<WindowSampler>(d.train_tokens, wo);
   } else {
@@ -80,10 +86,17 @@ TrainingData load_training_data(const Recipe& r, const Tokenizer& tok, int64_t r
     std::string order = "natural";  // PATH@ORDER evaluates the documents in another order
     if (size_t at = path.rfind('@'); at != std::string::npos) order = path.substr(at + 1), path = path.substr(0, at);
     TokenStoreContents s = load_store(path, tok, key);
+    EvalSet set;
+    set.name = name;
+    set.loss_begin = read_sft_loss_begin(expand_user(path), s.doc_offsets);
+    check(set.loss_begin.empty() || order == "natural", path, ": a supervised fine-tuning store is evaluated in its "
+          "own order (drop @", order, ")");
     apply_document_order(s, order, path, 1);
-    TokenArray t = std::make_shared<const std::vector<uint32_t>>(std::move(s.tokens));
-    check(int64_t(t->size()) > T, path, " holds fewer tokens than one sequence of data.seq_len = ", T);
-    d.eval_sets.emplace_back(name, t);
+    set.doc_offsets = std::move(s.doc_offsets);
+    set.tokens = std::make_shared<const std::vector<uint32_t>>(std::move(s.tokens));
+    check(!set.loss_begin.empty() || int64_t(set.tokens->size()) > T, path,
+          " holds fewer tokens than one sequence of data.seq_len = ", T);
+    d.eval_sets.push_back(std::move(set));
   };
   if (!r.s("data.val").empty()) add_eval("val", r.s("data.val"), "data.val");
   std::stringstream ss(r.s("data.eval_sets"));

@@ -11,6 +11,7 @@
 #include "common/error.h"
 #include "common/files.h"
 #include "common/json.h"
+#include "data/packing_sampler.h"
 #include "data/window_sampler.h"
 #include "models/attention.h"
 #include "models/lora.h"
@@ -74,25 +75,39 @@ std::set<int64_t> parse_step_list(const std::string& s) {
 }
 
 // CHUNK > 0 (chunk-wise runs): each sequence's loss chunk by chunk, so evaluation fits where training does.
-double evaluate(CausalLM& model, const TokenArray& tokens, int64_t seq_len, int64_t batch_size, int64_t max_batches,
+// Supervised fine-tuning sets: their documents packed as in training, the loss on responses only.
+double evaluate(CausalLM& model, const EvalSet& set, int64_t seq_len, int64_t batch_size, int64_t max_batches,
                 const torch::Device& device, const std::string& precision, int64_t chunk) {
   torch::NoGradGuard ng;
   AutocastScope autocast(device, precision);
   model.eval();
-  WindowSamplerOptions o;
-  o.seq_len = seq_len;
-  o.shuffle = false;
-  o.batch_size = std::min<int64_t>(batch_size, std::max<int64_t>(1, int64_t(tokens->size() - 1) / seq_len));
-  WindowSampler val(tokens, o);
-  int64_t n = std::min(max_batches, val.batches_per_epoch());
+  std::unique_ptr<Sampler> sampler;
+  int64_t n = 0;
+  if (!set.loss_begin.empty()) {
+    PackingOptions o;
+    o.seq_len = seq_len, o.batch_size = 1;
+    const int64_t rows = PackingSampler(set.tokens, set.doc_offsets, o, set.loss_begin).rows_per_epoch();
+    o.batch_size = std::min(batch_size, rows);
+    n = std::min(max_batches, rows / o.batch_size);
+    sampler = std::make_unique<PackingSampler>(set.tokens, set.doc_offsets, o, set.loss_begin);
+  } else {
+    WindowSamplerOptions o;
+    o.seq_len = seq_len;
+    o.shuffle = false;
+    o.batch_size = std::min<int64_t>(batch_size, std::max<int64_t>(1, int64_t(set.tokens->size() - 1) / seq_len));
+    auto windows = std::make_unique<WindowSampler>(set.tokens, o);
+    n = std::min(max_batches, windows->batches_per_epoch());
+    sampler = std::move(windows);
+  }
   double sum = 0, count = 0;
   for (int64_t i = 0; i < n; ++i) {
-    Batch b = val.next().to(device);
+    Batch b = sampler->next().to(device);
+    if (b.n_target_tokens == 0) continue;
     sum += (chunk > 0 ? chunked_loss_sum(model, b, chunk) : model.loss_sum(b)).item<double>();
     count += double(b.n_target_tokens);
   }
   model.train();
-  return sum / count;
+  return count > 0 ? sum / count : NAN;
 }
 
 NamedTensors rng_state(const torch::Device& device) {
@@ -366,9 +381,10 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
     json rec = {{"step", at_step}};
     std::ostringstream line;
     line << "eval step " << at_step;
-    for (auto& [name, tokens] : data.eval_sets) {
+    for (auto& set : data.eval_sets) {
+      const std::string& name = set.name;
       const int64_t eval_b = r.i("train.eval_batch_size") > 0 ? r.i("train.eval_batch_size") : B;
-      double v = evaluate(*model, tokens, T, eval_b, r.i("train.eval_batches"), device, precision,
+      double v = evaluate(*model, set, T, eval_b, r.i("train.eval_batches"), device, precision,
                           chunkwise ? r.i("chunkwise.chunk") : 0);
       const std::string key = name == "val" ? "val_loss" : "val_loss." + name;
       rec[key] = v;

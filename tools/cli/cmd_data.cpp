@@ -183,7 +183,9 @@ static int recut_main(const Args& args) {
 }
 
 int data_main(const Args& args) {
-  const char* usage = "usage: chunkwise data fetch|tokenizer|prepare|info|decompose|order|recut ... (each takes --help)\n";
+  const char* usage =
+      "usage: chunkwise data fetch|tokenizer|prepare|info|decompose|order|recut|pairs|prepare-sft ... (each takes "
+      "--help)\n";
   if (args.empty()) fail(usage);
   Args rest(args.begin() + 1, args.end());
   if (args[0] == "fetch") return fetch_main(rest);
@@ -193,6 +195,8 @@ int data_main(const Args& args) {
   if (args[0] == "decompose") return decompose_main(rest);
   if (args[0] == "order") return order_main(rest);
   if (args[0] == "recut") return recut_main(rest);
+  if (args[0] == "pairs") return data_pairs_main(rest);
+  if (args[0] == "prepare-sft") return data_prepare_sft_main(rest);
   if (args[0] == "--help" || args[0] == "-h") {
     std::cout << usage;
     return 0;

@@ -9,7 +9,9 @@ namespace cw::cli {
 
 using Args = std::vector<std::string>;
 
-int data_main(const Args& args);    // fetch | tokenizer | prepare | info
+int data_main(const Args& args);    // fetch | tokenizer | prepare | info | pairs | prepare-sft | ...
+int data_pairs_main(const Args& args);        // data pairs (called by data_main)
+int data_prepare_sft_main(const Args& args);  // data prepare-sft (called by data_main)
 int train_main(const Args& args);
 int sample_main(const Args& args);
 int plot_main(const Args& args);
