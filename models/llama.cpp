@@ -11,13 +11,15 @@
 #include "models/fused_ops.h"
 #include "models/linear_cross_entropy.h"
 #include "models/mixed_linear.h"
+#include "models/rat.h"
 
 namespace cw {
 
 // ---- registry ----
 static std::map<std::string, ModelBuilder>& registry() {
   static std::map<std::string, ModelBuilder> r = {
-      {"llama", [](const ModelConfig& c) { return std::static_pointer_cast<CausalLM>(std::make_shared<Llama>(c)); }}};
+      {"llama", [](const ModelConfig& c) { return std::static_pointer_cast<CausalLM>(std::make_shared<Llama>(c)); }},
+      {"rat", [](const ModelConfig& c) { return std::static_pointer_cast<CausalLM>(std::make_shared<Rat>(c)); }}};
   return r;
 }
 void register_model_family(const std::string& family, ModelBuilder builder) { registry()[family] = std::move(builder); }

@@ -16,6 +16,12 @@ void ModelConfig::validate() const {
   check(head_dim() % 2 == 0, "[model] head size d_model/n_heads = ", head_dim(), " must be even for RoPE");
   check(n_heads % n_kv_heads == 0, "[model] n_heads (", n_heads, ") must be a multiple of n_kv_heads (",
         n_kv_heads, ")");
+  check(family == "llama" || family == "rat", "[model] family '", family, "': use llama or rat");
+  if (family == "rat") {
+    check(rat_chunk >= 1, "[model] rat_chunk must be at least 1 token");
+    check(rat_groups >= 1 && rat_groups <= n_heads, "[model] rat_groups must be between 1 and n_heads (", n_heads, ")");
+    check(lora_rank <= 0, "[lora] adapters are built for the llama family only; set [lora] rank = 0");
+  }
   if (lora_rank <= 0) return;
   static const std::vector<std::string> known = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                  "down_proj"};
@@ -32,6 +38,11 @@ bool ModelConfig::lora_on(const std::string& projection) const {
 
 int64_t ModelConfig::non_embedding_params() const {
   int64_t hd = head_dim();
+  if (family == "rat") {  // [z, v, g, q, k] projection, gate bias, output projection, SwiGLU, two norms
+    int64_t per_layer = d_model * (3 * d_model + 2 * rat_groups * hd) + d_model + d_model * d_model +
+                        3 * d_model * d_ff + 2 * d_model;
+    return n_layers * per_layer + d_model + (tie_embeddings ? 0 : vocab_size * d_model);
+  }
   int64_t attn = d_model * n_heads * hd * 2 + d_model * n_kv_heads * hd * 2;
   int64_t mlp = 3 * d_model * d_ff;
   int64_t per_layer = attn + mlp + 2 * d_model;
@@ -43,6 +54,7 @@ std::string ModelConfig::to_json() const {
          {"n_heads", n_heads}, {"n_kv_heads", n_kv_heads}, {"d_ff", d_ff}, {"max_seq_len", max_seq_len},
          {"rope_theta", rope_theta}, {"norm_eps", norm_eps}, {"init_std", init_std},
          {"tie_embeddings", tie_embeddings}};
+  if (family == "rat") j["rat_chunk"] = rat_chunk, j["rat_groups"] = rat_groups;
   if (lora_rank > 0)
     j["lora"] = {{"rank", lora_rank}, {"alpha", lora_alpha}, {"dropout", lora_dropout}, {"targets", lora_targets}};
   return j.dump();
@@ -57,6 +69,7 @@ ModelConfig ModelConfig::from_json(const std::string& text) {
     c.n_heads = j.at("n_heads"), c.n_kv_heads = j.at("n_kv_heads"), c.d_ff = j.at("d_ff");
     c.max_seq_len = j.at("max_seq_len"), c.rope_theta = j.at("rope_theta"), c.norm_eps = j.at("norm_eps");
     c.init_std = j.at("init_std"), c.tie_embeddings = j.at("tie_embeddings");
+    if (j.contains("rat_chunk")) c.rat_chunk = j.at("rat_chunk"), c.rat_groups = j.at("rat_groups");
     if (j.contains("lora")) {
       const json& l = j.at("lora");
       c.lora_rank = l.at("rank"), c.lora_alpha = l.at("alpha"), c.lora_dropout = l.at("dropout");
@@ -71,7 +84,9 @@ ModelConfig ModelConfig::from_json(const std::string& text) {
 
 double ModelConfig::train_flops_per_token(int64_t T) const {
   double head = tie_embeddings ? double(vocab_size * d_model) : 0.0;  // tied head still costs FLOPs
-  return 6.0 * (double(non_embedding_params()) + head) + 6.0 * double(n_layers) * double(d_model) * double(T);
+  // Attention's term: a RAT token attends to one state per earlier chunk, T / rat_chunk of them.
+  const double keys = family == "rat" ? double(T) / double(rat_chunk) : double(T);
+  return 6.0 * (double(non_embedding_params()) + head) + 6.0 * double(n_layers) * double(d_model) * keys;
 }
 
 }  // namespace cw

@@ -13,6 +13,8 @@ struct ModelConfig {
   int64_t max_seq_len = 256;
   double rope_theta = 10000, norm_eps = 1e-5, init_std = 0.02;
   bool tie_embeddings = false;
+  // family "rat" (models/rat.h): tokens per chunk of the recurrence, and key/query groups tiled over the heads.
+  int64_t rat_chunk = 16, rat_groups = 2;
   // LoRA adapters (models/lora.h) on the named projections; rank 0 = none.
   int64_t lora_rank = 0;
   double lora_alpha = 16, lora_dropout = 0;

@@ -27,6 +27,7 @@ ModelConfig model_config_from_recipe(const Recipe& r, int64_t tokenizer_vocab) {
   c.norm_eps = r.f("model.norm_eps");
   c.tie_embeddings = r.b("model.tie_embeddings");
   c.init_std = r.f("model.init_std");
+  c.rat_chunk = r.i("model.rat_chunk"), c.rat_groups = r.i("model.rat_groups");
   set_lora_from_recipe(c, r);
   c.validate();
   return c;
@@ -76,6 +77,8 @@ ModelConfig model_config_from_bundle(const Recipe& r, const ModelConfig& b, int6
   agree("model.n_kv_heads", std::to_string(b.n_kv_heads));
   agree("model.d_ff", std::to_string(b.d_ff));
   agree("model.vocab_size", std::to_string(b.vocab_size));
+  if (r.origin("model.family") != "default" && r.s("model.family") != b.family)
+    diff += "\n  model.family = " + r.s("model.family") + " in the recipe, " + b.family + " in the bundle";
   check(diff.empty(), "[init] from = ", what, ": the recipe's [model] disagrees with the bundle's config.json:", diff,
         "\nRemove those keys (the bundle decides the shape) or pick another bundle.");
   ModelConfig c = b;

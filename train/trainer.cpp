@@ -210,6 +210,10 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
     check(Tokenizer::load(init.bundle_tokenizer).identity() == tok.identity(), "tokenizer mismatch: ",
           init.bundle_tokenizer.string(), " differs from ", r.s("data.tokenizer"),
           "; set [data] tokenizer to the bundle's tokenizer.model and prepare the data with it");
+  if (init.checkpoint_config)
+    check(init.checkpoint_config->family == mc.family, "[init] from = ", init.description, ": model.family = ",
+          mc.family, " in the recipe, ", init.checkpoint_config->family, " in the checkpoint; set [model] family = ",
+          init.checkpoint_config->family, " or start from another run");
   auto model = build_model(mc);
   const bool lora = mc.lora_rank > 0;
   if (lora) freeze_all_but_adapters(*model);  // only the adapters train
