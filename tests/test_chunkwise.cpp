@@ -49,6 +49,14 @@ Batch random_batch(int64_t rows, int64_t T, int64_t docs = 1) {
   return b;
 }
 
+// Columns [S, S + N) of a batch with segments: the chunk a chunk forward takes.
+Batch columns(const Batch& b, int64_t s, int64_t n) {
+  Batch c;
+  c.tokens = b.tokens.narrow(1, s, n), c.targets = b.targets.narrow(1, s, n);
+  c.positions = b.positions.narrow(1, s, n), c.segments = b.segments.narrow(1, s, n), c.has_segments = true;
+  return c;
+}
+
 std::vector<torch::Tensor> take_grads(torch::nn::Module& m) {
   std::vector<torch::Tensor> g;
   for (auto& p : m.parameters()) {  // zeros where nothing was back-propagated (SpaCO may draw no chunk)
@@ -221,12 +229,7 @@ TEST(Seco, StageOneKeysAndValuesEqualTheReforwardBitwise) {
   torch::manual_seed(6);
   Llama model(tiny_config());  // fp32, as trained
   Batch b = random_batch(2, 48, 2);
-  auto part = [&](int64_t s, int64_t n) {
-    Batch c;
-    c.tokens = b.tokens.narrow(1, s, n), c.targets = b.targets.narrow(1, s, n);
-    c.positions = b.positions.narrow(1, s, n), c.segments = b.segments.narrow(1, s, n), c.has_segments = true;
-    return c;
-  };
+  auto part = [&](int64_t s, int64_t n) { return columns(b, s, n); };
   ChunkForward first;
   torch::NoGradGuard ng;
   model.chunk_loss_sum(part(0, 16), first, false);
@@ -255,12 +258,7 @@ TEST(Seco, StageOneKeysAndValuesEqualTheReforwardBitwise) {
 TEST(Seco, BufferedKeysEqualJoinedKeysWithTheirGradients) {
   Fp64Model m;
   Batch b = random_batch(2, 40, 2);
-  auto part = [&](int64_t s, int64_t n) {
-    Batch c;
-    c.tokens = b.tokens.narrow(1, s, n), c.targets = b.targets.narrow(1, s, n);
-    c.positions = b.positions.narrow(1, s, n), c.segments = b.segments.narrow(1, s, n), c.has_segments = true;
-    return c;
-  };
+  auto part = [&](int64_t s, int64_t n) { return columns(b, s, n); };
   const int64_t s = 16, len = 13;  // a ragged chunk: the buffers hold 40 tokens, the chunk ends at 29
   std::vector<LayerKV> buffers, past_grads;
   ChunkForward first;
