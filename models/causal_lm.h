@@ -44,6 +44,11 @@ struct ChunkForward {
   ChunkLayerKV layer(size_t i);                // layer I's part (BUFFERS/PAST_GRADS grown to I + 1)
 };
 
+// A family's state for decoding one token at a time (RAT's per-layer caches); see CausalLM::new_decode_state.
+struct DecodeState {
+  virtual ~DecodeState() = default;
+};
+
 class CausalLM : public torch::nn::Module {
  public:
   // Logits [B, T, V] for TOKENS at POSITIONS; SEGMENTS (may be undefined) limit attention to a document.
@@ -56,6 +61,10 @@ class CausalLM : public torch::nn::Module {
   // is wanted). CHUNK holds the chunk's tokens, targets, positions and segments. Families without it throw.
   virtual bool supports_chunkwise() const { return false; }
   virtual torch::Tensor chunk_loss_sum(const Batch& chunk, ChunkForward& f, bool with_loss);
+  // Decoding one token at a time: a fresh state (null for families without one: callers re-run the context),
+  // and the logits [B, V] after one more token per row [B], which the state then includes.
+  virtual std::unique_ptr<DecodeState> new_decode_state() { return nullptr; }
+  virtual torch::Tensor decode_step(const torch::Tensor& tokens, DecodeState& state);
   // > 0: families that support it compute the loss in chunks of this many tokens, never holding all logits.
   int64_t loss_chunk_rows = 0;
   // Fused RoPE, SwiGLU, add+RMSNorm and cross-entropy (models/fused_ops.h) where family and dtype allow.

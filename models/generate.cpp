@@ -30,6 +30,21 @@ std::vector<int64_t> generate(CausalLM& model, const std::vector<int64_t>& promp
   auto device = model.parameters().front().device();
   auto gen = at::detail::createCPUGenerator(opt.seed);
   std::vector<int64_t> ids = prompt;
+  if (auto state = opt.decode_state ? model.new_decode_state() : nullptr) {  // one token at a time, no window
+    auto one = [&](int64_t id) {
+      return model.decode_step(torch::tensor({id}, torch::kInt64).to(device), *state).index({0}).to(torch::kCPU);
+    };
+    torch::Tensor logits;
+    for (int64_t id : prompt) logits = one(id);
+    for (int64_t step = 0; step < opt.max_new_tokens; ++step) {
+      int64_t next = sample_next(logits, opt, gen);
+      ids.push_back(next);
+      if (on_token) on_token(next);
+      if (next == opt.stop_id) break;
+      if (step + 1 < opt.max_new_tokens) logits = one(next);
+    }
+    return std::vector<int64_t>(ids.begin() + int64_t(prompt.size()), ids.end());
+  }
   const int64_t window = model.config().max_seq_len;
   for (int64_t step = 0; step < opt.max_new_tokens; ++step) {
     int64_t start = std::max<int64_t>(0, int64_t(ids.size()) - window);

@@ -1,5 +1,6 @@
 // Text generation for checking a trained model by eye (`chunkwise sample`): recomputes the whole window
-// each step, so it is simple and slow; the inference engine in serve/ is the fast path.
+// each step, so it is simple and slow (families with a decoding state, RAT, step through it instead); the
+// inference engine in serve/ is the fast path.
 // Must not: touch global random state (its generator is seeded from the options).
 #pragma once
 #include <torch/torch.h>
@@ -19,6 +20,9 @@ struct GenerateOptions {
   double top_p = 0.95;       // 1 = off
   uint64_t seed = 1;
   int64_t stop_id = -1;      // stop after emitting this id (e.g. EOS)
+  // Families with a one-token decoding state (RAT) decode through it, the prompt token by token, instead of
+  // re-running the window each step; false forces the re-run (the reference).
+  bool decode_state = true;
 };
 
 // Picks the next id from LOGITS [V] (fp32); the reference of the engine's sampler.

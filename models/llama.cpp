@@ -56,6 +56,10 @@ torch::Tensor CausalLM::loss_sum(const Batch& b) {
                          fused_kernels);
 }
 
+torch::Tensor CausalLM::decode_step(const torch::Tensor&, DecodeState&) {
+  throw UserError("[model] family '" + config().family + "' has no one-token decoding state");
+}
+
 torch::Tensor CausalLM::chunk_loss_sum(const Batch&, ChunkForward&, bool) {
   throw UserError("[model] family '" + config().family + "' does not support chunk-wise training (SeCO/SpaCO); "
                   "set [chunkwise] mode = off");

@@ -201,4 +201,18 @@ torch::Tensor Rat::step_logits(const torch::Tensor& tokens, std::vector<RatState
   return head(norm_(x)).squeeze(1);
 }
 
+namespace {
+struct RatDecodeState : DecodeState {
+  std::vector<RatState> layers;
+};
+}  // namespace
+
+std::unique_ptr<DecodeState> Rat::new_decode_state() { return std::make_unique<RatDecodeState>(); }
+
+torch::Tensor Rat::decode_step(const torch::Tensor& tokens, DecodeState& state) {
+  auto* s = dynamic_cast<RatDecodeState*>(&state);
+  check(s != nullptr, "rat decode: a state made by another family");
+  return step_logits(tokens, s->layers);
+}
+
 }  // namespace cw

@@ -56,6 +56,8 @@ class Rat : public CausalLM {
   const ModelConfig& config() const override { return cfg_; }
   // Logits [B, V] of one more token per row, through the layers' decode caches (STATES: one per layer).
   torch::Tensor step_logits(const torch::Tensor& tokens, std::vector<RatState>& states);
+  std::unique_ptr<DecodeState> new_decode_state() override;  // the layers' caches, for generate()
+  torch::Tensor decode_step(const torch::Tensor& tokens, DecodeState& state) override;
   void reset_parameters();
 
  private:

@@ -8,6 +8,7 @@
 
 #include <sstream>
 
+#include "models/generate.h"
 #include "models/model_config.h"
 #include "models/rat.h"
 #include "tests/test_util.h"
@@ -92,6 +93,19 @@ TEST(Rat, DecodingOneTokenAtATimeEqualsTheParallelForm) {
     EXPECT_LT(max_diff(model.step_logits(tokens.select(1, t), states), all.select(1, t)), 1e-12) << "token " << t;
   ASSERT_EQ(states.size(), 2u);
   EXPECT_EQ(states[0].final_k.size(), 3u);  // one slot per finished chunk: L x smaller than a KV cache
+}
+
+TEST(Rat, GenerationThroughTheDecodeStateEqualsReRunningTheContext) {
+  torch::manual_seed(5);
+  Rat model(rat_config(3));
+  GenerateOptions o;
+  o.max_new_tokens = 12, o.temperature = 0.9, o.top_k = 0, o.top_p = 1.0, o.seed = 7;
+  const std::vector<int64_t> prompt = {1, 4, 2, 9, 3};
+  auto cached = generate(model, prompt, o);
+  o.decode_state = false;
+  auto rerun = generate(model, prompt, o);
+  EXPECT_EQ(cached, rerun);
+  ASSERT_EQ(cached.size(), 12u);
 }
 
 TEST(Rat, ConfigRoundTripsAndBadSettingsAreRefused) {
