@@ -21,6 +21,8 @@ void ModelConfig::validate() const {
     check(rat_chunk >= 1, "[model] rat_chunk must be at least 1 token");
     check(rat_groups >= 1 && rat_groups <= n_heads, "[model] rat_groups must be between 1 and n_heads (", n_heads, ")");
     check(lora_rank <= 0, "[lora] adapters are built for the llama family only; set [lora] rank = 0");
+    check(rat_attention_every >= 0 && rat_window >= 1, "[model] rat_attention_every must be at least 0 and "
+          "rat_window at least 1");
   }
   if (lora_rank <= 0) return;
   static const std::vector<std::string> known = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
@@ -38,15 +40,16 @@ bool ModelConfig::lora_on(const std::string& projection) const {
 
 int64_t ModelConfig::non_embedding_params() const {
   int64_t hd = head_dim();
-  if (family == "rat") {  // [z, v, g, q, k] projection, gate bias, output projection, SwiGLU, two norms
-    int64_t per_layer = d_model * (3 * d_model + 2 * rat_groups * hd) + d_model + d_model * d_model +
-                        3 * d_model * d_ff + 2 * d_model;
-    return n_layers * per_layer + d_model + (tie_embeddings ? 0 : vocab_size * d_model);
-  }
   int64_t attn = d_model * n_heads * hd * 2 + d_model * n_kv_heads * hd * 2;
   int64_t mlp = 3 * d_model * d_ff;
-  int64_t per_layer = attn + mlp + 2 * d_model;
-  return n_layers * per_layer + d_model + (tie_embeddings ? 0 : vocab_size * d_model);
+  int64_t attention_layer = attn + mlp + 2 * d_model, layers = n_layers * attention_layer;
+  if (family == "rat") {  // [z, v, g, q, k] projection, gate bias, output projection, SwiGLU, two norms
+    const int64_t rat_layer = d_model * (3 * d_model + 2 * rat_groups * hd) + d_model + d_model * d_model + mlp +
+                              2 * d_model;
+    layers = 0;
+    for (int64_t i = 0; i < n_layers; ++i) layers += rat_attention_layer(i) ? attention_layer : rat_layer;
+  }
+  return layers + d_model + (tie_embeddings ? 0 : vocab_size * d_model);
 }
 
 std::string ModelConfig::to_json() const {
@@ -54,7 +57,9 @@ std::string ModelConfig::to_json() const {
          {"n_heads", n_heads}, {"n_kv_heads", n_kv_heads}, {"d_ff", d_ff}, {"max_seq_len", max_seq_len},
          {"rope_theta", rope_theta}, {"norm_eps", norm_eps}, {"init_std", init_std},
          {"tie_embeddings", tie_embeddings}};
-  if (family == "rat") j["rat_chunk"] = rat_chunk, j["rat_groups"] = rat_groups;
+  if (family == "rat")
+    j["rat_chunk"] = rat_chunk, j["rat_groups"] = rat_groups, j["rat_attention_every"] = rat_attention_every,
+    j["rat_window"] = rat_window;
   if (lora_rank > 0)
     j["lora"] = {{"rank", lora_rank}, {"alpha", lora_alpha}, {"dropout", lora_dropout}, {"targets", lora_targets}};
   return j.dump();
@@ -70,6 +75,7 @@ ModelConfig ModelConfig::from_json(const std::string& text) {
     c.max_seq_len = j.at("max_seq_len"), c.rope_theta = j.at("rope_theta"), c.norm_eps = j.at("norm_eps");
     c.init_std = j.at("init_std"), c.tie_embeddings = j.at("tie_embeddings");
     if (j.contains("rat_chunk")) c.rat_chunk = j.at("rat_chunk"), c.rat_groups = j.at("rat_groups");
+    if (j.contains("rat_attention_every")) c.rat_attention_every = j.at("rat_attention_every"), c.rat_window = j.at("rat_window");
     if (j.contains("lora")) {
       const json& l = j.at("lora");
       c.lora_rank = l.at("rank"), c.lora_alpha = l.at("alpha"), c.lora_dropout = l.at("dropout");

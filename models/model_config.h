@@ -15,6 +15,10 @@ struct ModelConfig {
   bool tie_embeddings = false;
   // family "rat" (models/rat.h): tokens per chunk of the recurrence, and key/query groups tiled over the heads.
   int64_t rat_chunk = 16, rat_groups = 2;
+  // The hybrid: every rat_attention_every-th layer is a llama layer with sliding-window attention over
+  // rat_window tokens (0 = RAT layers only).
+  int64_t rat_attention_every = 0, rat_window = 256;
+  bool rat_attention_layer(int64_t i) const { return rat_attention_every > 0 && i % rat_attention_every == rat_attention_every - 1; }
   // LoRA adapters (models/lora.h) on the named projections; rank 0 = none.
   int64_t lora_rank = 0;
   double lora_alpha = 16, lora_dropout = 0;

@@ -159,7 +159,10 @@ torch::Tensor RatLayerImpl::step(const torch::Tensor& x, RatState& state) {
 Rat::Rat(const ModelConfig& c) : cfg_(c) {
   embed_ = register_module("embed_tokens", torch::nn::Embedding(c.vocab_size, c.d_model));
   layers_ = register_module("layers", torch::nn::ModuleList());
-  for (int64_t i = 0; i < c.n_layers; ++i) layers_->push_back(RatLayer(c));
+  for (int64_t i = 0; i < c.n_layers; ++i) {
+    if (c.rat_attention_layer(i)) layers_->push_back(LlamaDecoderLayer(c));  // the hybrid's local attention
+    else layers_->push_back(RatLayer(c));
+  }
   norm_ = register_module("norm", RMSNorm(c.d_model, c.norm_eps));
   if (!c.tie_embeddings)
     lm_head_ = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(c.d_model, c.vocab_size).bias(false)));
@@ -188,13 +191,25 @@ torch::Tensor Rat::logits(const torch::Tensor& tokens, const torch::Tensor& posi
   check(!segments.defined(), "[model] family 'rat' runs its recurrence across packed documents; use [data] strategy "
         "= concat (its chunks are counted from each sequence's start, so POSITIONS are not read)");
   auto x = embed_(tokens);
-  for (auto& layer : *layers_) x = layer->as<RatLayer>()->forward(x);
+  torch::Tensor cos, sin;
+  AttnMask local;  // the hybrid's attention layers: causal over the last rat_window tokens, RoPE by token index
+  local.q_offset = 0, local.window = cfg_.rat_window;
+  if (hybrid()) {
+    auto pos = torch::arange(tokens.size(1), torch::TensorOptions().dtype(torch::kInt64).device(tokens.device()));
+    std::tie(cos, sin) = rope_tables(pos.unsqueeze(0).expand({tokens.size(0), tokens.size(1)}), cfg_.head_dim(),
+                                     cfg_.rope_theta);
+  }
+  for (auto& layer : *layers_) {
+    if (auto* rat = layer->as<RatLayer>()) x = rat->forward(x);
+    else x = layer->as<LlamaDecoderLayer>()->forward(x, cos, sin, local);
+  }
   return head(norm_(x));
 }
 
 torch::Tensor Rat::step_logits(const torch::Tensor& tokens, std::vector<RatState>& states) {
   if (states.empty()) states.resize(size_t(cfg_.n_layers));
   check(int64_t(states.size()) == cfg_.n_layers, "rat step: ", states.size(), " states for ", cfg_.n_layers, " layers");
+  check(!hybrid(), "rat step: the hybrid's attention layers keep no decode cache here");
   auto x = embed_(tokens.reshape({-1, 1}));
   size_t i = 0;
   for (auto& layer : *layers_) x = layer->as<RatLayer>()->step(x, states[i++]);
@@ -207,7 +222,9 @@ struct RatDecodeState : DecodeState {
 };
 }  // namespace
 
-std::unique_ptr<DecodeState> Rat::new_decode_state() { return std::make_unique<RatDecodeState>(); }
+std::unique_ptr<DecodeState> Rat::new_decode_state() {
+  return hybrid() ? nullptr : std::make_unique<RatDecodeState>();  // the hybrid re-runs its window
+}
 
 torch::Tensor Rat::decode_step(const torch::Tensor& tokens, DecodeState& state) {
   auto* s = dynamic_cast<RatDecodeState*>(&state);

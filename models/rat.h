@@ -61,6 +61,7 @@ class Rat : public CausalLM {
   void reset_parameters();
 
  private:
+  bool hybrid() const { return cfg_.rat_attention_every > 0; }
   torch::Tensor head(const torch::Tensor& h);
   ModelConfig cfg_;
   torch::nn::Embedding embed_{nullptr};

@@ -108,6 +108,39 @@ TEST(Rat, GenerationThroughTheDecodeStateEqualsReRunningTheContext) {
   ASSERT_EQ(cached.size(), 12u);
 }
 
+// The hybrid's attention layers see rat_window tokens: with one layer, an attention layer, a token's logits move
+// when a token 3 back changes and not when one 4 back does (window 4), nor when a later one does.
+TEST(Rat, HybridAttentionLayersSeeTheirWindowOnly) {
+  torch::manual_seed(6);
+  ModelConfig c = rat_config(4);
+  c.rat_attention_every = 1, c.rat_window = 4, c.n_layers = 1;
+  Rat model(c);
+  model.to(torch::kFloat64);
+  EXPECT_NE(model.named_modules("", false).find("layers.0.self_attn"), nullptr);
+  torch::NoGradGuard ng;
+  auto tokens = torch::randint(0, 11, {1, 12}, torch::kInt64);
+  auto base = model.logits(tokens, torch::Tensor(), torch::Tensor()).select(1, 10);
+  auto moved = [&](int64_t at) {
+    auto t = tokens.clone();
+    t[0][at] = (t[0][at].item<int64_t>() + 1) % 11;
+    return max_diff(model.logits(t, torch::Tensor(), torch::Tensor()).select(1, 10), base);
+  };
+  EXPECT_GT(moved(7), 1e-6);   // 3 back: inside the window
+  EXPECT_EQ(moved(6), 0.0);    // 4 back: outside it
+  EXPECT_EQ(moved(11), 0.0);   // the future
+  EXPECT_EQ(model.new_decode_state(), nullptr);  // generation re-runs the window
+  c.rat_attention_every = 2, c.n_layers = 2;  // layer 0 RAT, layer 1 local attention
+  Rat hybrid(c);
+  EXPECT_NE(hybrid.named_modules("", false).find("layers.1.self_attn"), nullptr);
+  EXPECT_NE(hybrid.named_modules("", false).find("layers.0.in_proj"), nullptr);
+  int64_t n = 0;
+  for (auto& p : hybrid.parameters()) n += p.numel();
+  EXPECT_EQ(n, c.non_embedding_params() + c.embedding_params());
+  ModelConfig back = ModelConfig::from_json(c.to_json());
+  EXPECT_EQ(back.rat_attention_every, 2);
+  EXPECT_EQ(back.rat_window, 4);
+}
+
 TEST(Rat, ConfigRoundTripsAndBadSettingsAreRefused) {
   ModelConfig c = rat_config(8);
   c.rat_groups = 4;
@@ -143,6 +176,14 @@ TEST(Training, RatFamilyTrainsAndRefusesPackedDocuments) {
   from.set("init.from", res.run_dir.string());
   EXPECT_NE(user_error_of([&] { train(from, o); }).find("model.family = llama in the recipe, rat in"),
             std::string::npos);
+  Recipe hybrid = tiny_recipe(out, "rat-hybrid", 60);  // RAT and 8-token sliding-window layers in turn
+  hybrid.set("model.family", "rat");
+  hybrid.set("model.rat_chunk", "8");
+  hybrid.set("model.rat_attention_every", "2");
+  hybrid.set("model.rat_window", "8");
+  TrainResult h = train(hybrid, o);
+  EXPECT_LT(h.losses.back(), h.losses.front() - 1.0) << log.str();
+  EXPECT_LT(h.val_loss, h.unigram_entropy) << log.str();
   Recipe packed = tiny_recipe(out, "rat-packed", 2);
   packed.set("model.family", "rat");
   packed.set("data.strategy", "bestfit");

@@ -28,6 +28,7 @@ ModelConfig model_config_from_recipe(const Recipe& r, int64_t tokenizer_vocab) {
   c.tie_embeddings = r.b("model.tie_embeddings");
   c.init_std = r.f("model.init_std");
   c.rat_chunk = r.i("model.rat_chunk"), c.rat_groups = r.i("model.rat_groups");
+  c.rat_attention_every = r.i("model.rat_attention_every"), c.rat_window = r.i("model.rat_window");
   set_lora_from_recipe(c, r);
   c.validate();
   return c;

@@ -22,7 +22,7 @@ const std::map<std::string, KeyRange>& key_ranges() {
       {"data.replay_fraction", closed(0, 1)}, {"data.dd_cycles", at_least(1)},
       {"data.seq_len", at_least(1)}, {"data.batch_size", at_least(1)},
       {"model.vocab_size", at_least(0)}, {"model.d_model", at_least(1)}, {"model.n_layers", at_least(1)},
-      {"model.n_heads", at_least(1)}, {"model.rat_chunk", at_least(1)}, {"model.rat_groups", at_least(1)}, {"model.n_kv_heads", at_least(0)}, {"model.d_ff", at_least(0)},
+      {"model.n_heads", at_least(1)}, {"model.rat_chunk", at_least(1)}, {"model.rat_groups", at_least(1)}, {"model.rat_attention_every", at_least(0)}, {"model.rat_window", at_least(1)}, {"model.n_kv_heads", at_least(0)}, {"model.d_ff", at_least(0)},
       {"model.max_seq_len", at_least(0)}, {"model.rope_theta", above(0)}, {"model.norm_eps", above(0)},
       {"model.init_std", above(0)},
       {"optim.lr", above(0)}, {"optim.min_lr", at_least(0)}, {"optim.beta1", half_open(0, 1)},
@@ -100,6 +100,9 @@ const std::vector<KeySpec>& recipe_keys() {
       {"model.tie_embeddings", K::Bool, "false", "share the input embedding with the LM head"},
       {"model.rat_chunk", K::Int, "16", "family rat: tokens per chunk of the gated recurrence (L)"},
       {"model.rat_groups", K::Int, "2", "family rat: key/query groups tiled over the heads (G)"},
+      {"model.rat_attention_every", K::Int, "0", "family rat, the hybrid: every N-th layer is a llama layer with "
+       "sliding-window attention (0 = RAT layers only)"},
+      {"model.rat_window", K::Int, "256", "family rat, the hybrid: tokens each sliding-window attention layer sees"},
       {"model.init_std", K::Float, "0.02", "std of the normal init (output projections get std/sqrt(2 n_layers))"},
       {"optim.lr", K::Float, "1e-3", "peak learning rate"},
       {"optim.min_lr", K::Float, "1e-4", "learning rate at the end of the decay"},
