@@ -105,7 +105,17 @@ bool in_test_split(const std::string& source, double fraction, uint64_t seed) {
   return double(h >> 11) * 0x1.0p-53 < fraction;
 }
 
-std::vector<PairRecord> document_pairs(const std::string& source, const std::string& raw, const PairOptions& opt,
+namespace {
+
+// A document split by its structure and chunked, once (the keyword index and the records both read it).
+struct ChunkedDoc {
+  StructuredDoc doc;
+  std::vector<TextChunk> chunks;
+};
+
+// The records of one file: RAW its text (for code files), CHUNKED its chunks (for documents).
+std::vector<PairRecord> document_pairs(const std::string& source, const std::string& raw, const ChunkedDoc& chunked,
+                                       const PairOptions& opt,
                                        const std::function<std::vector<std::string>(const std::string&)>& keywords_of) {
   std::vector<PairRecord> out;
   if (is_code_file(source)) {
@@ -123,8 +133,8 @@ std::vector<PairRecord> document_pairs(const std::string& source, const std::str
     }
     return out;
   }
-  StructuredDoc doc = split_structure(source, raw);
-  auto chunks = chunk_sections(doc, opt.budget, opt.overlap, opt.count);
+  const StructuredDoc& doc = chunked.doc;
+  const std::vector<TextChunk>& chunks = chunked.chunks;
   std::map<size_t, int64_t> parts;  // chunks per section
   for (auto& c : chunks) ++parts[c.section];
   std::map<size_t, int64_t> seen;
@@ -166,6 +176,8 @@ std::vector<PairRecord> document_pairs(const std::string& source, const std::str
   return out;
 }
 
+}  // namespace
+
 PairReport build_pairs(const PairOptions& opt) {
   check(opt.budget >= 16, "pairs: --budget ", opt.budget, " is too small (at least 16 tokens)");
   check(opt.overlap >= 0 && opt.overlap * 2 <= opt.budget, "pairs: --overlap must be between 0 and half the budget");
@@ -182,27 +194,32 @@ PairReport build_pairs(const PairOptions& opt) {
   PairReport rep;
   rep.documents = int64_t(docs.size());
 
-  // Keywords are fitted on every chunk of every document (both splits: no answer text leaks through them).
+  // Documents are split and chunked once; code files keep no chunks. Keywords are fitted on every chunk of
+  // every document (both splits: no answer text leaks through them).
+  std::vector<ChunkedDoc> chunked(docs.size());
   KeywordIndex index;
-  if (opt.kinds.count("keyword"))
-    for (auto& d : docs)
-      if (!is_code_file(d.source))
-        for (auto& c : chunk_sections(split_structure(d.source, d.text), opt.budget, opt.overlap, opt.count))
-          index.add(c.text);
+  for (size_t i = 0; i < docs.size(); ++i) {
+    if (is_code_file(docs[i].source)) continue;
+    chunked[i].doc = split_structure(docs[i].source, docs[i].text);
+    chunked[i].chunks = chunk_sections(chunked[i].doc, opt.budget, opt.overlap, opt.count);
+    rep.chunks += int64_t(chunked[i].chunks.size());
+    if (opt.kinds.count("keyword"))
+      for (auto& c : chunked[i].chunks) index.add(c.text);
+  }
   auto keywords_of = [&](const std::string& text) { return index.top(text, opt.keywords); };
 
   std::string train, test;
   int64_t done = 0;
-  for (auto& d : docs) {
+  for (size_t i = 0; i < docs.size(); ++i) {
+    const Document& d = docs[i];
     if (opt.on_progress) opt.on_progress(done++, int64_t(docs.size()));
     const bool is_test = in_test_split(d.source, opt.test_fraction, opt.seed);
     rep.test_documents += is_test;
-    for (auto& r : document_pairs(d.source, d.text, opt, keywords_of)) {
+    for (auto& r : document_pairs(d.source, d.text, chunked[i], opt, keywords_of)) {
       if (r.kind == "function" && opt.count(r.response) > 4 * opt.budget) {
         ++rep.functions_too_long;
         continue;
       }
-      rep.chunks += r.kind == "paragraph";
       rep.functions += r.kind == "function";
       (is_test ? rep.test : rep.train)[r.kind]++;
       (is_test ? test : train) += to_json(r).dump() + "\n";

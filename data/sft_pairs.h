@@ -40,16 +40,13 @@ struct PairOptions {
 };
 
 struct PairReport {
-  int64_t documents = 0, test_documents = 0, chunks = 0, functions = 0, functions_too_long = 0;
+  int64_t documents = 0, test_documents = 0, functions = 0, functions_too_long = 0;
+  int64_t chunks = 0;  // of documents (not code), whichever kinds are written
   std::map<std::string, int64_t> train, test;  // records per kind
 };
 
 // Writes OUT_DIR/train.jsonl, OUT_DIR/test.jsonl and OUT_DIR/pairs.json (options and counts).
 PairReport build_pairs(const PairOptions& opt);
-
-// The records of one document (RAW: its text, HTML with markup); KEYWORDS_OF gives a chunk's keywords.
-std::vector<PairRecord> document_pairs(const std::string& source, const std::string& raw, const PairOptions& opt,
-                                       const std::function<std::vector<std::string>(const std::string&)>& keywords_of);
 
 // True for sources in the test split: a seeded hash of the source's name under FRACTION.
 bool in_test_split(const std::string& source, double fraction, uint64_t seed);

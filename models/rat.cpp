@@ -19,15 +19,16 @@ std::pair<torch::Tensor, torch::Tensor> chunk_rope(int64_t B, int64_t T, int64_t
   return rope_tables(pos.unsqueeze(0).expand({B, T}), dh, theta);
 }
 
-// Softmax over the earlier chunks' final states (KF, VF [B, H, n, dh], entries where VALID [T, n]) and the
-// token's own state (K, V [B, H, T, dh]) for queries Q [B, H, T, dh]: y [B, H, T, dh].
+// Softmax over the earlier chunks' final states (KF, VF [B, H, n, dh], entries where VALID [T, n]; every one
+// when VALID is undefined) and the token's own state (K, V [B, H, T, dh]) for queries Q [B, H, T, dh]:
+// y [B, H, T, dh].
 torch::Tensor attend_states(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                             const torch::Tensor& kf, const torch::Tensor& vf, const torch::Tensor& valid) {
   const double scale = 1.0 / std::sqrt(double(q.size(-1)));
   auto own = (q * k).sum(-1, true) * scale;
   if (!kf.defined() || kf.size(2) == 0) return v;  // nothing earlier: the softmax of one score is 1
   auto prev = torch::matmul(q, kf.transpose(-2, -1)) * scale;
-  prev = prev.masked_fill(valid.logical_not(), -std::numeric_limits<double>::infinity());
+  if (valid.defined()) prev = prev.masked_fill(valid.logical_not(), -std::numeric_limits<double>::infinity());
   auto p = torch::softmax(torch::cat({prev, own}, -1), -1);
   const int64_t n = kf.size(2);
   return torch::matmul(p.narrow(-1, 0, n), vf) + p.narrow(-1, n, 1) * v;
@@ -107,12 +108,9 @@ torch::Tensor RatState::step(const RatInputs& in, int64_t L, double theta) {
   auto [cos, sin] = rope_tables(pos, dh, theta);
   auto q = apply_rope(in.q.to(dt).transpose(1, 2), cos, sin);     // [B, H, 1, dh]
   auto kr = apply_rope(k.unsqueeze(2), cos, sin), vr = v.unsqueeze(2);
-  torch::Tensor kf, vf, valid;
-  if (!final_k.empty()) {
-    kf = torch::stack(final_k, 2), vf = torch::stack(final_v, 2);  // [B, H, n, dh]
-    valid = torch::ones({1, kf.size(2)}, torch::TensorOptions().dtype(torch::kBool).device(in.q.device()));
-  }
-  auto y = attend_states(q, kr, vr, kf, vf, valid);
+  torch::Tensor kf, vf;  // [B, H, n, dh]: every finished chunk is earlier than this token's
+  if (!final_k.empty()) kf = torch::stack(final_k, 2), vf = torch::stack(final_v, 2);
+  auto y = attend_states(q, kr, vr, kf, vf, torch::Tensor());
   if (t % L == L - 1) final_k.push_back(kr.squeeze(2)), final_v.push_back(v);
   ++t;
   return y.transpose(1, 2).reshape({B, 1, H * dh}).to(in.v.scalar_type());

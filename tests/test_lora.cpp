@@ -243,8 +243,6 @@ TEST(Training, LoraMovesOnlyTheAdaptersResumesBitwiseAndExportsMerged) {
   EXPECT_LT(max_relative(plain.logits(b.tokens, b.positions, {}), adapted.logits(b.tokens, b.positions, {})), 1e-5);
 }
 
-// Under bf16 autocast the products read the frozen projections in bf16 either way: keeping them in bf16 halves
-// their memory and changes no step.
 // A LoRA checkpoint names its base; a base that changed (or vanished) since is refused, not silently used.
 TEST(Training, LoraCheckpointsRefuseABaseThatChanged) {
   auto out = scratch_dir("train-lora-base");
@@ -273,6 +271,8 @@ TEST(Training, LoraCheckpointsRefuseABaseThatChanged) {
   EXPECT_NE(msg.find("has changed since they were trained"), std::string::npos) << msg;
 }
 
+// Under bf16 autocast the products read the frozen projections in bf16 either way: keeping them in bf16 halves
+// their memory and changes no step.
 TEST(Training, LoraWithTheBaseInBf16TrainsBitwiseLikeTheFp32Base) {
   auto out = scratch_dir("train-lora-bf16");
   std::ostringstream log;

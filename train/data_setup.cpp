@@ -46,8 +46,7 @@ TrainingData load_training_data(const Recipe& r, const Tokenizer& tok, int64_t r
   const std::string strategy = r.s("data.strategy");
   TokenStoreContents store = load_store(r.s("data.train"), tok, "data.train");
   std::vector<uint64_t> loss_begin = read_sft_loss_begin(expand_user(r.s("data.train")), store.doc_offsets);
-  d.sft = !loss_begin.empty();
-  check(!d.sft || (strategy == "bestfit" && r.s("data.order") == "natural" && r.s("data.replay").empty()),
+  check(loss_begin.empty() || (strategy == "bestfit" && r.s("data.order") == "natural" && r.s("data.replay").empty()),
         r.file().string(), ": ", r.s("data.train"), " is a supervised fine-tuning store (loss on responses only): "
         "set [data] strategy = bestfit, and leave order natural and replay empty");
   if (r.s("data.order") != "natural") {

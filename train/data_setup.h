@@ -27,7 +27,6 @@ struct TrainingData {
   std::unique_ptr<Sampler> sampler;
   TokenArray train_tokens;
   std::vector<EvalSet> eval_sets;  // "val" (data.val) first, then data.eval_sets
-  bool sft = false;                // the training store is a supervised fine-tuning store
 };
 
 TrainingData load_training_data(const Recipe& r, const Tokenizer& tok, int64_t rank = 0, int64_t world = 1);

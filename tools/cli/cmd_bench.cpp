@@ -215,9 +215,9 @@ static int bench_train(const Args& args) {
     peak_gib = double(stats.allocated_bytes[size_t(c10::CachingAllocator::StatType::AGGREGATE)].peak) / double(1ull << 30);
   }
 #endif
-  std::cout << "{\"bench\": \"train\", \"config\": \"" << config << "\", \"family\": \"" << family
-            << (family == "rat" ? "\", \"rat_chunk\": " + std::to_string(rat_chunk) + ", \"device\": \""
-                                : std::string("\", \"device\": \"")) << device.str()
+  std::cout << "{\"bench\": \"train\", \"config\": \"" << config << "\", \"family\": \"" << family << "\""
+            << (family == "rat" ? ", \"rat_chunk\": " + std::to_string(rat_chunk) : std::string())
+            << ", \"device\": \"" << device.str()
             << "\", \"precision\": \"" << precision << "\", \"chunkwise\": \"" << chunkwise << "\""
             << (chunkwise != "off" ? ", \"chunk\": " + std::to_string(chunk) : std::string())
             << (chunkwise == "spaco" ? ", \"budget\": " + std::to_string(budget) : std::string())
