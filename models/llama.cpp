@@ -9,6 +9,7 @@
 #include "models/activation_checkpoint.h"
 #include "models/chunk_kv.h"
 #include "models/fused_ops.h"
+#include "models/lact.h"
 #include "models/linear_cross_entropy.h"
 #include "models/mixed_linear.h"
 #include "models/rat.h"
@@ -19,7 +20,8 @@ namespace cw {
 static std::map<std::string, ModelBuilder>& registry() {
   static std::map<std::string, ModelBuilder> r = {
       {"llama", [](const ModelConfig& c) { return std::static_pointer_cast<CausalLM>(std::make_shared<Llama>(c)); }},
-      {"rat", [](const ModelConfig& c) { return std::static_pointer_cast<CausalLM>(std::make_shared<Rat>(c)); }}};
+      {"rat", [](const ModelConfig& c) { return std::static_pointer_cast<CausalLM>(std::make_shared<Rat>(c)); }},
+      {"lact", [](const ModelConfig& c) { return std::static_pointer_cast<CausalLM>(std::make_shared<Lact>(c)); }}};
   return r;
 }
 void register_model_family(const std::string& family, ModelBuilder builder) { registry()[family] = std::move(builder); }

@@ -19,6 +19,11 @@ struct ModelConfig {
   // rat_window tokens (0 = RAT layers only).
   int64_t rat_attention_every = 0, rat_window = 256;
   bool rat_attention_layer(int64_t i) const { return rat_attention_every > 0 && i % rat_attention_every == rat_attention_every - 1; }
+  // family "lact" (models/lact.h): tokens per fast-weight chunk (C) and per attention window (W >= C), fast
+  // heads, the fast network's hidden width as a multiple of its head size, W0/W2 as low rank + I/2 (0 = full),
+  // momentum and Muon in the fast-weight update.
+  int64_t lact_chunk = 2048, lact_window = 2048, lact_heads = 4, lact_hidden_mult = 1, lact_low_rank = 0;
+  bool lact_momentum = false, lact_muon = false;
   // LoRA adapters (models/lora.h) on the named projections; rank 0 = none.
   int64_t lora_rank = 0;
   double lora_alpha = 16, lora_dropout = 0;

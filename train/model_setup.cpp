@@ -29,6 +29,10 @@ ModelConfig model_config_from_recipe(const Recipe& r, int64_t tokenizer_vocab) {
   c.init_std = r.f("model.init_std");
   c.rat_chunk = r.i("model.rat_chunk"), c.rat_groups = r.i("model.rat_groups");
   c.rat_attention_every = r.i("model.rat_attention_every"), c.rat_window = r.i("model.rat_window");
+  c.lact_chunk = r.i("model.lact_chunk"), c.lact_window = r.i("model.lact_window");
+  c.lact_heads = r.i("model.lact_heads");
+  c.lact_hidden_mult = r.i("model.lact_hidden_mult"), c.lact_low_rank = r.i("model.lact_low_rank");
+  c.lact_momentum = r.b("model.lact_momentum"), c.lact_muon = r.b("model.lact_muon");
   set_lora_from_recipe(c, r);
   c.validate();
   return c;

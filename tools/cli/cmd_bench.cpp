@@ -81,7 +81,7 @@ static double peak_rss_gib() {
 static int bench_train(const Args& args) {
   po::options_description desc("bench train options");
   std::string config, device_name, precision_name, attention, fused_setting, graph_setting, chunkwise, lora_targets;
-  int64_t steps, warmup, loss_chunk, profile_runs, seq_len, batch, chunk, budget, lora_rank, rat_chunk;
+  int64_t steps, warmup, loss_chunk, profile_runs, seq_len, batch, chunk, budget, lora_rank, rat_chunk, lact_chunk;
   std::string family;
   bool recompute_swiglu = false, checkpoint_layers = false;
   desc.add_options()("config", po::value(&config)->default_value("124m"), "124m (32 x 1024) | 350m (16 x 2048) | tiny")(
@@ -110,8 +110,11 @@ static int bench_train(const Args& args) {
       "lora-rank", po::value(&lora_rank)->default_value(0), "LoRA adapters of this rank, the rest frozen (0 = off; "
       "bf16 products keep the frozen projections in bf16)")(
       "lora-targets", po::value(&lora_targets)->default_value("q_proj,v_proj"), "LoRA: projections to adapt")(
-      "family", po::value(&family)->default_value("llama"), "llama | rat (the same sizes; docs/rat.md)")(
-      "rat-chunk", po::value(&rat_chunk)->default_value(16), "rat: tokens per chunk of the recurrence");
+      "family", po::value(&family)->default_value("llama"), "llama | rat | lact (the same sizes; docs/rat.md, "
+      "docs/lact.md)")(
+      "rat-chunk", po::value(&rat_chunk)->default_value(16), "rat: tokens per chunk of the recurrence")(
+      "lact-chunk", po::value(&lact_chunk)->default_value(2048), "lact: tokens per fast-weight update, and the "
+      "attention window");
   po::positional_options_description pos;
   po::variables_map vm;
   if (!parse_args(args, desc, pos, vm, "chunkwise bench train [--config 124m|350m]")) return 0;
@@ -131,7 +134,7 @@ static int bench_train(const Args& args) {
   if (seq_len > 0) T = seq_len;
   if (batch > 0) B = batch;
   c.n_kv_heads = c.n_heads, c.max_seq_len = T;
-  c.family = family, c.rat_chunk = rat_chunk;
+  c.family = family, c.rat_chunk = rat_chunk, c.lact_chunk = c.lact_window = lact_chunk;
   c.lora_rank = lora_rank;
   for (size_t at = 0; lora_rank > 0 && at <= lora_targets.size();) {
     const size_t comma = std::min(lora_targets.find(',', at), lora_targets.size());
@@ -217,6 +220,7 @@ static int bench_train(const Args& args) {
 #endif
   std::cout << "{\"bench\": \"train\", \"config\": \"" << config << "\", \"family\": \"" << family << "\""
             << (family == "rat" ? ", \"rat_chunk\": " + std::to_string(rat_chunk) : std::string())
+            << (family == "lact" ? ", \"lact_chunk\": " + std::to_string(lact_chunk) : std::string())
             << ", \"device\": \"" << device.str()
             << "\", \"precision\": \"" << precision << "\", \"chunkwise\": \"" << chunkwise << "\""
             << (chunkwise != "off" ? ", \"chunk\": " + std::to_string(chunk) : std::string())
