@@ -1,4 +1,5 @@
 // The helpers of tests/test_util.h, shared by the CPU test binary and the GPU training test binary.
+#include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <torch/torch.h>
 #include <unistd.h>
@@ -15,6 +16,7 @@
 #include "common/files.h"
 #include "data/prepare.h"
 #include "data/tokenizer.h"
+#include "models/generate.h"
 #include "tests/test_util.h"
 
 namespace cw::test {
@@ -152,6 +154,29 @@ Recipe tiny_recipe(const fs::path& out_dir, const std::string& name, int64_t ste
       << "[optim]\nlr = 3e-3\nmin_lr = 3e-4\n[schedule]\nwarmup_steps = 2\n"
       << "[train]\nsteps = " << steps << "\neval_every = 3\neval_batches = 2\nlog_every = 1\nckpt_every = 3\nkeep = 10\n";
   return Recipe::from_text(ini.str(), name + ".ini");
+}
+
+void expect_decode_state_samples_as_rerun(CausalLM& model) {
+  GenerateOptions o;
+  o.max_new_tokens = 12, o.temperature = 0.9, o.top_k = 0, o.top_p = 1.0, o.seed = 7;
+  const std::vector<int64_t> prompt = {1, 4, 2, 9, 3};
+  auto cached = generate(model, prompt, o);
+  o.decode_state = false;
+  auto rerun = generate(model, prompt, o);
+  EXPECT_EQ(cached, rerun);
+  EXPECT_EQ(cached.size(), 12u);
+}
+
+TrainResult expect_trains(const Recipe& r) {
+  std::ostringstream log;
+  TrainOptions o;
+  o.out = &log;
+  TrainResult res = train(r, o);
+  EXPECT_EQ(int64_t(res.losses.size()), r.i("train.steps"));
+  if (res.losses.empty()) return res;
+  EXPECT_LT(res.losses.back(), res.losses.front() - 1.0) << log.str();
+  EXPECT_LT(res.val_loss, res.unigram_entropy) << log.str();
+  return res;
 }
 
 }  // namespace cw::test

@@ -8,7 +8,9 @@
 #include <vector>
 
 #include "data/corpus.h"
+#include "models/causal_lm.h"
 #include "train/recipe.h"
+#include "train/trainer.h"
 
 namespace cw::test {
 
@@ -28,6 +30,12 @@ std::string user_error_of(const std::function<void()>& f);  // the UserError's m
 // A 2-layer, d 32 model on shared_prepared_data(): 4 x 32 tokens per step, evaluation and checkpoint every
 // 3 steps, one thread (bitwise reproducible).
 Recipe tiny_recipe(const fs::path& out_dir, const std::string& name, int64_t steps);
+// Sampling 12 tokens after a 5-token prompt through MODEL's decode state gives the tokens that re-running the
+// context gives (gtest expectations; for families with a decode state).
+void expect_decode_state_samples_as_rerun(CausalLM& model);
+// Trains R (silently) and expects its loss to fall by more than a nat and its validation loss to beat the unigram
+// entropy; the trainer's log is printed when either fails.
+TrainResult expect_trains(const Recipe& r);
 // Background jobs (signal tests): runs the bash SCRIPT detached and returns at once; the script records what
 // the test needs (PIDs, exit codes) in files. wait_until polls CONDITION for up to SECONDS.
 void start_script(const fs::path& script);
