@@ -5,7 +5,7 @@
 // one step on the chunk's keys and values (update), in closed form, with optional momentum and Muon, and their
 // rows are scaled back to the norms they started with. Three forms, tested against each other: the closed-form
 // step against autograd (lact_delta), the whole sequence at once (lact_fast_weight_forward, training) and one
-// token at a time (LactState, the decode cache: window ring, weights, and the current chunk's buffer).
+// token at a time (LactState, the decode cache: the last W keys and values, the weights, the current chunk's buffer).
 // Must not: see across packed documents (batches with segments are refused) or depend on training code.
 #pragma once
 
