@@ -3,7 +3,9 @@
 
 #include <cmath>
 
+#include <algorithm>
 #include <atomic>
+#include <vector>
 
 #include "common/env.h"
 #include "common/error.h"
@@ -81,8 +83,28 @@ static torch::Tensor attend_chunk_flash(const torch::Tensor& q, const torch::Ten
   return out.view({B, Tq, H, D}).transpose(1, 2);
 }
 
+// A square causal sliding window shorter than the sequence, without documents: blocks of WINDOW queries, each
+// against the at most 2 WINDOW - 1 keys it can see, so memory grows with T x WINDOW, not with the T x T mask.
+static bool local_blocks_apply(int64_t Tq, int64_t Tk, const AttnMask& m) {
+  return m.causal && Tq == Tk && offset_of(Tq, Tk, m) == 0 && m.window > 0 && m.window < Tq &&
+         !m.q_segments.defined();
+}
+static torch::Tensor attend_local_blocks(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                         int64_t window) {
+  const int64_t T = q.size(2);
+  std::vector<torch::Tensor> outs;
+  for (int64_t s = 0; s < T; s += window) {
+    const int64_t n = std::min(window, T - s), k0 = std::max<int64_t>(0, s - window + 1);
+    AttnMask m;  // the block's queries start s - k0 keys into its slice
+    m.q_offset = s - k0, m.window = window;
+    outs.push_back(attend(q.narrow(2, s, n), k.narrow(2, k0, s + n - k0), v.narrow(2, k0, s + n - k0), m));
+  }
+  return torch::cat(outs, 2);
+}
+
 torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const AttnMask& m) {
   const int64_t Tq = q.size(2), Tk = k.size(2);
+  if (local_blocks_apply(Tq, Tk, m)) return attend_local_blocks(q, k, v, m.window);
   const bool gqa = q.size(1) != k.size(1);
   const bool square_causal = m.causal && Tq == Tk && offset_of(Tq, Tk, m) == 0 && m.window <= 0;
   if (m.q_segments.defined() && varlen_applies(q, k, m, square_causal)) return attend_varlen(q, k, v, m);

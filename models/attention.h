@@ -27,6 +27,8 @@ struct AttnMask {
 // distinct ids within a row (the packing sampler's), attending within runs equals attending within segments.
 void attach_segment_runs(AttnMask& m);
 
+// A square causal sliding window shorter than the sequence (no documents) runs in blocks of `window` queries
+// against the keys each block can see: memory O(T x window) instead of the T x T mask.
 // On CUDA in bf16/fp16, a chunk after earlier keys (bottom-right causal, Tq < Tk, no documents) takes flash
 // attention's variable-length kernel, whose causal mask is aligned bottom-right; CHUNKWISE_CHUNK_FLASH=0 keeps
 // the explicit mask. chunk_flash_calls() counts those launches (tests).

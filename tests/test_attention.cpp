@@ -54,6 +54,19 @@ TEST(Attention, SlidingWindowAndBidirectional) {
   AttnMask w;
   w.window = 4;
   check_mask({1, 2, 2, 16, 16, 8}, w);
+  // Windows shorter than the sequence run in blocks of `window` queries: ragged last blocks, grouped heads,
+  // a window of one token, and the gradients of the blocked path equal the full mask's.
+  for (int64_t window : {1, 5, 8, 36, 37, 50}) {
+    SCOPED_TRACE("window " + std::to_string(window));
+    w.window = window;
+    check_mask({2, 4, 2, 37, 37, 8}, w);
+    auto o = torch::TensorOptions().dtype(torch::kFloat64).requires_grad(true);
+    auto q = torch::randn({1, 2, 37, 8}, o), k = torch::randn({1, 2, 37, 8}, o), v = torch::randn({1, 2, 37, 8}, o);
+    auto g = torch::randn({1, 2, 37, 8}, torch::kFloat64);
+    auto got = torch::autograd::grad({(attend(q, k, v, w) * g).sum()}, {q, k, v});
+    auto want = torch::autograd::grad({(attend_reference(q, k, v, w) * g).sum()}, {q, k, v});
+    for (size_t i = 0; i < 3; ++i) expect_close(got[i], want[i], 1e-12);
+  }
   AttnMask full;
   full.causal = false;
   check_mask({1, 2, 1, 5, 12, 8}, full);
