@@ -102,6 +102,11 @@ static torch::Tensor attend_local_blocks(const torch::Tensor& q, const torch::Te
   return torch::cat(outs, 2);
 }
 
+torch::Tensor append_to_window(const torch::Tensor& old, const torch::Tensor& fresh, int64_t window) {
+  auto all = old.defined() ? torch::cat({old, fresh}, 2) : fresh;
+  return all.size(2) > window ? all.narrow(2, all.size(2) - window, window).contiguous() : all;
+}
+
 torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const AttnMask& m) {
   const int64_t Tq = q.size(2), Tk = k.size(2);
   if (local_blocks_apply(Tq, Tk, m)) return attend_local_blocks(q, k, v, m.window);

@@ -42,6 +42,9 @@ int64_t chunk_flash_calls();
 void set_attention_backend(const std::string& name);
 // The backend SDPA would pick for these inputs with a plain causal mask ("flash", "cudnn", ...).
 std::string attention_backend_for(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
+// A sliding-window decode cache's keys or values: OLD [B, H, n, D] (undefined when empty) with FRESH appended
+// along the tokens, keeping the last WINDOW.
+torch::Tensor append_to_window(const torch::Tensor& old, const torch::Tensor& fresh, int64_t window);
 torch::Tensor attend_reference(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                const AttnMask& m);
 // Boolean [B or 1, 1, Tq, Tk], true where attention is allowed (undefined when nothing is masked).

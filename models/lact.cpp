@@ -219,11 +219,7 @@ torch::Tensor LactLayerImpl::forward(const torch::Tensor& x) {
 
 torch::Tensor LactLayerImpl::step(const torch::Tensor& x, LactState& s) {
   Projected p = project(attn_norm(x), s.t);
-  auto keep_window = [&](const torch::Tensor& old, const torch::Tensor& fresh) {
-    auto all = old.defined() ? torch::cat({old, fresh}, 2) : fresh;
-    return all.size(2) > W ? all.narrow(2, all.size(2) - W, W).contiguous() : all;
-  };
-  s.k_win = keep_window(s.k_win, p.k), s.v_win = keep_window(s.v_win, p.v);
+  s.k_win = append_to_window(s.k_win, p.k, W), s.v_win = append_to_window(s.v_win, p.v, W);
   AttnMask last;  // the one query sees every key the window kept
   last.causal = false;
   auto attn = attend(p.q, s.k_win, s.v_win, last);

@@ -207,11 +207,32 @@ torch::Tensor Rat::logits(const torch::Tensor& tokens, const torch::Tensor& posi
 torch::Tensor Rat::step_logits(const torch::Tensor& tokens, std::vector<RatState>& states) {
   if (states.empty()) states.resize(size_t(cfg_.n_layers));
   check(int64_t(states.size()) == cfg_.n_layers, "rat step: ", states.size(), " states for ", cfg_.n_layers, " layers");
-  check(!hybrid(), "rat step: the hybrid's attention layers keep no decode cache here");
   auto x = embed_(tokens.reshape({-1, 1}));
   size_t i = 0;
-  for (auto& layer : *layers_) x = layer->as<RatLayer>()->step(x, states[i++]);
+  for (auto& layer : *layers_) {
+    RatState& s = states[i++];
+    if (auto* rat = layer->as<RatLayer>()) x = rat->step(x, s);
+    else x = attention_step(*layer->as<LlamaDecoderLayer>(), x, s);
+  }
   return head(norm_(x)).squeeze(1);
+}
+
+torch::Tensor Rat::attention_step(LlamaDecoderLayerImpl& layer, const torch::Tensor& x, RatState& s) {
+  auto& a = *layer.self_attn;
+  const int64_t B = x.size(0);
+  auto h = layer.input_layernorm(x);
+  auto heads = [&](const torch::Tensor& y, int64_t n) { return y.view({B, 1, n, a.head_dim}).transpose(1, 2); };
+  auto pos = torch::full({B, 1}, s.t, torch::TensorOptions().dtype(torch::kInt64).device(x.device()));
+  auto [cos, sin] = rope_tables(pos, a.head_dim, cfg_.rope_theta);  // by token index, as logits() does
+  auto q = apply_rope(heads(a.q_proj(h), a.n_heads), cos, sin);
+  s.window_k = append_to_window(s.window_k, apply_rope(heads(a.k_proj(h), a.n_kv_heads), cos, sin), cfg_.rat_window);
+  s.window_v = append_to_window(s.window_v, heads(a.v_proj(h), a.n_kv_heads), cfg_.rat_window);
+  AttnMask all;  // the one query sees every key the window kept
+  all.causal = false;
+  auto y = attend(q, s.window_k, s.window_v, all).transpose(1, 2).reshape({B, 1, a.n_heads * a.head_dim});
+  ++s.t;
+  auto r = x + a.o_proj(y);
+  return r + layer.mlp(layer.post_attention_layernorm(r));
 }
 
 namespace {
@@ -220,9 +241,7 @@ struct RatDecodeState : DecodeState {
 };
 }  // namespace
 
-std::unique_ptr<DecodeState> Rat::new_decode_state() {
-  return hybrid() ? nullptr : std::make_unique<RatDecodeState>();  // the hybrid re-runs its window
-}
+std::unique_ptr<DecodeState> Rat::new_decode_state() { return std::make_unique<RatDecodeState>(); }
 
 torch::Tensor Rat::decode_step(const torch::Tensor& tokens, DecodeState& state) {
   auto* s = dynamic_cast<RatDecodeState*>(&state);

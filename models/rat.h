@@ -26,10 +26,12 @@ torch::Tensor rat_mix(const RatInputs& in, int64_t L, double theta);
 torch::Tensor rat_mix_reference(const RatInputs& in, int64_t L, double theta);
 
 // One layer's decode cache: the chunk-final keys (after RoPE) and values of every finished chunk, and the
-// running state of the current chunk. step() takes one token's inputs ([B, 1, ...]) and returns its y.
+// running state of the current chunk; for the hybrid's attention layers, the last rat_window keys (after RoPE)
+// and values instead. step() takes one token's inputs ([B, 1, ...]) and returns its y.
 struct RatState {
   std::vector<torch::Tensor> final_k, final_v;  // each [B, H, dh]
   torch::Tensor k, v;                           // running states [B, H, dh] (undefined at a chunk start)
+  torch::Tensor window_k, window_v;             // attention layers: [B, Hkv, <= rat_window, hd]
   int64_t t = 0;                                // tokens seen
   torch::Tensor step(const RatInputs& in, int64_t L, double theta);
 };
@@ -63,6 +65,8 @@ class Rat : public CausalLM {
  private:
   bool hybrid() const { return cfg_.rat_attention_every > 0; }
   torch::Tensor head(const torch::Tensor& h);
+  // One token [B, 1, D] through a hybrid attention layer, its window in STATE.
+  torch::Tensor attention_step(LlamaDecoderLayerImpl& layer, const torch::Tensor& x, RatState& state);
   ModelConfig cfg_;
   torch::nn::Embedding embed_{nullptr};
   torch::nn::ModuleList layers_;
