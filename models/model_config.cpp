@@ -124,8 +124,8 @@ ModelConfig ModelConfig::from_json(const std::string& text) {
 double ModelConfig::train_flops_per_token(int64_t T) const {
   double head = tie_embeddings ? double(vocab_size * d_model) : 0.0;  // tied head still costs FLOPs
   // Attention's term: a RAT token attends to one state per earlier chunk, T / rat_chunk of them.
-  // LaCT's attention sees at most its window; its fast weights also take an update per chunk, about twice an
-  // application's products (6 d dh per token and head forward, the application's counted with the parameters).
+  // LaCT's attention sees at most its window, and its fast weights also take the chunk's update: 12 d d_h FLOPs
+  // per token and fast head forward (twice the application's 6, which the parameters count), 3x with the backward.
   double keys = double(T), update = 0;
   if (family == "rat") keys = double(T) / double(rat_chunk);
   if (family == "lact") {
