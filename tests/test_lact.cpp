@@ -229,4 +229,9 @@ TEST(Training, LactFamilyTrainsAndRefusesPackedDocuments) {
   packed.set("model.lact_chunk", "8");
   packed.set("data.strategy", "bestfit");
   EXPECT_NE(user_error_of([&] { train(packed, o); }).find("strategy = concat"), std::string::npos);
+  Recipe checkpointed = tiny_recipe(out, "lact-checkpointed", 2);  // a llama-only setting is named, not ignored
+  checkpointed.set("model.family", "lact");
+  checkpointed.set("model.lact_chunk", "8");
+  checkpointed.set("train.checkpoint_layers", "true");
+  EXPECT_NE(user_error_of([&] { train(checkpointed, o); }).find("train.checkpoint_layers = false"), std::string::npos);
 }
