@@ -246,14 +246,8 @@ torch::Tensor LactLayerImpl::step(const torch::Tensor& x, LactState& s) {
   return finish(x, attn, fast, p.gate);
 }
 
-Lact::Lact(const ModelConfig& c) : cfg_(c) {
-  embed_ = register_module("embed_tokens", torch::nn::Embedding(c.vocab_size, c.d_model));
-  layers_ = register_module("layers", torch::nn::ModuleList());
+Lact::Lact(const ModelConfig& c) : LayerStackLM(c) {
   for (int64_t i = 0; i < c.n_layers; ++i) layers_->push_back(LactLayer(c));
-  norm_ = register_module("norm", RMSNorm(c.d_model, c.norm_eps));
-  if (!c.tie_embeddings)
-    lm_head_ = register_module("lm_head",
-                               torch::nn::Linear(torch::nn::LinearOptions(c.d_model, c.vocab_size).bias(false)));
   reset_parameters();
 }
 
@@ -267,10 +261,6 @@ void Lact::reset_parameters() {
 }
 
 LactLayer Lact::layer(size_t i) { return layers_->ptr<LactLayerImpl>(i); }
-
-torch::Tensor Lact::head(const torch::Tensor& h) {
-  return cfg_.tie_embeddings ? torch::linear(h, embed_->weight) : lm_head_(h);
-}
 
 torch::Tensor Lact::logits(const torch::Tensor& tokens, const torch::Tensor&, const torch::Tensor& segments) {
   check(!segments.defined(), "[model] family 'lact' carries its fast weights across packed documents; use [data] "

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "models/causal_lm.h"
+#include "models/layer_stack_lm.h"
 #include "models/llama.h"
 
 namespace cw {
@@ -96,24 +97,15 @@ struct LactLayerImpl : torch::nn::Module {
 };
 TORCH_MODULE(LactLayer);
 
-class Lact : public CausalLM {
+class Lact : public LayerStackLM {
  public:
   explicit Lact(const ModelConfig& c);
   torch::Tensor logits(const torch::Tensor& tokens, const torch::Tensor& positions,
                        const torch::Tensor& segments) override;
-  const ModelConfig& config() const override { return cfg_; }
   std::unique_ptr<DecodeState> new_decode_state() override;
   torch::Tensor decode_step(const torch::Tensor& tokens, DecodeState& state) override;
   LactLayer layer(size_t i);  // the tests reach the fast weights through it
   void reset_parameters();
-
- private:
-  torch::Tensor head(const torch::Tensor& h);
-  ModelConfig cfg_;
-  torch::nn::Embedding embed_{nullptr};
-  torch::nn::ModuleList layers_;
-  RMSNorm norm_{nullptr};
-  torch::nn::Linear lm_head_{nullptr};
 };
 
 }  // namespace cw

@@ -154,16 +154,11 @@ torch::Tensor RatLayerImpl::step(const torch::Tensor& x, RatState& state) {
   return h + mlp(mlp_norm(h));
 }
 
-Rat::Rat(const ModelConfig& c) : cfg_(c) {
-  embed_ = register_module("embed_tokens", torch::nn::Embedding(c.vocab_size, c.d_model));
-  layers_ = register_module("layers", torch::nn::ModuleList());
+Rat::Rat(const ModelConfig& c) : LayerStackLM(c) {
   for (int64_t i = 0; i < c.n_layers; ++i) {
     if (c.rat_attention_layer(i)) layers_->push_back(LlamaDecoderLayer(c));  // the hybrid's local attention
     else layers_->push_back(RatLayer(c));
   }
-  norm_ = register_module("norm", RMSNorm(c.d_model, c.norm_eps));
-  if (!c.tie_embeddings)
-    lm_head_ = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(c.d_model, c.vocab_size).bias(false)));
   reset_parameters();
 }
 
@@ -179,10 +174,6 @@ void Rat::reset_parameters() {
       p.value().normal_(0.0, out_std);
     else p.value().normal_(0.0, cfg_.init_std);
   }
-}
-
-torch::Tensor Rat::head(const torch::Tensor& h) {
-  return cfg_.tie_embeddings ? torch::linear(h, embed_->weight) : lm_head_(h);
 }
 
 torch::Tensor Rat::logits(const torch::Tensor& tokens, const torch::Tensor& positions, const torch::Tensor& segments) {

@@ -11,6 +11,7 @@
 #include <torch/torch.h>
 
 #include "models/causal_lm.h"
+#include "models/layer_stack_lm.h"
 #include "models/llama.h"
 
 namespace cw {
@@ -50,12 +51,11 @@ struct RatLayerImpl : torch::nn::Module {
 };
 TORCH_MODULE(RatLayer);
 
-class Rat : public CausalLM {
+class Rat : public LayerStackLM {
  public:
   explicit Rat(const ModelConfig& c);
   torch::Tensor logits(const torch::Tensor& tokens, const torch::Tensor& positions,
                        const torch::Tensor& segments) override;
-  const ModelConfig& config() const override { return cfg_; }
   // Logits [B, V] of one more token per row, through the layers' decode caches (STATES: one per layer).
   torch::Tensor step_logits(const torch::Tensor& tokens, std::vector<RatState>& states);
   std::unique_ptr<DecodeState> new_decode_state() override;  // the layers' caches, for generate()
@@ -64,14 +64,8 @@ class Rat : public CausalLM {
 
  private:
   bool hybrid() const { return cfg_.rat_attention_every > 0; }
-  torch::Tensor head(const torch::Tensor& h);
   // One token [B, 1, D] through a hybrid attention layer, its window in STATE.
   torch::Tensor attention_step(LlamaDecoderLayerImpl& layer, const torch::Tensor& x, RatState& state);
-  ModelConfig cfg_;
-  torch::nn::Embedding embed_{nullptr};
-  torch::nn::ModuleList layers_;
-  RMSNorm norm_{nullptr};
-  torch::nn::Linear lm_head_{nullptr};
 };
 
 }  // namespace cw
