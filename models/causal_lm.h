@@ -74,6 +74,8 @@ class CausalLM : public torch::nn::Module {
   // Activation checkpointing: keep only each decoder layer's input and run the layer again in the backward pass
   // (models/activation_checkpoint.h). Not applied to chunk forwards (SeCO keeps one chunk's graph already).
   bool checkpoint_layers = false;
+  // Whether the family reads checkpoint_layers and loss_chunk_rows (the trainer refuses them otherwise).
+  virtual bool supports_memory_options() const { return false; }
 };
 
 // train.fused_kernels: "true", "false", or "auto" (on for CUDA devices).

@@ -156,15 +156,13 @@ void LactLayerImpl::reset_parameters(double init_std, double out_std) {
   w1.normal_(0.0, 1.0 / std::sqrt(double(dh)));
 }
 
-FastWeights LactLayerImpl::initial_weights() {
+FastWeights LactLayerImpl::initial_weights(torch::ScalarType dtype) {
   auto low_rank = [&](const torch::Tensor& l, const torch::Tensor& r) {
     return torch::matmul(l, r) + 0.5 * torch::eye(dh, d, l.options());
   };
-  FastWeights f;
-  f.w0 = rank > 0 ? low_rank(w0_left, w0_right) : w0;
-  f.w2 = rank > 0 ? low_rank(w2_left, w2_right) : w2;
-  f.w1 = w1;
-  return {f.w0.unsqueeze(0), f.w1.unsqueeze(0), f.w2.unsqueeze(0)};
+  auto first = [&](const torch::Tensor& w) { return w.to(dtype).unsqueeze(0); };
+  return {first(rank > 0 ? low_rank(w0_left, w0_right) : w0), first(w1),
+          first(rank > 0 ? low_rank(w2_left, w2_right) : w2)};
 }
 
 LactLayerImpl::Projected LactLayerImpl::project(const torch::Tensor& h, int64_t t0) {
@@ -211,10 +209,7 @@ torch::Tensor LactLayerImpl::forward(const torch::Tensor& x) {
   AttnMask local;  // causal over the last W tokens
   local.q_offset = 0, local.window = W;
   auto attn = attend(p.q, p.k, p.v, local);
-  auto init = initial_weights();
-  const auto dt = fast_dtype(x);
-  init = {init.w0.to(dt), init.w1.to(dt), init.w2.to(dt)};
-  return finish(x, attn, lact_fast_weight_forward(init, p.fast, C, muon), p.gate);
+  return finish(x, attn, lact_fast_weight_forward(initial_weights(fast_dtype(x)), p.fast, C, muon), p.gate);
 }
 
 torch::Tensor LactLayerImpl::step(const torch::Tensor& x, LactState& s) {
@@ -223,24 +218,18 @@ torch::Tensor LactLayerImpl::step(const torch::Tensor& x, LactState& s) {
   AttnMask last;  // the one query sees every key the window kept
   last.causal = false;
   auto attn = attend(p.q, s.k_win, s.v_win, last);
-  if (!s.started) {
-    auto init = initial_weights();
-    const auto dt = fast_dtype(x);
-    s.learner = FastWeightState({init.w0.to(dt), init.w1.to(dt), init.w2.to(dt)});
-    s.started = true;
-  }
+  if (!s.learner.w.w0.defined()) s.learner = FastWeightState(initial_weights(fast_dtype(x)));
   auto fast = lact_apply(s.learner.w, p.fast.q);
-  s.fk.push_back(p.fast.k), s.fv.push_back(p.fast.v);
-  s.lr0.push_back(p.fast.lr0), s.lr1.push_back(p.fast.lr1), s.lr2.push_back(p.fast.lr2);
-  if (p.fast.momentum.defined()) s.mom.push_back(p.fast.momentum);
-  if (int64_t(s.fk.size()) == C) {  // the chunk is complete: the tokens after it see its update
-    auto joined = [](std::vector<torch::Tensor>& parts) {
-      auto out = parts.empty() ? torch::Tensor() : torch::cat(parts, 2);
-      parts.clear();
-      return out;
+  s.pending.push_back(p.fast);
+  if (int64_t(s.pending.size()) == C) {  // the chunk is complete: the tokens after it see its update
+    auto joined = [&](torch::Tensor LactInputs::*field) {  // the chunk's tokens side by side (undefined: off)
+      std::vector<torch::Tensor> parts;
+      for (auto& in : s.pending) parts.push_back(in.*field);
+      return parts.front().defined() ? torch::cat(parts, 2) : torch::Tensor();
     };
-    auto k = joined(s.fk), v = joined(s.fv), l0 = joined(s.lr0), l1 = joined(s.lr1), l2 = joined(s.lr2);
-    s.learner.update(k, v, l0, l1, l2, joined(s.mom), muon);
+    s.learner.update(joined(&LactInputs::k), joined(&LactInputs::v), joined(&LactInputs::lr0),
+                     joined(&LactInputs::lr1), joined(&LactInputs::lr2), joined(&LactInputs::momentum), muon);
+    s.pending.clear();
   }
   ++s.t;
   return finish(x, attn, fast, p.gate);

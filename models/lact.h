@@ -58,21 +58,20 @@ struct FastWeightState {
 // is applied only. INIT's weights may have a leading batch of 1 (broadcast). Out [B, Hf, T, d].
 torch::Tensor lact_fast_weight_forward(const FastWeights& init, const LactInputs& in, int64_t C, bool muon);
 
-// One layer's decode cache: the attention window's keys/values after RoPE [B, H, <= W, hd], the learner, and the
-// current chunk's fast keys/values/rates waiting for its end.
+// One layer's decode cache: the attention window's keys/values after RoPE [B, H, <= W, hd], the learner (its
+// weights undefined before the first token), and the current chunk's fast inputs waiting for its end.
 struct LactState {
   torch::Tensor k_win, v_win;
   FastWeightState learner;
-  bool started = false;
-  std::vector<torch::Tensor> fk, fv, lr0, lr1, lr2, mom;  // one [B, Hf, 1, (d)] entry per token of the chunk
-  int64_t t = 0;                                          // tokens seen
+  std::vector<LactInputs> pending;  // one token's each (q unused)
+  int64_t t = 0;                    // tokens seen
 };
 
 struct LactLayerImpl : torch::nn::Module {
   explicit LactLayerImpl(const ModelConfig& c);
   torch::Tensor forward(const torch::Tensor& x);                 // [B, T, D]
   torch::Tensor step(const torch::Tensor& x, LactState& state);  // [B, 1, D]
-  FastWeights initial_weights();                                 // [1, Hf, ...]: the slow parameters
+  FastWeights initial_weights(torch::ScalarType dtype);          // [1, Hf, ...]: the slow parameters
   void reset_parameters(double init_std, double out_std);
 
   RMSNorm attn_norm{nullptr}, mlp_norm{nullptr}, ttt_norm{nullptr};

@@ -74,6 +74,7 @@ class Llama : public CausalLM {
                        const torch::Tensor& segments) override;
   torch::Tensor loss_sum(const Batch& b) override;  // linear_cross_entropy when loss_chunk_rows > 0
   bool supports_chunkwise() const override { return true; }
+  bool supports_memory_options() const override { return true; }
   torch::Tensor chunk_loss_sum(const Batch& chunk, ChunkForward& f, bool with_loss) override;
   // Final hidden states [B, T, d_model] (after the last norm) and the LM head's weight.
   torch::Tensor hidden(const torch::Tensor& tokens, const torch::Tensor& positions, const torch::Tensor& segments);

@@ -146,8 +146,7 @@ TEST(Lact, OutputsDependOnEarlierTokensOnlyAndFastWeightsReachPastTheWindow) {
     x.narrow(1, t + 1, T - t - 1).add_(1).remainder_(11);
     return model.logits(x, torch::Tensor(), torch::Tensor());
   };
-  for (int64_t t : {3, 4, 12}) {  // C - 1, C, T - 1
-    if (t + 1 >= T) continue;     // T - 1: nothing after it; checked below through the first token
+  for (int64_t t : {3, 4}) {  // C - 1, C (at T - 1 nothing comes after; the last position is checked below)
     auto other = changed_after(t);
     EXPECT_LT(max_diff(other.narrow(1, 0, t + 1), base.narrow(1, 0, t + 1)), 1e-12) << "t = " << t;
     EXPECT_GT(max_diff(other.narrow(1, t + 1, 1), base.narrow(1, t + 1, 1)), 1e-6) << "t = " << t;

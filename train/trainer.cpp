@@ -221,9 +221,8 @@ TrainResult train(const Recipe& r, const TrainOptions& opt) {
   model->fused_kernels = fused_kernels_wanted(r.s("train.fused_kernels"), device);
   model->recompute_swiglu = r.b("train.recompute_swiglu");
   model->checkpoint_layers = r.b("train.checkpoint_layers");
-  // The llama family alone implements these; other families would silently ignore them.
-  check(mc.family == "llama" || (!model->checkpoint_layers && model->loss_chunk_rows == 0), "[model] family '",
-        mc.family, "' keeps every activation and computes all logits at once: set train.checkpoint_layers = false ",
+  check(model->supports_memory_options() || (!model->checkpoint_layers && model->loss_chunk_rows == 0),
+        "[model] family '", mc.family, "' keeps every activation and computes all logits at once: set train.checkpoint_layers = false ",
         "and train.loss_chunk = 0");
   set_attention_backend(r.s("train.attention"));
   NamedTensors params = trainable_parameters_of(*model);
